@@ -1,0 +1,180 @@
+//! Wires the parts together: config, runtime, listeners, admin API, reload
+//! and shutdown.
+
+mod reload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::filter::FilterChain;
+use crate::listener::Bound;
+use crate::proxy::Shared;
+use crate::runtime::Runtime;
+use crate::telemetry::Metrics;
+
+/// Process state the admin API reports.
+pub struct AppState {
+    /// Shared with the request path.
+    pub shared: Arc<Shared>,
+    /// The config file, when there is one to watch.
+    pub config_path: Option<PathBuf>,
+    ready: AtomicBool,
+    draining: AtomicBool,
+    last_reload: Mutex<Value>,
+}
+
+impl AppState {
+    /// Listeners bound, plugins loaded, not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    /// Shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The outcome of the last reload, as JSON (null before any).
+    pub fn last_reload(&self) -> Value {
+        self.last_reload.lock().expect("reload status lock").clone()
+    }
+
+    fn set_last_reload(&self, ok: bool, error: Option<String>) {
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        *self.last_reload.lock().expect("reload status lock") =
+            json!({ "ok": ok, "at": at, "error": error });
+    }
+}
+
+/// Checks what validation of the text cannot: that certificate and CA files
+/// load. `weir validate` and `weir run` both call it before binding anything.
+pub fn check_files(config: &Config) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let Some(tls) = &l.tls {
+            if let Err(e) = crate::listener::tls::server_config(tls, l.http2) {
+                errors.push(ConfigError {
+                    path: format!("listener[{i}].tls"),
+                    location: None,
+                    message: e,
+                });
+            }
+        }
+    }
+    for (i, c) in config.clusters.iter().enumerate() {
+        if let Some(tls) = &c.tls {
+            if let Err(e) = crate::upstream::tls::client_config(tls) {
+                errors.push(ConfigError {
+                    path: format!("cluster[{i}].tls"),
+                    location: None,
+                    message: e,
+                });
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors {
+            origin: config.origin.clone(),
+            errors,
+        })
+    }
+}
+
+/// Runs weir until SIGTERM or SIGINT, then drains.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    check_files(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let runtime = Runtime::build(config.clone(), None, &metrics, FilterChain::default()).await?;
+    let shared = Arc::new(Shared {
+        runtime: ArcSwap::from_pointee(runtime),
+        metrics,
+    });
+    let state = Arc::new(AppState {
+        shared: shared.clone(),
+        config_path: config_path.clone(),
+        ready: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        last_reload: Mutex::new(Value::Null),
+    });
+
+    let mut bound = Vec::new();
+    let mut bind_errors = Vec::new();
+    for l in config.listeners.iter().cloned() {
+        match Bound::bind(l).await {
+            Ok(b) => bound.push(b),
+            Err(e) => bind_errors.push(e),
+        }
+    }
+    let admin = match config.admin {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                bind_errors.push(format!("admin: cannot bind {addr}: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    if !bind_errors.is_empty() {
+        anyhow::bail!("{}", bind_errors.join("\n"));
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks = TaskTracker::new();
+    for b in bound {
+        tracing::info!(address = %b.local_addr(), "listening");
+        tokio::spawn(b.run(shared.clone(), stop_rx.clone(), tasks.clone()));
+    }
+    if let Some(socket) = admin {
+        tracing::info!(address = %socket.local_addr().context("admin address")?, "admin API listening");
+        tokio::spawn(crate::admin::serve(socket, state.clone(), stop_rx.clone()));
+    }
+    if let Some(path) = config_path {
+        reload::spawn_watcher(path, state.clone())?;
+    }
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(config = %config.origin, routes = config.routes.len(), clusters = config.clusters.len(), "weir is ready");
+
+    wait_for_signal(&state).await;
+    state.draining.store(true, Ordering::Release);
+    tracing::info!(grace = ?config.server.drain_timeout, "draining: no new connections, finishing requests in flight");
+    let _ = stop_tx.send(true);
+    tasks.close();
+    if tokio::time::timeout(config.server.drain_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tasks.len(),
+            "drain grace period over; closing the remaining connections"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal(state: &Arc<AppState>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => reload::reload_now(state).await,
+        }
+    }
+}

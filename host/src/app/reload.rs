@@ -1,0 +1,106 @@
+//! Config hot reload (the Pilot role, from a file): the file is watched; a
+//! change is validated and, if valid, a whole new runtime is built aside and
+//! swapped in with one store. An invalid file leaves the old config serving.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+
+use super::AppState;
+use crate::config::Config;
+use crate::runtime::Runtime;
+
+/// Events closer together than this are one change (editors write in steps).
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Watches the config file's folder and reloads when the file changes.
+pub fn spawn_watcher(path: PathBuf, state: Arc<AppState>) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                p.to_path_buf()
+            }
+        })
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = path.file_name().map(|n| n.to_os_string());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(ev) = event {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+                && !ev.kind.is_access()
+            {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            loop {
+                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            reload_now(&state).await;
+        }
+    });
+    Ok(())
+}
+
+/// Reloads the config file now.
+pub async fn reload_now(state: &AppState) {
+    let Some(path) = &state.config_path else {
+        tracing::info!("running on the embedded default config: nothing to reload");
+        return;
+    };
+    let metrics = state.shared.metrics.clone();
+    let result = match Config::from_file(path) {
+        Ok(config) => match super::check_files(&config) {
+            Ok(()) => {
+                let old = state.shared.runtime.load_full();
+                let chain = old.chain.clone();
+                Runtime::build(config, Some(&old), &metrics, chain)
+                    .await
+                    .map(|rt| (rt, old))
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((rt, old)) => {
+            let listeners_changed = rt.config.raw.listener != old.config.raw.listener
+                || rt.config.raw.admin != old.config.raw.admin;
+            if listeners_changed {
+                tracing::warn!(
+                    "listener and admin changes take effect at the next restart; routes and clusters were reloaded"
+                );
+            }
+            tracing::info!(
+                generation = rt.generation,
+                routes = rt.config.routes.len(),
+                clusters = rt.config.clusters.len(),
+                "config reloaded"
+            );
+            state.shared.runtime.store(Arc::new(rt));
+            metrics.reload(true);
+            state.set_last_reload(true, None);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; the previous config keeps serving");
+            metrics.reload(false);
+            state.set_last_reload(false, Some(e.to_string()));
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The config file as written: serde structs, one per TOML table, every field
+//! documented. Unknown keys are collected by [`super::load`] and rejected, all
+//! at once. Nothing here is checked beyond its type; `validate` does the rest.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{Duration, Size};
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawConfig {
+    /// Process-wide settings.
+    pub server: RawServer,
+    /// The admin API.
+    pub admin: RawAdmin,
+    /// The plugins directory and plugin defaults.
+    pub plugins: RawPlugins,
+    /// `[[listener]]`: where weir accepts traffic.
+    pub listener: Vec<RawListener>,
+    /// `[[route]]`: ordered routes, first match wins.
+    pub route: Vec<RawRoute>,
+    /// `[[cluster]]`: upstream services.
+    pub cluster: Vec<RawCluster>,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawServer {
+    /// Worker threads; default: one per CPU.
+    pub workers: Option<usize>,
+    /// How long in-flight requests may take to finish on SIGTERM/SIGINT.
+    pub drain_timeout: Option<Duration>,
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawAdmin {
+    /// Address of the admin listener, e.g. `"127.0.0.1:9901"`. Empty: no admin API.
+    pub listen: Option<String>,
+}
+
+/// `[plugins]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawPlugins {
+    /// The plugins directory; relative paths are taken from the config file's folder.
+    pub dir: Option<String>,
+}
+
+/// `[[listener]]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawListener {
+    /// Unique name, used by routes' `listeners` and in metrics.
+    pub name: String,
+    /// Socket address to bind, e.g. `"0.0.0.0:8080"`.
+    pub listen: String,
+    /// TLS termination; absent means plain HTTP (HTTP/1.1 and h2c prior knowledge).
+    pub tls: Option<RawListenerTls>,
+    /// Accept HTTP/2 (h2c with prior knowledge, or h2 through ALPN). Default true.
+    pub http2: Option<bool>,
+    /// Largest request head (request line plus headers). Default 64KiB; past it: 431.
+    pub max_header_size: Option<Size>,
+    /// Most request headers. Default 100; past it: 431.
+    pub max_headers: Option<usize>,
+    /// Largest request body. Default 10MiB; past it: 413.
+    pub max_request_body: Option<Size>,
+    /// Time allowed to receive a request head. Default 10s; past it: 408 and close.
+    pub header_read_timeout: Option<Duration>,
+    /// A connection with no request in flight for this long is closed. Default 60s.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// A listener's `tls` table.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawListenerTls {
+    /// PEM certificate chain served when no SNI entry matches.
+    pub cert: String,
+    /// PEM private key for `cert`.
+    pub key: String,
+    /// Extra certificates chosen by the client's SNI.
+    pub sni: Vec<RawSniCert>,
+}
+
+/// One `[[listener.tls.sni]]` entry.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawSniCert {
+    /// Server names this certificate answers for (exact or `*.example.com`).
+    pub server_names: Vec<String>,
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+/// `[[route]]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawRoute {
+    /// Unique name, shown in metrics, errors and logs.
+    pub name: String,
+    /// Listeners this route serves; default all.
+    pub listeners: Vec<String>,
+    /// What a request must look like; an empty match takes everything.
+    #[serde(rename = "match")]
+    pub matches: RawMatch,
+    /// Forward to this cluster.
+    pub cluster: Option<String>,
+    /// Split across clusters by weight (canary, A/B).
+    pub weighted: Vec<RawWeightedCluster>,
+    /// Make a weighted split sticky: the same key always lands on the same cluster.
+    pub sticky: Option<RawHashOn>,
+    /// Answer directly without an upstream.
+    pub direct_response: Option<RawDirectResponse>,
+    /// Answer with a redirect.
+    pub redirect: Option<RawRedirect>,
+    /// Answer with weir's built-in echo: JSON describing the request as it arrived.
+    pub echo: Option<bool>,
+    /// Whole-request timeout, retries included. Default 15s.
+    pub timeout: Option<Duration>,
+    /// Retry policy.
+    pub retry: Option<RawRetry>,
+    /// Replace the matched path prefix (for `prefix` matches) with this.
+    pub prefix_rewrite: Option<String>,
+    /// Replace the Host header sent upstream.
+    pub host_rewrite: Option<String>,
+    /// Changes to the request headers sent upstream.
+    pub request_headers: RawHeaderOps,
+    /// Changes to the response headers sent downstream.
+    pub response_headers: RawHeaderOps,
+}
+
+/// A route's `match` table.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawMatch {
+    /// Host, exact (`api.example.com`) or wildcard (`*.example.com`); port ignored.
+    pub host: Option<String>,
+    /// Exact path (query excluded).
+    pub path: Option<String>,
+    /// Path prefix.
+    pub prefix: Option<String>,
+    /// Path regex (anchored by you, if you want it anchored).
+    pub regex: Option<String>,
+    /// Allowed methods; default any.
+    pub methods: Vec<String>,
+    /// Header conditions, all must hold.
+    pub headers: Vec<RawKeyMatch>,
+    /// Query parameter conditions, all must hold.
+    pub query: Vec<RawKeyMatch>,
+}
+
+/// A header or query parameter condition: exactly one of `exact`, `present`, `regex`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawKeyMatch {
+    /// Header or parameter name.
+    pub name: String,
+    /// The value must equal this.
+    pub exact: Option<String>,
+    /// `true`: must be present; `false`: must be absent.
+    pub present: Option<bool>,
+    /// The value must match this regex.
+    pub regex: Option<String>,
+}
+
+/// One `[[route.weighted]]` entry.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawWeightedCluster {
+    /// Cluster name.
+    pub cluster: String,
+    /// Relative weight (0 takes no traffic).
+    pub weight: u32,
+}
+
+/// What to hash for sticky splits and consistent-hash balancing: one of the fields.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawHashOn {
+    /// Hash this request header.
+    pub header: Option<String>,
+    /// Hash this cookie.
+    pub cookie: Option<String>,
+    /// Hash the client's IP address.
+    pub source_ip: Option<bool>,
+}
+
+/// `direct_response`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawDirectResponse {
+    /// Status code. Default 200.
+    pub status: Option<u16>,
+    /// Response headers.
+    pub headers: BTreeMap<String, String>,
+    /// Response body.
+    pub body: String,
+}
+
+/// `redirect`: parts left out keep the request's own.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawRedirect {
+    /// 301, 302, 303, 307 or 308. Default 301.
+    pub status: Option<u16>,
+    /// New scheme.
+    pub scheme: Option<String>,
+    /// New host (with optional port).
+    pub host: Option<String>,
+    /// New path (query kept).
+    pub path: Option<String>,
+}
+
+/// `retry`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawRetry {
+    /// Total attempts, the first included. Default 2.
+    pub attempts: Option<u32>,
+    /// Timeout for each attempt's response head.
+    pub per_try_timeout: Option<Duration>,
+    /// Conditions: `connect-failure`, `reset`, `5xx`, `gateway-error`, `retriable-status`.
+    pub on: Vec<String>,
+    /// Statuses retried under `retriable-status` (or on their own when set).
+    pub statuses: Vec<u16>,
+    /// First backoff interval; doubles each retry, with full jitter. Default 25ms.
+    pub backoff_base: Option<Duration>,
+    /// Largest backoff interval. Default 10 × backoff_base.
+    pub backoff_max: Option<Duration>,
+    /// Retry non-idempotent methods (POST, PATCH) too. Default false.
+    pub non_idempotent: Option<bool>,
+}
+
+/// `request_headers` / `response_headers`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawHeaderOps {
+    /// Appended, keeping existing values.
+    pub add: BTreeMap<String, String>,
+    /// Replacing existing values.
+    pub set: BTreeMap<String, String>,
+    /// Removed.
+    pub remove: Vec<String>,
+}
+
+/// `[[cluster]]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawCluster {
+    /// Unique name, referenced by routes.
+    pub name: String,
+    /// `"IP:port"` or `"dns-name:port"`; names resolve at start and every `dns_refresh`.
+    pub endpoints: Vec<String>,
+    /// `round_robin` (default), `least_request`, `random`, `ring_hash`, `maglev`.
+    pub lb: Option<String>,
+    /// For `ring_hash` and `maglev`: what to hash. Default the client IP.
+    pub hash_on: Option<RawHashOn>,
+    /// `http1` (default) or `http2` (h2c prior knowledge, or ALPN h2 with TLS).
+    pub protocol: Option<String>,
+    /// TCP (and TLS) connect timeout. Default 5s.
+    pub connect_timeout: Option<Duration>,
+    /// How often DNS names are resolved again. Default 30s.
+    pub dns_refresh: Option<Duration>,
+    /// Idle pooled connections are closed after this. Default 90s.
+    pub idle_timeout: Option<Duration>,
+    /// Most idle pooled connections kept per endpoint. Default 256.
+    pub max_idle_per_endpoint: Option<usize>,
+    /// Originate TLS to the endpoints.
+    pub tls: Option<RawClusterTls>,
+}
+
+/// A cluster's `tls` table.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawClusterTls {
+    /// PEM CA bundle to verify the upstream; default the Mozilla roots.
+    pub ca: Option<String>,
+    /// Server name to send and verify; default the endpoint's host.
+    pub sni: Option<String>,
+}

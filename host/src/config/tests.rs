@@ -1,0 +1,120 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::from_toml(text, "test.toml", Path::new("/etc/weir"))
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = Config::embedded_default();
+    assert_eq!(c.listeners[0].addr.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin.unwrap().to_string(), "127.0.0.1:9901");
+    assert!(matches!(c.routes.last().unwrap().action, RouteAction::Echo));
+}
+
+#[test]
+fn reports_every_error_at_once_with_places_and_hints() {
+    let text = r#"
+[[listener]]
+name = "l"
+listen = "127.0.0.1:8080"
+
+[[cluster]]
+name = "backend"
+endpoints = ["127.0.0.1:9000"]
+lb = "round_robbin"
+
+[[route]]
+name = "a"
+cluster = "bakend"
+
+[[route]]
+name = "a"
+match = { regex = "(" }
+cluster = "backend"
+"#;
+    let err = parse(text).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(r#"test.toml:9:1: cluster[0].lb: unknown lb "round_robbin" (did you mean "round_robin"?)"#), "{text}");
+    assert!(text.contains(r#"test.toml:13:1: route[0].cluster: no cluster named "bakend" (did you mean "backend"?)"#), "{text}");
+    assert!(
+        text.contains(r#"route[1].name: another route is already named "a""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("route[1].match.regex: invalid regex \"(\""),
+        "{text}"
+    );
+    assert_eq!(err.errors.len(), 4, "{text}");
+}
+
+#[test]
+fn unknown_keys_are_all_rejected() {
+    let text =
+        "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\nlisen = 1\n[admin]\nlsten = \"x\"\n";
+    let err = parse(text).unwrap_err();
+    assert_eq!(err.errors.len(), 2, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("test.toml:4:1: listener[0].lisen: unknown key \"lisen\" in listener[0]"),
+        "{text}"
+    );
+    assert!(text.contains("admin.lsten: unknown key"), "{text}");
+}
+
+#[test]
+fn type_errors_name_their_place() {
+    let err = parse(
+        "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\nmax_request_body = \"10 parsecs\"\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("test.toml:4:"), "{err}");
+    assert!(err.to_string().contains("unknown unit"), "{err}");
+}
+
+#[test]
+fn relative_paths_are_taken_from_the_config_folder() {
+    let c = parse(
+        "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\ntls = { cert = \"a.pem\", key = \"/abs/a.key\" }\n",
+    )
+    .unwrap();
+    let tls = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.default.cert, Path::new("/etc/weir/a.pem"));
+    assert_eq!(tls.default.key, Path::new("/abs/a.key"));
+    assert_eq!(c.plugins_dir, Path::new("/etc/weir/plugins"));
+}
+
+/// Every file in host/tests/config-ui/*.toml is invalid; its expected error text sits beside it as .err.
+/// Set WEIR_BLESS=1 to rewrite the .err files.
+#[test]
+fn invalid_configs_match_their_snapshots() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config-ui");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        seen += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let got = Config::from_toml(&text, &name, Path::new("."))
+            .expect_err(&name)
+            .to_string()
+            + "\n";
+        let expected_path = path.with_extension("err");
+        if std::env::var_os("WEIR_BLESS").is_some() {
+            std::fs::write(&expected_path, &got).unwrap();
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        assert_eq!(
+            got,
+            expected,
+            "{name}: error text differs from {}",
+            expected_path.display()
+        );
+    }
+    assert!(seen >= 5, "expected the config-ui snapshots, found {seen}");
+}

@@ -1,0 +1,193 @@
+//! Listeners: bind, accept, TLS, and HTTP/1.1 + HTTP/2 serving with limits.
+//!
+//! Every connection is served by hyper with the listener's header limits and
+//! header-read timeout; an idle connection (nothing in flight for
+//! `idle_timeout`) is closed; on shutdown, connections finish their in-flight
+//! requests and close.
+
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ListenerConfig;
+use crate::proxy::{Activity, Downstream, Shared};
+
+/// A bound listener, not yet accepting.
+pub struct Bound {
+    config: Arc<ListenerConfig>,
+    socket: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Bound {
+    /// Binds `config`'s address and loads its certificates. The error says which listener and why.
+    pub async fn bind(config: ListenerConfig) -> Result<Bound, String> {
+        let tls = match &config.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+                tls::server_config(t, config.http2)
+                    .map_err(|e| format!("listener {:?}: {e}", config.name))?,
+            )),
+            None => None,
+        };
+        let socket = TcpListener::bind(config.addr)
+            .await
+            .map_err(|e| bind_error(&config.name, config.addr, e))?;
+        Ok(Bound {
+            config: Arc::new(config),
+            socket,
+            tls,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap_or(self.config.addr)
+    }
+
+    /// Accepts until `shutdown` turns true; connections are tracked by `tasks`.
+    pub async fn run(
+        self,
+        shared: Arc<Shared>,
+        mut shutdown: watch::Receiver<bool>,
+        tasks: TaskTracker,
+    ) {
+        let builder = Arc::new(http_builder(&self.config));
+        let open = shared.metrics.downstream_connections(&self.config.name);
+        let handshake_errors = shared.metrics.tls_handshake_errors(&self.config.name);
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = self.socket.accept() => match r {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(listener.name = %self.config.name, error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let (config, shared, builder, shutdown, tls) = (
+                self.config.clone(),
+                shared.clone(),
+                builder.clone(),
+                shutdown.clone(),
+                self.tls.clone(),
+            );
+            let (open, handshake_errors) = (open.clone(), handshake_errors.clone());
+            tasks.spawn(async move {
+                open.inc();
+                match tls {
+                    None => serve_conn(stream, peer, false, config, shared, builder, shutdown).await,
+                    Some(acceptor) => match tokio::time::timeout(config.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve_conn(tls_stream, peer, true, config, shared, builder, shutdown).await,
+                        Ok(Err(e)) => {
+                            handshake_errors.inc();
+                            tracing::debug!(listener.name = %config.name, client = %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            handshake_errors.inc();
+                            tracing::debug!(listener.name = %config.name, client = %peer, "TLS handshake timed out");
+                        }
+                    },
+                }
+                open.dec();
+            });
+        }
+    }
+}
+
+fn bind_error(name: &str, addr: SocketAddr, e: std::io::Error) -> String {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another process is listening there: stop it or choose another port)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need privileges: choose a port above 1023)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => " (this machine has no such address)",
+        _ => "",
+    };
+    format!("listener {name:?}: cannot bind {addr}: {e}{hint}")
+}
+
+fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_size.max(8192))
+        .max_headers(config.max_headers)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.max_header_size as u32)
+        .keep_alive_interval(None);
+    if !config.http2 {
+        b = b.http1_only();
+    }
+    b
+}
+
+async fn serve_conn<I>(
+    io: I,
+    peer: SocketAddr,
+    tls: bool,
+    listener: Arc<ListenerConfig>,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let idle = listener.idle_timeout;
+    let down = Arc::new(Downstream {
+        listener,
+        peer,
+        tls,
+        activity: Activity::default(),
+    });
+    let svc_down = down.clone();
+    let svc = service_fn(move |req| crate::proxy::serve(shared.clone(), svc_down.clone(), req));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    let mut wake = tokio::time::Instant::now() + idle;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(wake), if !closing => {
+                match down.activity.idle_deadline(idle) {
+                    Some(at) if at <= std::time::Instant::now() => {
+                        tracing::debug!(client = %peer, "closing idle connection");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Some(at) => wake = tokio::time::Instant::from_std(at),
+                    None => wake = tokio::time::Instant::now() + idle,
+                }
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

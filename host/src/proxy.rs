@@ -1,0 +1,651 @@
+//! The request path: listener limits, filter chain, router, upstream, and
+//! back. [`serve`] is the hyper service every listener runs.
+
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::body::{self, Body, BoxError, Guarded};
+use crate::config::{HashOn, ListenerConfig, RouteAction, RouteConfig};
+use crate::error::ProxyError;
+use crate::filter::{ChainStream, LocalResponse};
+use crate::router::{RequestView, pick_weighted};
+use crate::runtime::Runtime;
+use crate::telemetry::Metrics;
+use crate::upstream::lb::ActiveGuard;
+use crate::upstream::{Cluster, retry};
+
+/// Bodies up to this size are kept so that a failed attempt can be retried.
+const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// State shared by every connection: the current config generation and the metrics.
+pub struct Shared {
+    /// The generation new requests use.
+    pub runtime: ArcSwap<Runtime>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// One client connection.
+pub struct Downstream {
+    /// The listener it came in on.
+    pub listener: Arc<ListenerConfig>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether it is TLS.
+    pub tls: bool,
+    /// Requests in flight and the time of the last one, for the idle timeout.
+    pub activity: Activity,
+}
+
+/// Requests in flight on a connection and when the connection was last busy.
+#[derive(Debug)]
+pub struct Activity {
+    started: Instant,
+    inflight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            started: Instant::now(),
+            inflight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    /// When the connection will have been idle for `idle`, or `None` while a request is in flight.
+    pub fn idle_deadline(&self, idle: std::time::Duration) -> Option<Instant> {
+        (self.inflight.load(Ordering::Acquire) == 0).then(|| {
+            self.started
+                + std::time::Duration::from_millis(self.last_ms.load(Ordering::Acquire))
+                + idle
+        })
+    }
+}
+
+struct Busy(Arc<Downstream>);
+
+impl Busy {
+    fn new(d: Arc<Downstream>) -> Busy {
+        d.activity.inflight.fetch_add(1, Ordering::AcqRel);
+        Busy(d)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0.activity;
+        a.last_ms
+            .store(a.started.elapsed().as_millis() as u64, Ordering::Release);
+        a.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Keeps upstream in-flight counts up until the response body ends.
+struct UpstreamBusy {
+    _endpoint: ActiveGuard,
+    cluster: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for UpstreamBusy {
+    fn drop(&mut self) {
+        self.cluster.dec();
+    }
+}
+
+/// What the metrics need to know about an exchange.
+#[derive(Default)]
+struct Exchange {
+    route: Option<usize>,
+    cluster: Option<Arc<Cluster>>,
+    upstream: Option<UpstreamBusy>,
+    chain: Option<ChainStream>,
+}
+
+/// Serves one request. Never fails: errors become responses here.
+pub async fn serve(
+    shared: Arc<Shared>,
+    down: Arc<Downstream>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let busy = Busy::new(down.clone());
+    let rt = shared.runtime.load_full();
+    let mut ex = Exchange::default();
+    let mut resp = match handle(&rt, &down, req, &mut ex).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "request failed");
+            e.into_response()
+        }
+    };
+    if let Some(route) = ex.route.map(|i| &rt.config.routes[i]) {
+        route.response_headers.apply(resp.headers_mut());
+    }
+    if let Some(mut chain) = ex.chain.take() {
+        resp = filter_response(&mut chain, resp).await;
+        chain.log();
+    }
+    let stats = &rt.route_stats[ex.route.unwrap_or(rt.route_stats.len() - 1)];
+    let cluster = ex.cluster.as_ref().map_or("", |c| c.config.name.as_str());
+    stats.record(
+        cluster,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        Guarded::wrap(body, (busy, ex.upstream)),
+    ))
+}
+
+async fn handle(
+    rt: &Runtime,
+    down: &Downstream,
+    mut req: Request<Incoming>,
+    ex: &mut Exchange,
+) -> Result<Response<Body>, ProxyError> {
+    check_limits(&down.listener, &req)?;
+    let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let (mut head, incoming) = req.into_parts();
+    headers::ensure_request_id(&mut head.headers);
+    let limit = down.listener.max_request_body;
+    let mut body: Body = if incoming.is_end_stream() {
+        body::empty()
+    } else {
+        body::boxed(Limited::new(incoming, limit as usize))
+    };
+    if !rt.chain.is_empty() {
+        let mut chain = rt.chain.start();
+        let wants_body = chain.request_headers(&mut head, body.is_end_stream()).await;
+        let wants_body = match wants_body {
+            Ok(w) => w,
+            Err(local) => {
+                ex.chain = Some(chain);
+                return Ok(local_response(local));
+            }
+        };
+        if wants_body {
+            let mut bytes = collect(body, limit).await?;
+            if let Err(local) = chain.request_body(&mut bytes).await {
+                ex.chain = Some(chain);
+                return Ok(local_response(local));
+            }
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            body = body::full(bytes);
+        }
+        ex.chain = Some(chain);
+    }
+    let host = request_host(&head).to_string();
+    let view = RequestView {
+        listener: &down.listener.name,
+        method: &head.method,
+        host: strip_port(&host),
+        path: head.uri.path(),
+        query: head.uri.query(),
+        headers: &head.headers,
+    };
+    let Some(index) = rt.router.find(&view) else {
+        return Err(ProxyError::NoRoute {
+            method: head.method.to_string(),
+            host,
+            path: head.uri.path().to_string(),
+        });
+    };
+    ex.route = Some(index);
+    let route = &rt.config.routes[index];
+    let cluster_name = match &route.action {
+        RouteAction::Direct {
+            status,
+            headers,
+            body,
+        } => {
+            let mut resp = Response::new(body::full(body.clone()));
+            *resp.status_mut() = *status;
+            resp.headers_mut().extend(headers.iter().cloned());
+            return Ok(resp);
+        }
+        RouteAction::Redirect {
+            status,
+            scheme,
+            host: new_host,
+            path,
+        } => {
+            return Ok(redirect(
+                &head,
+                down.tls,
+                &host,
+                *status,
+                scheme.as_deref(),
+                new_host.as_deref(),
+                path.as_deref(),
+            ));
+        }
+        RouteAction::Echo => {
+            prepare_upstream_request(&mut head, route, down, &host, false);
+            let bytes = collect(body, limit).await?;
+            return Ok(crate::echo::respond(
+                &head,
+                &bytes,
+                &route.name,
+                &down.listener.name,
+                down.peer,
+            ));
+        }
+        RouteAction::Cluster(name) => name.as_str(),
+        RouteAction::Weighted { clusters, sticky } => {
+            let point = sticky
+                .as_ref()
+                .and_then(|s| hash_key(s, &head, down))
+                .unwrap_or_else(rand::random);
+            pick_weighted(clusters, point)
+        }
+    };
+    let cluster = rt
+        .clusters
+        .get(cluster_name)
+        .ok_or_else(|| ProxyError::Internal {
+            reason: format!(
+                "route {:?} names cluster {cluster_name:?}, which is not built",
+                route.name
+            ),
+        })?
+        .clone();
+    ex.cluster = Some(cluster.clone());
+    prepare_upstream_request(&mut head, route, down, &host, upgrade.is_some());
+    let hash = hash_key(&cluster.config.hash_on, &head, down).map(|h| h ^ 0x9e37_79b9_7f4a_7c15);
+    let mut resp = forward(route, &cluster, head, body, hash, limit, ex).await?;
+    if let Some(on_downstream) = upgrade {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            tunnel(on_downstream, hyper::upgrade::on(&mut resp));
+        }
+    }
+    Ok(resp)
+}
+
+fn check_limits(l: &ListenerConfig, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let h = req.headers();
+    if h.len() > l.max_headers {
+        return Err(ProxyError::HeadersTooLarge {
+            what: format!("{} headers, the limit is {}", h.len(), l.max_headers),
+        });
+    }
+    let size: usize = h
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().to_string().len();
+    if size > l.max_header_size {
+        return Err(ProxyError::HeadersTooLarge {
+            what: format!("{size} bytes, the limit is {}", l.max_header_size),
+        });
+    }
+    let length = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|n| n > l.max_request_body) {
+        return Err(ProxyError::BodyTooLarge {
+            limit: l.max_request_body,
+        });
+    }
+    Ok(())
+}
+
+fn request_host(head: &http::request::Parts) -> &str {
+    head.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| head.headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+        .unwrap_or("")
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
+    }
+    host.rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+}
+
+fn prepare_upstream_request(
+    head: &mut http::request::Parts,
+    route: &RouteConfig,
+    down: &Downstream,
+    host: &str,
+    upgrade: bool,
+) {
+    headers::strip_hop_by_hop(&mut head.headers, upgrade);
+    headers::set_forwarded(&mut head.headers, down.peer.ip(), down.tls, host);
+    let new_host = route
+        .host_rewrite
+        .clone()
+        .or_else(|| HeaderValue::from_str(host).ok());
+    if let Some(h) = new_host {
+        head.headers.insert(header::HOST, h);
+    }
+    route.request_headers.apply(&mut head.headers);
+    if let (Some(rewrite), Some(crate::config::PathMatch::Prefix(prefix))) =
+        (&route.prefix_rewrite, &route.matcher.path)
+    {
+        let rest = head.uri.path().get(prefix.len()..).unwrap_or("");
+        let mut path = format!("{rewrite}{rest}");
+        if path.is_empty() {
+            path.push('/');
+        }
+        if let Some(q) = head.uri.query() {
+            path = format!("{path}?{q}");
+        }
+        if let Ok(pq) = path.parse::<http::uri::PathAndQuery>() {
+            let mut parts = head.uri.clone().into_parts();
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                head.uri = uri;
+            }
+        }
+    }
+}
+
+fn hash_key(on: &HashOn, head: &http::request::Parts, down: &Downstream) -> Option<u64> {
+    match on {
+        HashOn::Header(name) => head.headers.get(name).map(|v| xxh3_64(v.as_bytes())),
+        HashOn::Cookie(name) => head
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| xxh3_64(v.as_bytes())),
+        HashOn::SourceIp => Some(match down.peer.ip() {
+            std::net::IpAddr::V4(ip) => xxh3_64(&ip.octets()),
+            std::net::IpAddr::V6(ip) => xxh3_64(&ip.octets()),
+        }),
+    }
+}
+
+async fn forward(
+    route: &RouteConfig,
+    cluster: &Arc<Cluster>,
+    head: http::request::Parts,
+    body: Body,
+    hash: Option<u64>,
+    body_limit: u64,
+    ex: &mut Exchange,
+) -> Result<Response<Body>, ProxyError> {
+    let policy = route
+        .retry
+        .as_ref()
+        .filter(|p| p.attempts > 1 && retry::method_allowed(p, &head.method));
+    let small = body
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= RETRY_BUFFER_LIMIT);
+    let (replay, body) = match policy {
+        Some(_) if body.is_end_stream() => (Some(Bytes::new()), body::empty()),
+        Some(_) if small => (
+            Some(collect(body, RETRY_BUFFER_LIMIT).await?),
+            body::empty(),
+        ),
+        _ => (None, body),
+    };
+    let attempts = if replay.is_some() {
+        policy.map_or(1, |p| p.attempts)
+    } else {
+        1
+    };
+    let mut single = Some((head, body));
+    let run = async {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= attempts;
+            let endpoint = cluster.pick(hash).ok_or_else(|| ProxyError::NoEndpoint {
+                route: route.name.clone(),
+                cluster: cluster.config.name.clone(),
+            })?;
+            let req = match &replay {
+                Some(bytes) => {
+                    let (h, _) = single.as_ref().expect("the head is kept while retrying");
+                    let mut req = Request::new(body::full(bytes.clone()));
+                    *req.method_mut() = h.method.clone();
+                    *req.headers_mut() = h.headers.clone();
+                    *req.uri_mut() = cluster.uri(&endpoint, h.uri.path_and_query());
+                    req
+                }
+                None => {
+                    let (mut h, b) = single.take().expect("a streamed body is sent once");
+                    h.uri = cluster.uri(&endpoint, h.uri.path_and_query());
+                    Request::from_parts(h, b)
+                }
+            };
+            let mut req = req;
+            *req.version_mut() = cluster.version();
+            let guard = ActiveGuard::new(endpoint);
+            cluster.active.inc();
+            let busy = UpstreamBusy {
+                _endpoint: guard,
+                cluster: cluster.active.clone(),
+            };
+            let sent = cluster.send(req);
+            let result = match policy.and_then(|p| p.per_try_timeout) {
+                Some(t) => match tokio::time::timeout(t, sent).await {
+                    Ok(r) => r.map_err(|e| classify(route, cluster, body_limit, e)),
+                    Err(_) => Err(ProxyError::UpstreamTimeout {
+                        route: route.name.clone(),
+                        cluster: cluster.config.name.clone(),
+                        after: t,
+                    }),
+                },
+                None => sent
+                    .await
+                    .map_err(|e| classify(route, cluster, body_limit, e)),
+            };
+            let retry_policy = policy.filter(|_| !last);
+            match result {
+                Ok(resp)
+                    if retry_policy.is_some_and(|p| retry::status_retried(p, resp.status())) =>
+                {
+                    tracing::debug!(route.name = %route.name, status = %resp.status(), attempt, "retrying");
+                }
+                Ok(resp) => return Ok((resp, busy)),
+                Err(e) if retry_policy.is_some_and(|p| retry::error_retried(p, &e)) => {
+                    tracing::debug!(route.name = %route.name, error = %e, attempt, "retrying");
+                }
+                Err(e) => return Err(e),
+            }
+            drop(busy);
+            if let Some(p) = policy {
+                tokio::time::sleep(retry::backoff(p, attempt)).await;
+            }
+        }
+    };
+    let (resp, busy) = match tokio::time::timeout(route.timeout, run).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout {
+                route: route.name.clone(),
+                cluster: cluster.config.name.clone(),
+                after: route.timeout,
+            });
+        }
+    };
+    ex.upstream = Some(busy);
+    let (mut parts, incoming) = resp.into_parts();
+    let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(&mut parts.headers, upgraded);
+    Ok(Response::from_parts(parts, body::boxed(incoming)))
+}
+
+fn classify(
+    route: &RouteConfig,
+    cluster: &Cluster,
+    body_limit: u64,
+    e: hyper_util::client::legacy::Error,
+) -> ProxyError {
+    let reason = error_chain(&e);
+    let (r, c) = (route.name.clone(), cluster.config.name.clone());
+    if e.is_connect() {
+        return ProxyError::ConnectFailed {
+            route: r,
+            cluster: c,
+            reason,
+        };
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    while let Some(s) = src {
+        if s.is::<LengthLimitError>() {
+            return ProxyError::BodyTooLarge { limit: body_limit };
+        }
+        src = s.source();
+    }
+    ProxyError::UpstreamReset {
+        route: r,
+        cluster: c,
+        reason,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// Collects a body of at most `limit` bytes.
+async fn collect(mut body: Body, limit: u64) -> Result<Bytes, ProxyError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| body_error(e, limit))?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > limit {
+                return Err(ProxyError::BodyTooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn body_error(e: BoxError, limit: u64) -> ProxyError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(s) = src {
+        if s.is::<LengthLimitError>() {
+            return ProxyError::BodyTooLarge { limit };
+        }
+        src = s.source();
+    }
+    ProxyError::BadRequest {
+        reason: format!("reading the request body failed: {e}"),
+    }
+}
+
+fn local_response(local: LocalResponse) -> Response<Body> {
+    let mut resp = Response::new(body::full(local.body));
+    *resp.status_mut() = local.status;
+    resp.headers_mut().extend(local.headers);
+    resp
+}
+
+async fn filter_response(chain: &mut ChainStream, resp: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let wants_body = match chain
+        .response_headers(&mut parts, body.is_end_stream())
+        .await
+    {
+        Ok(w) => w,
+        Err(local) => return local_response(local),
+    };
+    if !wants_body {
+        return Response::from_parts(parts, body);
+    }
+    let mut bytes = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return ProxyError::Internal {
+                reason: format!("reading the response body failed: {e}"),
+            }
+            .into_response();
+        }
+    };
+    if let Err(local) = chain.response_body(&mut bytes).await {
+        return local_response(local);
+    }
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    Response::from_parts(parts, body::full(bytes))
+}
+
+fn redirect(
+    head: &http::request::Parts,
+    tls: bool,
+    host: &str,
+    status: StatusCode,
+    scheme: Option<&str>,
+    new_host: Option<&str>,
+    path: Option<&str>,
+) -> Response<Body> {
+    let scheme = scheme.unwrap_or(if tls { "https" } else { "http" });
+    let host = new_host.unwrap_or(host);
+    let path = path.unwrap_or(head.uri.path());
+    let query = head
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let location = format!("{scheme}://{host}{path}{query}");
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// Joins an upgraded client connection to the upgraded upstream one.
+fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (down, up) = match tokio::try_join!(downstream, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut down = hyper_util::rt::TokioIo::new(down);
+        let mut up = hyper_util::rt::TokioIo::new(up);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+}

@@ -1,0 +1,95 @@
+//! One config generation, built whole and swapped in with one pointer store:
+//! its routes, clusters, filter chain and metric handles. Requests in flight
+//! keep the generation they started with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError, ConfigErrors, RouteAction};
+use crate::filter::FilterChain;
+use crate::router::Router;
+use crate::telemetry::{Metrics, RouteStats};
+use crate::upstream::Cluster;
+
+/// Everything a request needs from the config.
+pub struct Runtime {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// Its routes.
+    pub router: Router,
+    /// Its clusters by name.
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    /// The filter chain.
+    pub chain: FilterChain,
+    /// Metric handles per route, by route index; the last is for unrouted requests.
+    pub route_stats: Vec<RouteStats>,
+    /// 1 for the first config, +1 per reload.
+    pub generation: u64,
+}
+
+impl Runtime {
+    /// Builds a generation. Clusters whose config did not change since
+    /// `previous` are kept, with their connection pools.
+    pub async fn build(
+        config: Config,
+        previous: Option<&Runtime>,
+        metrics: &Metrics,
+        chain: FilterChain,
+    ) -> Result<Runtime, ConfigErrors> {
+        let mut clusters = HashMap::new();
+        let mut errors = Vec::new();
+        for (i, c) in config.clusters.iter().enumerate() {
+            let kept = previous
+                .and_then(|p| p.clusters.get(&c.name))
+                .filter(|old| old.config.raw == c.raw);
+            let cluster = match kept {
+                Some(old) => old.clone(),
+                None => match Cluster::start(c.clone(), metrics).await {
+                    Ok(cl) => cl,
+                    Err(e) => {
+                        errors.push(ConfigError {
+                            path: format!("cluster[{i}].tls"),
+                            location: None,
+                            message: e,
+                        });
+                        continue;
+                    }
+                },
+            };
+            clusters.insert(c.name.clone(), cluster);
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors {
+                origin: config.origin.clone(),
+                errors,
+            });
+        }
+        let mut route_stats: Vec<RouteStats> = config
+            .routes
+            .iter()
+            .map(|r| {
+                let targets: Vec<&str> = match &r.action {
+                    RouteAction::Cluster(c) => vec![c.as_str()],
+                    RouteAction::Weighted { clusters, .. } => {
+                        clusters.iter().map(|c| c.0.as_str()).collect()
+                    }
+                    RouteAction::Direct { .. }
+                    | RouteAction::Redirect { .. }
+                    | RouteAction::Echo => vec![],
+                };
+                metrics.route_stats(&r.name, targets.into_iter())
+            })
+            .collect();
+        route_stats.push(metrics.route_stats("", std::iter::empty()));
+        let generation = previous.map_or(1, |p| p.generation + 1);
+        metrics.config_generation.set(generation as i64);
+        Ok(Runtime {
+            router: Router::new(config.routes.clone()),
+            config: Arc::new(config),
+            clusters,
+            chain,
+            route_stats,
+            generation,
+        })
+    }
+}

@@ -1,0 +1,252 @@
+//! Metrics (Prometheus text format on the admin API's /metrics) and logging.
+
+pub mod logging;
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    cluster: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabel {
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100µs to about 26s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+/// Every metric weir exports, registered once per process.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    duration: HistogramFamily<RouteLabel>,
+    upstream_active: Family<ClusterLabel, Gauge>,
+    upstream_connections: Family<ClusterLabel, Gauge>,
+    downstream_connections: Family<ListenerLabel, Gauge>,
+    tls_handshake_errors: Family<ListenerLabel, Counter>,
+    reloads: Family<OutcomeLabel, Counter>,
+    /// 1 when the last config reload succeeded, 0 when it failed.
+    pub config_last_reload_ok: Gauge,
+    /// The generation of the config in use (1 at start, +1 per successful reload).
+    pub config_generation: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-route metric handles, looked up once per config generation so that
+/// requests only increment.
+#[derive(Clone, Debug)]
+pub struct RouteStats {
+    duration: Histogram,
+    by_cluster: Vec<(String, [Counter; 6])>,
+}
+
+impl RouteStats {
+    /// Counts one request to `cluster` (`""` for local answers) with `status`,
+    /// taking `seconds` to its response head.
+    pub fn record(&self, cluster: &str, status: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            500..=599 => 4,
+            _ => 5,
+        };
+        if let Some((_, counters)) = self.by_cluster.iter().find(|(c, _)| c == cluster) {
+            counters[class].inc();
+        }
+    }
+}
+
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("weir");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            upstream_active: Family::default(),
+            upstream_connections: Family::default(),
+            downstream_connections: Family::default(),
+            tls_handshake_errors: Family::default(),
+            reloads: Family::default(),
+            config_last_reload_ok: Gauge::default(),
+            config_generation: Gauge::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests by route, cluster and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response head, by route",
+            m.duration.clone(),
+        );
+        registry.register(
+            "upstream_requests_active",
+            "Requests in flight upstream, by cluster",
+            m.upstream_active.clone(),
+        );
+        registry.register(
+            "upstream_connections",
+            "Open upstream connections (pooled or busy), by cluster",
+            m.upstream_connections.clone(),
+        );
+        registry.register(
+            "downstream_connections",
+            "Open client connections, by listener",
+            m.downstream_connections.clone(),
+        );
+        registry.register(
+            "tls_handshake_errors",
+            "Failed TLS handshakes, by listener",
+            m.tls_handshake_errors.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by outcome (success, failure)",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_success",
+            "1 if the last config reload succeeded",
+            m.config_last_reload_ok.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Generation of the config in use",
+            m.config_generation.clone(),
+        );
+        *m.registry.lock().expect("metrics registry lock") = registry;
+        m
+    }
+
+    /// Handles for `route`, which may send to `clusters` (local answers count under `""`).
+    pub fn route_stats<'a>(
+        &self,
+        route: &str,
+        clusters: impl Iterator<Item = &'a str>,
+    ) -> RouteStats {
+        let mut names: Vec<String> = vec![String::new()];
+        names.extend(clusters.map(str::to_string));
+        let by_cluster = names
+            .into_iter()
+            .map(|cluster| {
+                let counters = CLASSES.map(|status_class| {
+                    self.requests
+                        .get_or_create(&RequestLabels {
+                            route: route.to_string(),
+                            cluster: cluster.clone(),
+                            status_class,
+                        })
+                        .clone()
+                });
+                (cluster, counters)
+            })
+            .collect();
+        RouteStats {
+            duration: self
+                .duration
+                .get_or_create(&RouteLabel {
+                    route: route.to_string(),
+                })
+                .clone(),
+            by_cluster,
+        }
+    }
+
+    /// Gauge of requests in flight to `cluster`.
+    pub fn upstream_active(&self, cluster: &str) -> Gauge {
+        self.upstream_active
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_string(),
+            })
+            .clone()
+    }
+
+    /// Gauge of open connections to `cluster`.
+    pub fn upstream_connections(&self, cluster: &str) -> Gauge {
+        self.upstream_connections
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_string(),
+            })
+            .clone()
+    }
+
+    /// Gauge of open client connections on `listener`.
+    pub fn downstream_connections(&self, listener: &str) -> Gauge {
+        self.downstream_connections
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
+            })
+            .clone()
+    }
+
+    /// Counter of failed TLS handshakes on `listener`.
+    pub fn tls_handshake_errors(&self, listener: &str) -> Counter {
+        self.tls_handshake_errors
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
+            })
+            .clone()
+    }
+
+    /// Counts a config reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&OutcomeLabel {
+                outcome: if ok { "success" } else { "failure" },
+            })
+            .inc();
+        self.config_last_reload_ok.set(i64::from(ok));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("metrics registry lock");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,198 @@
+//! Upstream clusters: endpoints, balancing, connection pools, TLS origination.
+//!
+//! A [`Cluster`] owns a hyper connection pool (HTTP/1.1 keep-alive, or HTTP/2
+//! multiplexed) and an [`lb::EndpointSet`] that DNS refreshes swap as a whole.
+
+mod connector;
+pub mod lb;
+mod resolve;
+pub mod retry;
+pub mod tls;
+
+use std::sync::{Arc, Weak};
+
+use arc_swap::ArcSwap;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
+use rustls_pki_types::ServerName;
+
+use crate::body::Body;
+use crate::config::{ClusterConfig, UpstreamProtocol};
+use crate::telemetry::Metrics;
+use connector::{Connector, SniResolver};
+use lb::{Balancer, Endpoint, EndpointSet};
+
+/// An upstream service: its endpoints, balancer and connection pool.
+pub struct Cluster {
+    /// Its config.
+    pub config: ClusterConfig,
+    endpoints: Arc<ArcSwap<EndpointSet>>,
+    balancer: Balancer,
+    client: Client<Connector, Body>,
+    scheme: http::uri::Scheme,
+    /// Requests in flight to this cluster.
+    pub active: Gauge,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Builds a cluster, resolves its endpoints and starts its DNS refresh.
+    /// The error names what is wrong (an unreadable CA bundle, a bad SNI).
+    pub async fn start(config: ClusterConfig, metrics: &Metrics) -> Result<Arc<Cluster>, String> {
+        let (eps, errors) = resolve::resolve_all(&config.endpoints).await;
+        for e in &errors {
+            tracing::warn!(cluster.name = %config.name, error = %e, "endpoint resolution failed; retrying every dns_refresh");
+        }
+        let endpoints = Arc::new(ArcSwap::from_pointee(EndpointSet::new(eps, config.lb)));
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let builder = match &config.tls {
+            Some(tls) => {
+                let fixed = match &tls.sni {
+                    Some(s) => Some(
+                        ServerName::try_from(s.clone())
+                            .map_err(|e| format!("tls.sni {s:?}: {e}"))?,
+                    ),
+                    None => None,
+                };
+                let resolver = SniResolver {
+                    fixed,
+                    endpoints: endpoints.clone(),
+                };
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls::client_config(tls)?)
+                    .https_only()
+                    .with_server_name_resolver(resolver)
+            }
+            None => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls::client_config(&crate::config::ClusterTls {
+                    ca: None,
+                    sni: None,
+                })?)
+                .https_or_http()
+                .with_server_name_resolver(SniResolver {
+                    fixed: None,
+                    endpoints: endpoints.clone(),
+                }),
+        };
+        let https = match config.protocol {
+            UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+            UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+        };
+        let connector = Connector::new(https, metrics.upstream_connections(&config.name));
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.idle_timeout)
+            .pool_max_idle_per_host(config.max_idle_per_endpoint)
+            .http2_only(config.protocol == UpstreamProtocol::Http2)
+            .set_host(false)
+            .build(connector);
+        let scheme = if config.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        let cluster = Arc::new(Cluster {
+            balancer: Balancer::new(config.lb),
+            active: metrics.upstream_active(&config.name),
+            config,
+            endpoints,
+            client,
+            scheme,
+        });
+        if cluster.config.endpoints.iter().any(|e| e.ip.is_none()) {
+            tokio::spawn(refresh_dns(Arc::downgrade(&cluster)));
+        }
+        Ok(cluster)
+    }
+
+    /// Picks an endpoint; `hash` feeds the hash policies.
+    pub fn pick(&self, hash: Option<u64>) -> Option<Arc<Endpoint>> {
+        self.balancer.pick(&self.endpoints.load(), hash)
+    }
+
+    /// The URI for `path_and_query` at `endpoint`.
+    pub fn uri(
+        &self,
+        endpoint: &Endpoint,
+        path_and_query: Option<&http::uri::PathAndQuery>,
+    ) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(endpoint.authority.clone());
+        parts.path_and_query = Some(
+            path_and_query
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
+    }
+
+    /// Sends a request through the pool.
+    pub fn send(&self, req: Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
+        self.client.request(req)
+    }
+
+    /// The HTTP version requests to this cluster must carry.
+    pub fn version(&self) -> http::Version {
+        match self.config.protocol {
+            UpstreamProtocol::Http1 => http::Version::HTTP_11,
+            UpstreamProtocol::Http2 => http::Version::HTTP_2,
+        }
+    }
+
+    /// The endpoints now in use.
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
+        self.endpoints.load_full()
+    }
+}
+
+/// A response as it comes from the pool.
+pub type UpstreamResponse = Response<Incoming>;
+
+async fn refresh_dns(cluster: Weak<Cluster>) {
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let every = c.config.dns_refresh;
+        drop(c);
+        tokio::time::sleep(every).await;
+        let Some(c) = cluster.upgrade() else { return };
+        let (eps, errors) = resolve::resolve_all(&c.config.endpoints).await;
+        if !errors.is_empty() && eps.is_empty() {
+            tracing::warn!(cluster.name = %c.config.name, errors = ?errors, "DNS refresh failed; keeping the last endpoints");
+            continue;
+        }
+        let old = c.endpoints.load();
+        let new_addrs: Vec<_> = eps.iter().map(|e| e.addr).collect();
+        if old.addrs() != new_addrs {
+            tracing::info!(cluster.name = %c.config.name, endpoints = ?new_addrs, "endpoints changed");
+            // Keep existing endpoint objects so their in-flight counts carry over.
+            let eps = eps
+                .into_iter()
+                .map(|e| {
+                    old.endpoints
+                        .iter()
+                        .find(|o| o.addr == e.addr)
+                        .cloned()
+                        .unwrap_or(e)
+                })
+                .collect();
+            c.endpoints
+                .store(Arc::new(EndpointSet::new(eps, c.config.lb)));
+        }
+    }
+}
