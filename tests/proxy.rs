@@ -1,0 +1,745 @@
+//! The proxy path through the real weir binary: routing, splits, balancing,
+//! retries, timeouts, errors, limits, reload and drain.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Upstream, Weir};
+
+fn cluster(name: &str, ups: &[&Upstream], extra: &str) -> String {
+    let eps: Vec<String> = ups.iter().map(|u| format!("\"{}\"", u.addr)).collect();
+    format!(
+        "[[cluster]]\nname = \"{name}\"\nendpoints = [{}]\n{extra}\n\n",
+        eps.join(", ")
+    )
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = client.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn routes_match_on_host_path_method_headers_and_query() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let config = format!(
+        r#"{}{}
+[[route]]
+name = "exact"
+match = {{ path = "/exact" }}
+cluster = "b"
+
+[[route]]
+name = "wildcard-host"
+match = {{ host = "*.b.test" }}
+cluster = "b"
+
+[[route]]
+name = "regex"
+match = {{ regex = "^/items/[0-9]+$" }}
+cluster = "b"
+
+[[route]]
+name = "post"
+match = {{ prefix = "/form", methods = ["POST"] }}
+cluster = "b"
+
+[[route]]
+name = "header"
+match = {{ prefix = "/h", headers = [{{ name = "x-canary", exact = "yes" }}] }}
+cluster = "b"
+
+[[route]]
+name = "query"
+match = {{ prefix = "/q", query = [{{ name = "beta", present = true }}] }}
+cluster = "b"
+
+[[route]]
+name = "rewrite"
+match = {{ prefix = "/api/v1/" }}
+prefix_rewrite = "/v2/"
+host_rewrite = "internal.svc"
+request_headers = {{ set = {{ x-env = "test" }}, add = {{ x-added = "1" }}, remove = ["x-drop"] }}
+response_headers = {{ set = {{ x-served-by = "weir" }}, remove = ["x-upstream"] }}
+cluster = "a"
+
+[[route]]
+name = "direct"
+match = {{ path = "/direct" }}
+direct_response = {{ status = 418, body = "teapot", headers = {{ x-kind = "direct" }} }}
+
+[[route]]
+name = "redirect"
+match = {{ prefix = "/old" }}
+redirect = {{ status = 308, scheme = "https", host = "new.test", path = "/new" }}
+
+[[route]]
+name = "default"
+cluster = "a"
+"#,
+        cluster("a", &[&a], ""),
+        cluster("b", &[&b], "")
+    );
+    let w = Weir::start(&config).await;
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let up = |v: &Value| v["upstream"].as_str().unwrap().to_string();
+
+    assert_eq!(up(&get_json(&c, &w.url("/exact")).await.1), "b");
+    assert_eq!(up(&get_json(&c, &w.url("/exact/no")).await.1), "a");
+    let r = c
+        .get(w.url("/x"))
+        .header("host", "api.b.test:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-upstream"], "b");
+    assert_eq!(up(&get_json(&c, &w.url("/items/12")).await.1), "b");
+    assert_eq!(up(&get_json(&c, &w.url("/items/12a")).await.1), "a");
+    assert_eq!(
+        c.post(w.url("/form")).send().await.unwrap().headers()["x-upstream"],
+        "b"
+    );
+    assert_eq!(up(&get_json(&c, &w.url("/form")).await.1), "a");
+    assert_eq!(
+        c.get(w.url("/h"))
+            .header("x-canary", "yes")
+            .send()
+            .await
+            .unwrap()
+            .headers()["x-upstream"],
+        "b"
+    );
+    assert_eq!(
+        c.get(w.url("/h"))
+            .header("x-canary", "no")
+            .send()
+            .await
+            .unwrap()
+            .headers()["x-upstream"],
+        "a"
+    );
+    assert_eq!(up(&get_json(&c, &w.url("/q?beta")).await.1), "b");
+    assert_eq!(up(&get_json(&c, &w.url("/q?gamma=1")).await.1), "a");
+
+    let r = c
+        .get(w.url("/api/v1/users?id=7"))
+        .header("x-drop", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-served-by"], "weir");
+    assert!(r.headers().get("x-upstream").is_none());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["path"], "/v2/users");
+    assert_eq!(v["query"], "id=7");
+    assert_eq!(v["headers"]["host"], "internal.svc");
+    assert_eq!(v["headers"]["x-env"], "test");
+    assert_eq!(v["headers"]["x-added"], "1");
+    assert!(v["headers"].get("x-drop").is_none());
+
+    let r = c.get(w.url("/direct")).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.headers()["x-kind"].to_str().unwrap()),
+        (418, "direct")
+    );
+    assert_eq!(r.text().await.unwrap(), "teapot");
+
+    let r = c.get(w.url("/old/page?x=1")).send().await.unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], "https://new.test/new?x=1");
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set_and_hop_by_hop_removed() {
+    let a = Upstream::start("a").await;
+    let w = Weir::start(&format!(
+        "{}[[route]]\nname = \"all\"\ncluster = \"a\"\n",
+        cluster("a", &[&a], "")
+    ))
+    .await;
+    let c = reqwest::Client::new();
+    let r = c
+        .get(w.url("/p"))
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let h = &v["headers"];
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], format!("127.0.0.1:{}", w.port));
+    assert_eq!(h["x-request-id"].as_str().unwrap().len(), 36);
+    assert!(h.get("x-hop").is_none() && h.get("keep-alive").is_none());
+    let r = c
+        .get(w.url("/p"))
+        .header("x-request-id", "given")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["headers"]["x-request-id"],
+        "given"
+    );
+}
+
+#[tokio::test]
+async fn weighted_split_is_within_five_percent_and_sticky_when_keyed() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let config = format!(
+        r#"{}{}
+[[route]]
+name = "sticky"
+match = {{ prefix = "/sticky" }}
+weighted = [{{ cluster = "v1", weight = 50 }}, {{ cluster = "v2", weight = 50 }}]
+sticky = {{ header = "x-user" }}
+
+[[route]]
+name = "split"
+weighted = [{{ cluster = "v1", weight = 90 }}, {{ cluster = "v2", weight = 10 }}]
+"#,
+        cluster("v1", &[&v1], ""),
+        cluster("v2", &[&v2], "")
+    );
+    let w = Weir::start(&config).await;
+    let c = reqwest::Client::new();
+    let mut canary = 0;
+    for _ in 0..2000 {
+        let r = c.get(w.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        if r.headers()["x-upstream"] == "v2" {
+            canary += 1;
+        }
+    }
+    assert!(
+        (100..=300).contains(&canary),
+        "10% ± 5% of 2000 is 100..=300, got {canary}"
+    );
+    for user in 0..20 {
+        let first = c
+            .get(w.url("/sticky"))
+            .header("x-user", user.to_string())
+            .send()
+            .await
+            .unwrap()
+            .headers()["x-upstream"]
+            .clone();
+        for _ in 0..5 {
+            let again = c
+                .get(w.url("/sticky"))
+                .header("x-user", user.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(again.headers()["x-upstream"], first, "user {user} moved");
+        }
+    }
+}
+
+#[tokio::test]
+async fn load_balancing_policies_spread_and_hash_sticks() {
+    let ups = [
+        Upstream::start("e0").await,
+        Upstream::start("e1").await,
+        Upstream::start("e2").await,
+    ];
+    let refs: Vec<&Upstream> = ups.iter().collect();
+    let config = format!(
+        r#"{}{}{}{}
+[[route]]
+name = "rr"
+match = {{ prefix = "/rr" }}
+cluster = "rr"
+[[route]]
+name = "lr"
+match = {{ prefix = "/lr" }}
+cluster = "lr"
+[[route]]
+name = "random"
+match = {{ prefix = "/random" }}
+cluster = "random"
+[[route]]
+name = "ring"
+cluster = "ring"
+"#,
+        cluster("rr", &refs, "lb = \"round_robin\""),
+        cluster("lr", &refs, "lb = \"least_request\""),
+        cluster("random", &refs, "lb = \"random\""),
+        cluster(
+            "ring",
+            &refs,
+            "lb = \"maglev\"\nhash_on = { header = \"x-user\" }"
+        ),
+    );
+    let w = Weir::start(&config).await;
+    let c = reqwest::Client::new();
+    for prefix in ["/rr", "/lr", "/random"] {
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..150 {
+            let r = c.get(w.url(prefix)).send().await.unwrap();
+            *counts
+                .entry(r.headers()["x-upstream"].to_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 3, "{prefix}: {counts:?}");
+        assert!(counts.values().all(|n| *n >= 20), "{prefix}: {counts:?}");
+        if prefix == "/rr" {
+            assert!(
+                counts.values().all(|n| *n == 50),
+                "round robin is exact: {counts:?}"
+            );
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..30 {
+        let first = c
+            .get(w.url("/"))
+            .header("x-user", user.to_string())
+            .send()
+            .await
+            .unwrap()
+            .headers()["x-upstream"]
+            .clone();
+        seen.insert(first.clone());
+        let again = c
+            .get(w.url("/"))
+            .header("x-user", user.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.headers()["x-upstream"], first);
+    }
+    assert!(seen.len() >= 2, "30 users all hashed to one endpoint");
+}
+
+#[tokio::test]
+async fn retries_recover_from_failing_upstreams() {
+    let a = Upstream::start("a").await;
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let config = format!(
+        r#"{}
+[[cluster]]
+name = "half-dead"
+endpoints = ["{dead}", "{}"]
+
+[[route]]
+name = "connect"
+match = {{ prefix = "/connect" }}
+cluster = "half-dead"
+retry = {{ attempts = 3, on = ["connect-failure"], backoff_base = "1ms" }}
+
+[[route]]
+name = "no-retry"
+match = {{ prefix = "/noretry" }}
+cluster = "half-dead"
+
+[[route]]
+name = "status"
+cluster = "a"
+retry = {{ attempts = 3, on = ["retriable-status"], statuses = [503], backoff_base = "1ms" }}
+"#,
+        cluster("a", &[&a], ""),
+        a.addr
+    );
+    let w = Weir::start(&config).await;
+    let c = reqwest::Client::new();
+    assert_eq!(
+        c.get(w.url("/flaky/k1/2")).send().await.unwrap().status(),
+        200,
+        "two 503s then success"
+    );
+    assert_eq!(
+        c.get(w.url("/flaky/k2/3")).send().await.unwrap().status(),
+        503,
+        "three attempts, all 503"
+    );
+    assert_eq!(
+        c.post(w.url("/flaky/k3/1"))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503,
+        "POST is not retried by default"
+    );
+    for _ in 0..10 {
+        assert_eq!(c.get(w.url("/connect")).send().await.unwrap().status(), 200);
+    }
+    let mut failed = 0;
+    for _ in 0..10 {
+        let r = c.get(w.url("/noretry")).send().await.unwrap();
+        if r.status() == 502 {
+            let body = r.text().await.unwrap();
+            assert!(
+                body.contains("upstream connect error")
+                    && body.contains("\"half-dead\"")
+                    && body.contains("\"no-retry\""),
+                "{body}"
+            );
+            failed += 1;
+        }
+    }
+    assert_eq!(
+        failed, 5,
+        "round robin sends every other request to the dead endpoint"
+    );
+}
+
+#[tokio::test]
+async fn timeouts_answer_504_and_per_try_timeouts_retry() {
+    let a = Upstream::start("a").await;
+    let config = format!(
+        r#"{}
+[[route]]
+name = "slow"
+match = {{ prefix = "/delay/2000" }}
+cluster = "a"
+timeout = "300ms"
+
+[[route]]
+name = "per-try"
+cluster = "a"
+timeout = "5s"
+retry = {{ attempts = 2, per_try_timeout = "200ms", on = ["5xx"], backoff_base = "1ms" }}
+"#,
+        cluster("a", &[&a], "")
+    );
+    let w = Weir::start(&config).await;
+    let c = reqwest::Client::new();
+    let t = std::time::Instant::now();
+    let r = c.get(w.url("/delay/2000")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(t.elapsed() < Duration::from_millis(1500));
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("upstream timeout") && body.contains("\"slow\""),
+        "{body}"
+    );
+    let before = a.hits();
+    let r = c.get(w.url("/delay/1000")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(a.hits() - before, 2, "the per-try timeout was retried once");
+}
+
+#[tokio::test]
+async fn unusable_clusters_answer_503_and_resets_502() {
+    let a = Upstream::start("a").await;
+    let config = format!(
+        r#"{}
+[[cluster]]
+name = "nowhere"
+endpoints = ["no-such-host.invalid:80"]
+
+[[route]]
+name = "nowhere"
+match = {{ prefix = "/nowhere" }}
+cluster = "nowhere"
+
+[[route]]
+name = "a"
+cluster = "a"
+"#,
+        cluster("a", &[&a], "")
+    );
+    let w = Weir::start(&config).await;
+    let r = reqwest::get(w.url("/nowhere")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("no healthy endpoint in cluster \"nowhere\"")
+    );
+    let r = reqwest::get(w.url("/reset")).await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("upstream reset"));
+    let r = reqwest::get(w.url("/fine")).await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "weir keeps serving after upstream failures"
+    );
+}
+
+#[tokio::test]
+async fn request_limits_answer_431_413_and_400() {
+    let a = Upstream::start("a").await;
+    let config = format!(
+        "{}[[route]]\nname = \"a\"\ncluster = \"a\"\n",
+        cluster("a", &[&a], "")
+    );
+    let (admin, port) = (support::free_port(), support::free_port());
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\nmax_header_size = \"8KiB\"\nmax_headers = 20\nmax_request_body = \"1KiB\"\nheader_read_timeout = \"500ms\"\nidle_timeout = \"1s\"\n{config}"
+    );
+    let w = Weir::start_with(admin, port, &text).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .get(w.url("/"))
+        .header("x-big", "v".repeat(9000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let mut req = c.get(w.url("/"));
+    for i in 0..30 {
+        req = req.header(format!("x-h{i}"), "1");
+    }
+    assert_eq!(req.send().await.unwrap().status(), 431);
+    let r = c
+        .post(w.url("/"))
+        .body("x".repeat(2000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r.text().await.unwrap().contains("1024 bytes"));
+    let chunks = futures_util::stream::iter(
+        (0..4).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 600]))),
+    );
+    let r = c
+        .post(w.url("/"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "a chunked body over the limit");
+    assert_eq!(
+        c.post(w.url("/"))
+            .body("small")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Malformed request line: 400 from the HTTP layer, connection closed.
+    let reply = raw_exchange(w.port, b"GARBAGE\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    // Slowloris: half a request head, then nothing. The connection is closed by header_read_timeout.
+    let t = std::time::Instant::now();
+    let _ = raw_exchange(w.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "slow client held the connection for {:?}",
+        t.elapsed()
+    );
+    // An idle connection is closed by idle_timeout.
+    let t = std::time::Instant::now();
+    let _ = raw_exchange(w.port, b"").await;
+    assert!(t.elapsed() < Duration::from_secs(4));
+    assert_eq!(
+        c.get(w.url("/")).send().await.unwrap().status(),
+        200,
+        "still serving"
+    );
+}
+
+/// Writes `bytes` on a fresh connection and reads until the server closes it (10 s at most).
+async fn raw_exchange(port: u16, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test]
+async fn config_reload_under_traffic_fails_no_request_and_bad_files_keep_the_old_config() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let clusters = format!("{}{}", cluster("v1", &[&v1], ""), cluster("v2", &[&v2], ""));
+    let split = |a: u32, b: u32| {
+        format!(
+            "{clusters}[[route]]\nname = \"split\"\nweighted = [{{ cluster = \"v1\", weight = {a} }}, {{ cluster = \"v2\", weight = {b} }}]\n"
+        )
+    };
+    let w = Weir::start(&split(100, 0)).await;
+    let header = support::base_config(w.admin, w.port);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = w.url("/");
+    let traffic = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let c = reqwest::Client::new();
+    let served_by = |c: reqwest::Client, url: String| async move {
+        let mut v2 = 0;
+        for _ in 0..40 {
+            if c.get(&url).send().await.unwrap().headers()["x-upstream"] == "v2" {
+                v2 += 1;
+            }
+        }
+        v2
+    };
+    assert_eq!(served_by(c.clone(), w.url("/")).await, 0);
+    for (a, b) in [(90, 10), (50, 50), (0, 100)] {
+        w.write_config(&format!("{header}{}", split(a, b)));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        served_by(c.clone(), w.url("/")).await,
+        40,
+        "0/100 sends everything to v2"
+    );
+
+    w.write_config(&format!(
+        "{header}{clusters}[[route]]\nname = \"bad\"\ncluster = \"v3\"\n"
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        served_by(c.clone(), w.url("/")).await,
+        40,
+        "the invalid file left the old config serving"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic.await.unwrap();
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed during reloads ({ok} succeeded)"
+    );
+    assert!(ok > 100);
+
+    let metrics = w.metrics().await;
+    assert!(
+        metrics.contains("weir_config_reloads_total{outcome=\"success\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_config_reloads_total{outcome=\"failure\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("weir_config_last_reload_success 0"));
+    let cfg: Value = reqwest::get(w.admin_url("/config"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cfg["generation"], 4);
+    assert!(
+        cfg["last_reload"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no cluster named \"v3\""),
+        "{cfg}"
+    );
+    assert!(w.logs().contains("config reload failed"));
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let a = Upstream::start("a").await;
+    let mut w = Weir::start(&format!(
+        "[server]\ndrain_timeout = \"5s\"\n{}[[route]]\nname = \"a\"\ncluster = \"a\"\n",
+        cluster("a", &[&a], "")
+    ))
+    .await;
+    let url = w.url("/delay/800");
+    let inflight =
+        tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = reqwest::get(w.admin_url("/ready"))
+        .await
+        .map(|r| r.status().as_u16());
+    assert_eq!(
+        inflight.await.unwrap().unwrap(),
+        200,
+        "the in-flight request completed"
+    );
+    assert_eq!(w.wait_exit(Duration::from_secs(5)).await, Some(0));
+    assert!(
+        matches!(ready, Ok(503) | Err(_)),
+        "/ready during drain: {ready:?}"
+    );
+    assert!(w.logs().contains("draining"));
+}
+
+#[tokio::test]
+async fn admin_api_reports_health_config_and_metrics() {
+    let a = Upstream::start("a").await;
+    let w = Weir::start(&format!(
+        "{}[[route]]\nname = \"a\"\ncluster = \"a\"\nrequest_headers = {{ set = {{ authorization = \"Bearer s3cret\" }} }}\n",
+        cluster("a", &[&a], "")
+    ))
+    .await;
+    assert_eq!(
+        reqwest::get(w.admin_url("/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(w.admin_url("/ready")).await.unwrap().status(),
+        200
+    );
+    let cfg = reqwest::get(w.admin_url("/config"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        cfg.contains("<redacted>") && !cfg.contains("s3cret"),
+        "{cfg}"
+    );
+    for _ in 0..3 {
+        reqwest::get(w.url("/x")).await.unwrap();
+    }
+    reqwest::get(w.url("/status/503")).await.unwrap();
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_requests_total{route=\"a\",cluster=\"a\",status_class=\"2xx\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("weir_requests_total{route=\"a\",cluster=\"a\",status_class=\"5xx\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("weir_request_duration_seconds_count{route=\"a\"} 4"),
+        "{m}"
+    );
+    assert!(
+        m.contains("weir_upstream_connections{cluster=\"a\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("weir_upstream_requests_active{cluster=\"a\"} 0"),
+        "{m}"
+    );
+    assert_eq!(
+        reqwest::get(w.admin_url("/nope")).await.unwrap().status(),
+        404
+    );
+}

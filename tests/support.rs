@@ -1,0 +1,272 @@
+//! Shared pieces of the integration tests: the real weir binary on loopback,
+//! test upstreams (plain hyper servers), and free ports.
+#![allow(dead_code, missing_docs)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The weir binary under test.
+pub fn weir_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_weir")
+}
+
+/// A running weir process; killed on drop.
+pub struct Weir {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub admin: u16,
+    pub port: u16,
+}
+
+/// A config header: admin on `admin`, one listener "public" on `port`.
+pub fn base_config(admin: u16, port: u16) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\n\n"
+    )
+}
+
+impl Weir {
+    /// Starts weir on `base_config(admin, port) + rest` and waits until /ready answers 200.
+    pub async fn start(rest: &str) -> Weir {
+        let (admin, port) = (free_port(), free_port());
+        Self::start_with(admin, port, &format!("{}{rest}", base_config(admin, port))).await
+    }
+
+    /// Starts weir on a complete config text.
+    pub async fn start_with(admin: u16, port: u16, config: &str) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("weir.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("weir.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(weir_bin())
+            .args(["--log-level", "info,weir=debug", "run", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let w = Weir {
+            child: Some(child),
+            dir,
+            config_path,
+            log_path,
+            admin,
+            port,
+        };
+        w.wait_ready().await;
+        w
+    }
+
+    /// Waits until /ready answers 200, or panics with the log.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(self.admin_url("/ready")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("weir did not become ready; its log:\n{}", self.logs());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Replaces the config file the way editors and deploy tools do: write aside, rename over.
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.dir.path().join(".weir.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// Sends a signal (e.g. "TERM") to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {pid} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().unwrap();
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("weir did not exit within {within:?}; log:\n{}", self.logs());
+    }
+
+    /// The /metrics text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A test upstream. Paths it knows:
+/// - `/status/{code}`: answers that status;
+/// - `/delay/{ms}`: waits, then answers 200;
+/// - `/flaky/{key}/{n}`: answers 503 to the first n requests for key, then 200;
+/// - `/reset`: drops the connection without answering;
+/// - anything else: 200 with JSON describing the request and naming this upstream.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let flaky: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let (name2, hits2) = (name.to_string(), hits.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = socket.accept().await else {
+                    continue;
+                };
+                let (name, hits, flaky) = (name2.clone(), hits2.clone(), flaky.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        answer(name.clone(), flaky.clone(), req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            name: name.to_string(),
+            hits,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(
+    name: String,
+    flaky: Arc<Mutex<HashMap<String, usize>>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let path = req.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["status", code] => {
+            let mut r = Response::new(Full::new(Bytes::from(format!("{name} says {code}"))));
+            *r.status_mut() = code.parse::<u16>().unwrap().try_into().unwrap();
+            return Ok(r);
+        }
+        ["delay", ms] => tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await,
+        ["flaky", key, n] => {
+            let mut map = flaky.lock().unwrap();
+            let seen = map.entry(key.to_string()).or_default();
+            *seen += 1;
+            if *seen <= n.parse::<usize>().unwrap() {
+                let mut r = Response::new(Full::new(Bytes::from("flaky")));
+                *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                return Ok(r);
+            }
+        }
+        ["reset"] => return Err(std::io::Error::other("reset on purpose")),
+        _ => {}
+    }
+    let method = req.method().to_string();
+    let uri = req.uri().clone();
+    let mut headers = serde_json::Map::new();
+    for (k, v) in req.headers() {
+        headers.insert(k.to_string(), json!(v.to_str().unwrap_or("")));
+    }
+    let version = format!("{:?}", req.version());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let doc = json!({
+        "upstream": name,
+        "method": method,
+        "path": uri.path(),
+        "query": uri.query(),
+        "version": version,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    let mut r = Response::new(Full::new(Bytes::from(doc.to_string())));
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut().insert("x-upstream", name.parse().unwrap());
+    Ok(r)
+}
+
+/// Never resolves; for servers that must stay up for the whole test.
+pub async fn forever() -> Infallible {
+    std::future::pending().await
+}
