@@ -1,1 +1,264 @@
+//! Protocols through the real weir binary: HTTP/2 (h2c and ALPN), gRPC with
+//! trailers, WebSocket upgrades, TLS termination with SNI, upstream TLS.
+
 mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use support::{TestCa, Upstream, Weir};
+
+fn one_cluster(addr: impl std::fmt::Display, extra: &str) -> String {
+    format!(
+        "[[cluster]]\nname = \"up\"\nendpoints = [\"{addr}\"]\n{extra}\n\n[[route]]\nname = \"all\"\ncluster = \"up\"\n"
+    )
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_downstream_reaches_an_http1_upstream() {
+    let a = Upstream::start("a").await;
+    let w = Weir::start(&one_cluster(a.addr, "")).await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = c
+        .post(w.url("/h2?x=1"))
+        .body("over h2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["version"], "HTTP/1.1");
+    assert_eq!(v["body"], "over h2");
+    assert_eq!(
+        v["headers"]["host"],
+        format!("127.0.0.1:{}", w.port),
+        "the :authority becomes the upstream Host"
+    );
+    // Many concurrent streams on one connection.
+    let results =
+        futures_util::future::join_all((0..50).map(|i| c.get(w.url(&format!("/s{i}"))).send()))
+            .await;
+    assert!(results.into_iter().all(|r| r.unwrap().status() == 200));
+}
+
+async fn grpc_upstream() -> std::net::SocketAddr {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("weir.test", tonic_health::ServingStatus::Serving)
+        .await;
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _keep = reporter;
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(socket))
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+#[tokio::test]
+async fn grpc_unary_and_streaming_calls_pass_with_trailers() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let upstream = grpc_upstream().await;
+    let w = Weir::start(&one_cluster(upstream, "protocol = \"http2\"")).await;
+    let channel = tonic::transport::Endpoint::from_shared(w.url(""))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    // A unary OK: grpc-status arrives in the trailers, which tonic insists on.
+    let reply = client
+        .check(HealthCheckRequest {
+            service: "weir.test".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().status, 1, "SERVING");
+    // An error status from the server reaches the client intact.
+    let err = client
+        .check(HealthCheckRequest {
+            service: "unknown".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    // Server streaming.
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: "weir.test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status, 1);
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through() {
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = socket.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() {
+                        ws.send(format!("echo: {}", msg.to_text().unwrap()).into())
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let w = Weir::start(&one_cluster(addr, "")).await;
+    let (mut ws, resp) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/chat", w.port))
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        ws.send(format!("hello {i}").into()).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.to_text().unwrap(), format!("echo: hello {i}"));
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn tls_termination_picks_certificates_by_sni_and_offers_h2() {
+    let a = Upstream::start("a").await;
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (dc, dk) = ca.issue(&["default.test"], dir.path(), "default");
+    let (ac, ak) = ca.issue(&["a.test"], dir.path(), "a");
+    let (wc, wk) = ca.issue(&["*.b.test"], dir.path(), "wild");
+    let (admin, port) = (support::free_port(), support::free_port());
+    let config = format!(
+        r#"[admin]
+listen = "127.0.0.1:{admin}"
+
+[[listener]]
+name = "tls"
+listen = "127.0.0.1:{port}"
+tls = {{ cert = "{}", key = "{}", sni = [{{ server_names = ["a.test"], cert = "{}", key = "{}" }}, {{ server_names = ["*.b.test"], cert = "{}", key = "{}" }}] }}
+
+{}"#,
+        dc.display(),
+        dk.display(),
+        ac.display(),
+        ak.display(),
+        wc.display(),
+        wk.display(),
+        one_cluster(a.addr, "")
+    );
+    let w = Weir::start_with(admin, port, &config).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = |host: &str| {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+            .resolve(host, addr)
+            .build()
+            .unwrap()
+    };
+    for host in ["a.test", "x.b.test", "default.test"] {
+        let r = client(host)
+            .get(format!("https://{host}:{port}/sni"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e:?}"));
+        assert_eq!(
+            r.version(),
+            reqwest::Version::HTTP_2,
+            "ALPN chose h2 for {host}"
+        );
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+    }
+    // A name with no certificate of its own gets the default one, which does not cover it.
+    let err = client("other.test")
+        .get(format!("https://other.test:{port}/"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("NotValidForName")
+            || format!("{err:?}").contains("certificate"),
+        "{err:?}"
+    );
+    // A plain-text client on the TLS port is refused and counted.
+    let _ = reqwest::get(format!("http://127.0.0.1:{port}/")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        w.metrics()
+            .await
+            .contains("weir_tls_handshake_errors_total{listener=\"tls\"} 2")
+    );
+}
+
+#[tokio::test]
+async fn clusters_originate_tls_and_verify_the_upstream() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (uc, uk) = ca.issue(&["upstream.test"], dir.path(), "upstream");
+    let ca_path = ca.write(dir.path());
+    // An upstream that speaks TLS: weir itself, terminating TLS with a direct response.
+    let (up_admin, up_port) = (support::free_port(), support::free_port());
+    let up_config = format!(
+        "[admin]\nlisten = \"127.0.0.1:{up_admin}\"\n[[listener]]\nname = \"tls\"\nlisten = \"127.0.0.1:{up_port}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n[[route]]\nname = \"echo\"\necho = true\n",
+        uc.display(),
+        uk.display()
+    );
+    let _upstream = Weir::start_with(up_admin, up_port, &up_config).await;
+    let config = format!(
+        r#"[[cluster]]
+name = "good"
+endpoints = ["127.0.0.1:{up_port}"]
+tls = {{ ca = "{ca}", sni = "upstream.test" }}
+
+[[cluster]]
+name = "wrong-name"
+endpoints = ["127.0.0.1:{up_port}"]
+tls = {{ ca = "{ca}", sni = "other.test" }}
+
+[[route]]
+name = "wrong"
+match = {{ prefix = "/wrong" }}
+cluster = "wrong-name"
+
+[[route]]
+name = "good"
+cluster = "good"
+"#,
+        ca = ca_path.display()
+    );
+    let w = Weir::start(&config).await;
+    let r = reqwest::get(w.url("/secure")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["headers"]["x-forwarded-proto"], "https",
+        "the upstream weir saw TLS"
+    );
+    let r = reqwest::get(w.url("/wrong")).await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("upstream connect error"));
+}

@@ -63,11 +63,32 @@ impl Weir {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("weir.toml");
         std::fs::write(&config_path, config).unwrap();
+        Self::spawn(admin, port, dir, config_path, true).await
+    }
+
+    /// Starts `weir run` with no --config: the embedded default on 8080, admin on 9901.
+    pub async fn start_embedded() -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("unused");
+        Self::spawn(9901, 8080, dir, config_path, false).await
+    }
+
+    async fn spawn(
+        admin: u16,
+        port: u16,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        with_config: bool,
+    ) -> Weir {
         let log_path = dir.path().join("weir.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(weir_bin())
-            .args(["--log-level", "info,weir=debug", "run", "--config"])
-            .arg(&config_path)
+        let mut cmd = Command::new(weir_bin());
+        cmd.args(["--log-level", "info,weir=debug", "run"])
+            .current_dir(dir.path());
+        if with_config {
+            cmd.arg("--config").arg(&config_path);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -269,4 +290,49 @@ async fn answer(
 /// Never resolves; for servers that must stay up for the whole test.
 pub async fn forever() -> Infallible {
     std::future::pending().await
+}
+
+/// A throwaway CA for TLS tests.
+pub struct TestCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    /// The CA certificate, PEM.
+    pub pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "weir test CA");
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa { params, key, pem }
+    }
+
+    /// Issues a certificate for `names`, writes `<stem>.pem` and `<stem>.key` into `dir`.
+    pub fn issue(&self, names: &[&str], dir: &std::path::Path, stem: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let (c, k) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    /// Writes the CA certificate to `dir/ca.pem`.
+    pub fn write(&self, dir: &std::path::Path) -> PathBuf {
+        let p = dir.join("ca.pem");
+        std::fs::write(&p, &self.pem).unwrap();
+        p
+    }
 }
