@@ -22,6 +22,8 @@
 mod index;
 mod split;
 
+use std::collections::HashMap;
+
 use http::{HeaderMap, Method};
 
 use crate::config::{HostMatch, KeyMatch, PathMatch, RouteConfig, RouteMatch, ValueMatch};
@@ -49,17 +51,28 @@ pub struct RequestView<'a> {
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<RouteConfig>,
+    /// Routes without an exact host, by literal path prefix.
     index: PrefixIndex,
+    /// Routes with an exact host, by host (lower case).
+    by_host: HashMap<String, Vec<u32>>,
 }
 
 impl Router {
     /// Builds a router over `routes`, in match order.
     pub fn new(routes: Vec<RouteConfig>) -> Router {
-        let index = PrefixIndex::new(routes.iter().map(|r| match &r.matcher.path {
-            Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) => Some(p.as_str()),
-            Some(PathMatch::Regex(_)) | None => None,
+        let mut by_host: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            if let Some(HostMatch::Exact(h)) = &r.matcher.host {
+                by_host.entry(h.clone()).or_default().push(i as u32);
+            }
+        }
+        let index = PrefixIndex::new(routes.iter().map(|r| match (&r.matcher.host, &r.matcher.path) {
+            (Some(HostMatch::Exact(_)), _) => index::Literal::Elsewhere,
+            (_, Some(PathMatch::Exact(p) | PathMatch::Prefix(p))) => index::Literal::Prefix(p.clone()),
+            (_, Some(PathMatch::Regex(r))) => index::regex_literal(r.as_str()).map_or(index::Literal::None, index::Literal::Prefix),
+            (_, None) => index::Literal::None,
         }));
-        Router { routes, index }
+        Router { routes, index, by_host }
     }
 
     /// The first route that matches `req`.
@@ -70,7 +83,7 @@ impl Router {
     /// The index of the first route that matches `req`.
     pub fn find(&self, req: &RequestView<'_>) -> Option<usize> {
         let mut best: Option<usize> = None;
-        self.index.candidates(req.path, |list| {
+        let mut visit = |list: &[u32]| {
             for &i in list {
                 let i = i as usize;
                 if best.is_some_and(|b| i >= b) {
@@ -81,7 +94,18 @@ impl Router {
                     break;
                 }
             }
-        });
+        };
+        if !self.by_host.is_empty() {
+            let list = if req.host.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.by_host.get(&req.host.to_ascii_lowercase())
+            } else {
+                self.by_host.get(req.host)
+            };
+            if let Some(list) = list {
+                visit(list);
+            }
+        }
+        self.index.candidates(req.path, &mut visit);
         best
     }
 

@@ -19,17 +19,51 @@ struct Node {
     routes: Vec<u32>,
 }
 
+/// What the index knows of a route's path.
+pub(super) enum Literal {
+    /// Every path it matches starts with this.
+    Prefix(String),
+    /// Nothing: a candidate for every path.
+    None,
+    /// Indexed elsewhere (by host); not here.
+    Elsewhere,
+}
+
+/// The literal prefix every match of an anchored regex starts with, if any:
+/// `^/users/[0-9]+` gives `/users/`.
+pub(super) fn regex_literal(re: &str) -> Option<String> {
+    const META: &str = "\\.+*?()|[]{}^$";
+    let rest = re.strip_prefix('^')?;
+    if re.contains('|') {
+        // A top-level alternative would not start with the literal.
+        return None;
+    }
+    let mut lit = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if META.contains(c) {
+            if matches!(c, '?' | '*' | '{') {
+                lit.pop();
+            }
+            break;
+        }
+        if matches!(chars.peek(), Some('?' | '*' | '{')) {
+            break;
+        }
+        lit.push(c);
+    }
+    (!lit.is_empty()).then_some(lit)
+}
+
 impl PrefixIndex {
-    /// Indexes routes by their literal prefixes (`None`: no literal).
-    pub(super) fn new<'a>(literals: impl Iterator<Item = Option<&'a str>>) -> PrefixIndex {
-        let mut index = PrefixIndex {
-            nodes: vec![Node::default()],
-            always: Vec::new(),
-        };
+    /// Indexes routes by what is known of their paths.
+    pub(super) fn new(literals: impl Iterator<Item = Literal>) -> PrefixIndex {
+        let mut index = PrefixIndex { nodes: vec![Node::default()], always: Vec::new() };
         for (i, lit) in literals.enumerate() {
             match lit {
-                None => index.always.push(i as u32),
-                Some(lit) => {
+                Literal::None => index.always.push(i as u32),
+                Literal::Elsewhere => {}
+                Literal::Prefix(lit) => {
                     let node = index.insert(lit.as_bytes());
                     index.nodes[node].routes.push(i as u32);
                 }
@@ -72,5 +106,22 @@ impl PrefixIndex {
                 visit(&node.routes);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::regex_literal;
+
+    #[test]
+    fn regex_literals_stop_before_quantifiers_and_classes() {
+        assert_eq!(regex_literal("^/users/[0-9]+$").as_deref(), Some("/users/"));
+        assert_eq!(regex_literal("^/ab?c").as_deref(), Some("/a"));
+        assert_eq!(regex_literal("^/a.b").as_deref(), Some("/a"));
+        assert_eq!(regex_literal("^/v{2}").as_deref(), Some("/"));
+        assert_eq!(regex_literal("^/x\\.y").as_deref(), Some("/x"));
+        assert_eq!(regex_literal("/users"), None);
+        assert_eq!(regex_literal("^(a|b)"), None);
+        assert_eq!(regex_literal("^/a|/b"), None);
     }
 }
