@@ -110,11 +110,10 @@ impl Weir {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = reqwest::Client::new();
         while Instant::now() < deadline {
-            if let Ok(r) = client.get(self.admin_url("/ready")).send().await {
-                if r.status() == 200 {
+            if let Ok(r) = client.get(self.admin_url("/ready")).send().await
+                && r.status() == 200 {
                     return;
                 }
-            }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("weir did not become ready; its log:\n{}", self.logs());

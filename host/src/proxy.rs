@@ -274,11 +274,10 @@ async fn handle(
     prepare_upstream_request(&mut head, route, down, &host, upgrade.is_some());
     let hash = hash_key(&cluster.config.hash_on, &head, down).map(|h| h ^ 0x9e37_79b9_7f4a_7c15);
     let mut resp = forward(route, &cluster, head, body, hash, limit, ex).await?;
-    if let Some(on_downstream) = upgrade {
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    if let Some(on_downstream) = upgrade
+        && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             tunnel(on_downstream, hyper::upgrade::on(&mut resp));
         }
-    }
     Ok(resp)
 }
 

@@ -30,8 +30,8 @@ pub fn spawn_watcher(path: PathBuf, state: Arc<AppState>) -> anyhow::Result<()> 
     let name = path.file_name().map(|n| n.to_os_string());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(ev) = event {
-            if ev
+        if let Ok(ev) = event
+            && ev
                 .paths
                 .iter()
                 .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
@@ -39,7 +39,6 @@ pub fn spawn_watcher(path: PathBuf, state: Arc<AppState>) -> anyhow::Result<()> 
             {
                 let _ = tx.send(());
             }
-        }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     tokio::spawn(async move {

