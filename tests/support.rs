@@ -111,9 +111,10 @@ impl Weir {
         let client = reqwest::Client::new();
         while Instant::now() < deadline {
             if let Ok(r) = client.get(self.admin_url("/ready")).send().await
-                && r.status() == 200 {
-                    return;
-                }
+                && r.status() == 200
+            {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("weir did not become ready; its log:\n{}", self.logs());

@@ -16,9 +16,15 @@ fn router(routes: usize, kind: &str) -> Router {
             "host" => format!("{{ host = \"svc{i}.example.com\", prefix = \"/\" }}"),
             _ => format!("{{ regex = \"^/service-{i}/[a-z]+$\" }}"),
         };
-        text.push_str(&format!("[[route]]\nname = \"r{i}\"\nmatch = {m}\necho = true\n"));
+        text.push_str(&format!(
+            "[[route]]\nname = \"r{i}\"\nmatch = {m}\necho = true\n"
+        ));
     }
-    Router::new(Config::from_toml(&text, "bench", ".".as_ref()).unwrap().routes)
+    Router::new(
+        Config::from_toml(&text, "bench", ".".as_ref())
+            .unwrap()
+            .routes,
+    )
 }
 
 fn bench(c: &mut Criterion) {
@@ -30,7 +36,14 @@ fn bench(c: &mut Criterion) {
         ("regex", "api.example.com", "/service-997/users"),
     ] {
         let r = router(1000, kind);
-        let req = RequestView { listener: "l", method: &Method::GET, host, path, query: None, headers: &headers };
+        let req = RequestView {
+            listener: "l",
+            method: &Method::GET,
+            host,
+            path,
+            query: None,
+            headers: &headers,
+        };
         assert_eq!(r.route(&req).unwrap().name, "r997");
         g.bench_function(kind, |b| b.iter(|| black_box(r.find(black_box(&req)))));
     }

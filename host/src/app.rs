@@ -62,23 +62,25 @@ pub fn check_files(config: &Config) -> Result<(), ConfigErrors> {
     let mut errors = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         if let Some(tls) = &l.tls
-            && let Err(e) = crate::listener::tls::server_config(tls, l.http2) {
-                errors.push(ConfigError {
-                    path: format!("listener[{i}].tls"),
-                    location: None,
-                    message: e,
-                });
-            }
+            && let Err(e) = crate::listener::tls::server_config(tls, l.http2)
+        {
+            errors.push(ConfigError {
+                path: format!("listener[{i}].tls"),
+                location: None,
+                message: e,
+            });
+        }
     }
     for (i, c) in config.clusters.iter().enumerate() {
         if let Some(tls) = &c.tls
-            && let Err(e) = crate::upstream::tls::client_config(tls) {
-                errors.push(ConfigError {
-                    path: format!("cluster[{i}].tls"),
-                    location: None,
-                    message: e,
-                });
-            }
+            && let Err(e) = crate::upstream::tls::client_config(tls)
+        {
+            errors.push(ConfigError {
+                path: format!("cluster[{i}].tls"),
+                location: None,
+                message: e,
+            });
+        }
     }
     if errors.is_empty() {
         Ok(())

@@ -89,9 +89,13 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         },
         None => Config::embedded_default(),
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime, with no work-stealing bookkeeping.
+    let mut builder = match config.server.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all().thread_name("weir-worker");
-    if let Some(n) = config.server.workers {
+    if let Some(n) = config.server.workers.filter(|n| *n > 1) {
         builder.worker_threads(n);
     }
     let rt = match builder.build() {

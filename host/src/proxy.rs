@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::body::{self, Body, BoxError, Guarded};
-use crate::config::{HashOn, ListenerConfig, RouteAction, RouteConfig};
+use crate::config::{HashOn, LbPolicy, ListenerConfig, RouteAction, RouteConfig};
 use crate::error::ProxyError;
 use crate::filter::{ChainStream, LocalResponse};
 use crate::router::{RequestView, pick_weighted};
@@ -272,12 +272,18 @@ async fn handle(
         .clone();
     ex.cluster = Some(cluster.clone());
     prepare_upstream_request(&mut head, route, down, &host, upgrade.is_some());
-    let hash = hash_key(&cluster.config.hash_on, &head, down).map(|h| h ^ 0x9e37_79b9_7f4a_7c15);
+    let hash = match cluster.config.lb {
+        LbPolicy::RingHash | LbPolicy::Maglev => {
+            hash_key(&cluster.config.hash_on, &head, down).map(|h| h ^ 0x9e37_79b9_7f4a_7c15)
+        }
+        LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::Random => None,
+    };
     let mut resp = forward(route, &cluster, head, body, hash, limit, ex).await?;
     if let Some(on_downstream) = upgrade
-        && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            tunnel(on_downstream, hyper::upgrade::on(&mut resp));
-        }
+        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        tunnel(on_downstream, hyper::upgrade::on(&mut resp));
+    }
     Ok(resp)
 }
 
@@ -292,7 +298,8 @@ fn check_limits(l: &ListenerConfig, req: &Request<Incoming>) -> Result<(), Proxy
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri().to_string().len();
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len());
     if size > l.max_header_size {
         return Err(ProxyError::HeadersTooLarge {
             what: format!("{size} bytes, the limit is {}", l.max_header_size),

@@ -66,13 +66,22 @@ impl Router {
                 by_host.entry(h.clone()).or_default().push(i as u32);
             }
         }
-        let index = PrefixIndex::new(routes.iter().map(|r| match (&r.matcher.host, &r.matcher.path) {
-            (Some(HostMatch::Exact(_)), _) => index::Literal::Elsewhere,
-            (_, Some(PathMatch::Exact(p) | PathMatch::Prefix(p))) => index::Literal::Prefix(p.clone()),
-            (_, Some(PathMatch::Regex(r))) => index::regex_literal(r.as_str()).map_or(index::Literal::None, index::Literal::Prefix),
-            (_, None) => index::Literal::None,
+        let index = PrefixIndex::new(routes.iter().map(|r| {
+            match (&r.matcher.host, &r.matcher.path) {
+                (Some(HostMatch::Exact(_)), _) => index::Literal::Elsewhere,
+                (_, Some(PathMatch::Exact(p) | PathMatch::Prefix(p))) => {
+                    index::Literal::Prefix(p.clone())
+                }
+                (_, Some(PathMatch::Regex(r))) => index::regex_literal(r.as_str())
+                    .map_or(index::Literal::None, index::Literal::Prefix),
+                (_, None) => index::Literal::None,
+            }
         }));
-        Router { routes, index, by_host }
+        Router {
+            routes,
+            index,
+            by_host,
+        }
     }
 
     /// The first route that matches `req`.

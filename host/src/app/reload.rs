@@ -35,10 +35,10 @@ pub fn spawn_watcher(path: PathBuf, state: Arc<AppState>) -> anyhow::Result<()> 
                 .paths
                 .iter()
                 .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-                && !ev.kind.is_access()
-            {
-                let _ = tx.send(());
-            }
+            && !ev.kind.is_access()
+        {
+            let _ = tx.send(());
+        }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     tokio::spawn(async move {

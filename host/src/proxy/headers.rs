@@ -39,6 +39,13 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, including those the Connection header names.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests carry none: one pass over the names, then nothing to do.
+    let any = headers
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(k) || k == header::UPGRADE);
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -86,9 +93,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool, host:
         HeaderValue::from_static(if https { "https" } else { "http" }),
     );
     if !headers.contains_key(&XFH)
-        && let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(XFH, v);
-        }
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        headers.insert(XFH, v);
+    }
 }
 
 /// Adds an x-request-id when the request has none.

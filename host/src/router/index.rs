@@ -58,7 +58,10 @@ pub(super) fn regex_literal(re: &str) -> Option<String> {
 impl PrefixIndex {
     /// Indexes routes by what is known of their paths.
     pub(super) fn new(literals: impl Iterator<Item = Literal>) -> PrefixIndex {
-        let mut index = PrefixIndex { nodes: vec![Node::default()], always: Vec::new() };
+        let mut index = PrefixIndex {
+            nodes: vec![Node::default()],
+            always: Vec::new(),
+        };
         for (i, lit) in literals.enumerate() {
             match lit {
                 Literal::None => index.always.push(i as u32),
