@@ -162,9 +162,11 @@ def cpu_seconds(pids):
 
 
 def to_us(text):
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if not m:
+        raise ValueError(f"unreadable wrk latency {text!r}")
     v, unit = float(m.group(1)), m.group(2)
-    return v * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+    return v * {"us": 1, "ms": 1000, "s": 1_000_000, "m": 60_000_000}[unit]
 
 
 def run_wrk(port, conns, duration):
@@ -177,8 +179,11 @@ def run_wrk(port, conns, duration):
         raise SystemExit(f"wrk against port {port} gave no latencies:\n{out}")
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = to_us(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = to_us(re.search(r"99%\s+(\S+)", out).group(1))
+    try:
+        p50 = to_us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+        p99 = to_us(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    except (AttributeError, ValueError) as e:
+        raise SystemExit(f"cannot read wrk's output ({e}):\n{out}")
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = int(non2xx.group(1)) if non2xx else 0
     return requests, rps, p50, p99, errors
