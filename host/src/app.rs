@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::filter::FilterChain;
 use crate::listener::Bound;
+use crate::plugin::host::HostServices;
 use crate::proxy::Shared;
 use crate::runtime::Runtime;
 use crate::telemetry::Metrics;
@@ -99,8 +100,33 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let runtime = Runtime::build(config.clone(), None, &metrics, FilterChain::default()).await?;
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(runtime),
-        metrics,
+        metrics: metrics.clone(),
     });
+    let host = Arc::new(HostServices::new(Arc::downgrade(&shared), metrics.clone()));
+    let workers = config
+        .server
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (filters, errors) =
+        crate::plugin::load_dir(&config.plugins_dir, &config.plugin_defaults, &host, workers);
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::bail!("plugins failed to load:\n{}", list.join("\n"));
+    }
+    if !filters.is_empty() {
+        // The first generation again, now with its filter chain.
+        let base = shared.runtime.load_full();
+        let mut with_plugins = Runtime::build(
+            config.clone(),
+            Some(&base),
+            &metrics,
+            FilterChain::new(filters),
+        )
+        .await?;
+        with_plugins.generation = 1;
+        metrics.config_generation.set(1);
+        shared.runtime.store(Arc::new(with_plugins));
+    }
     let state = Arc::new(AppState {
         shared: shared.clone(),
         config_path: config_path.clone(),

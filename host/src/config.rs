@@ -42,6 +42,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// The plugins directory.
     pub plugins_dir: PathBuf,
+    /// Settings every plugin has unless its own .toml says otherwise.
+    pub plugin_defaults: PluginDefaults,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Routes, in match order.
@@ -57,6 +59,26 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// Grace period for in-flight requests on shutdown.
     pub drain_timeout: std::time::Duration,
+}
+
+/// What happens to a request when a plugin fails (traps, hits a limit, or never loaded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// The request gets 503 naming the plugin (Envoy's default).
+    Closed,
+    /// The plugin is skipped for that request.
+    Open,
+}
+
+/// Plugin settings from `[plugins]`.
+#[derive(Clone, Debug)]
+pub struct PluginDefaults {
+    /// Linear-memory limit per instance, in bytes.
+    pub memory_limit: u64,
+    /// CPU time per callback.
+    pub cpu_limit: std::time::Duration,
+    /// Failure policy.
+    pub failure: FailurePolicy,
 }
 
 /// A listener.

@@ -9,18 +9,19 @@
 //! Plugins of either ABI plug in by implementing [`HttpFilter`].
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 /// What a filter decides in a phase.
+#[derive(Debug)]
 pub enum Action {
     /// Go on to the next filter.
     Continue,
-    /// Wait: the chain awaits the future, which yields the filter's final decision.
-    Pause(Resume),
     /// Hold the body until the whole of it has arrived, then call the filter again
     /// with all of it and `end_of_stream` set.
     StopAndBuffer,
@@ -28,8 +29,14 @@ pub enum Action {
     Respond(LocalResponse),
 }
 
-/// A paused filter's decision, still to come.
-pub type Resume = Pin<Box<dyn Future<Output = Action> + Send>>;
+/// A filter's decision, perhaps still to come: a filter that waits (for an
+/// outbound call, a timer) returns a future that resolves when it has decided.
+pub type FilterFuture<'a> = Pin<Box<dyn Future<Output = Action> + Send + 'a>>;
+
+/// A decision that is already made.
+pub fn decided<'a>(action: Action) -> FilterFuture<'a> {
+    Box::pin(std::future::ready(action))
+}
 
 /// A response made by weir or a filter instead of the upstream.
 #[derive(Clone, Debug)]
@@ -44,42 +51,76 @@ pub struct LocalResponse {
     pub by: String,
 }
 
+/// What a filter may know about the request's connection and timing.
+#[derive(Clone, Debug)]
+pub struct StreamInfo {
+    /// The listener's name.
+    pub listener: String,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// When the request arrived.
+    pub start: SystemTime,
+}
+
+/// What the log phase can read about the finished exchange.
+#[derive(Clone, Debug, Default)]
+pub struct LogInfo {
+    /// The status sent downstream.
+    pub status: u16,
+    /// The route taken, if any.
+    pub route: Option<String>,
+    /// The cluster used, if any.
+    pub cluster: Option<String>,
+}
+
 /// A filter type: makes one [`StreamFilter`] per request.
 pub trait HttpFilter: Send + Sync {
     /// Name for logs, metrics and errors.
     fn name(&self) -> &str;
     /// A fresh per-request filter.
-    fn new_stream(&self) -> Box<dyn StreamFilter>;
+    fn new_stream(&self, info: &Arc<StreamInfo>) -> Box<dyn StreamFilter>;
 }
 
 /// A filter's state for one request. Every phase defaults to [`Action::Continue`].
 pub trait StreamFilter: Send {
     /// The request head arrived; `end_of_stream` when no body follows.
-    fn on_request_headers(
-        &mut self,
-        _head: &mut http::request::Parts,
+    fn on_request_headers<'a>(
+        &'a mut self,
+        _head: &'a mut http::request::Parts,
         _end_of_stream: bool,
-    ) -> Action {
-        Action::Continue
+    ) -> FilterFuture<'a> {
+        decided(Action::Continue)
     }
-    /// A request body chunk arrived (the whole body after [`Action::StopAndBuffer`]).
-    fn on_request_body(&mut self, _body: &mut Bytes, _end_of_stream: bool) -> Action {
-        Action::Continue
+    /// The whole request body (after [`Action::StopAndBuffer`] on the headers).
+    fn on_request_body<'a>(
+        &'a mut self,
+        _body: &'a mut Bytes,
+        _end_of_stream: bool,
+    ) -> FilterFuture<'a> {
+        decided(Action::Continue)
     }
     /// The response head arrived.
-    fn on_response_headers(
-        &mut self,
-        _head: &mut http::response::Parts,
+    fn on_response_headers<'a>(
+        &'a mut self,
+        _head: &'a mut http::response::Parts,
         _end_of_stream: bool,
-    ) -> Action {
-        Action::Continue
+    ) -> FilterFuture<'a> {
+        decided(Action::Continue)
     }
-    /// A response body chunk arrived.
-    fn on_response_body(&mut self, _body: &mut Bytes, _end_of_stream: bool) -> Action {
-        Action::Continue
+    /// The whole response body (after [`Action::StopAndBuffer`] on the headers).
+    fn on_response_body<'a>(
+        &'a mut self,
+        _body: &'a mut Bytes,
+        _end_of_stream: bool,
+    ) -> FilterFuture<'a> {
+        decided(Action::Continue)
     }
     /// The exchange is over; record what you want recorded.
-    fn on_log(&mut self) {}
+    fn on_log(&mut self, _info: &LogInfo) {}
 }
 
 /// An ordered list of filters, shared by all requests of one config generation.
@@ -100,20 +141,16 @@ impl FilterChain {
     }
 
     /// Per-request state for every filter of the chain.
-    pub fn start(&self) -> ChainStream {
+    pub fn start(&self, info: &Arc<StreamInfo>) -> ChainStream {
         ChainStream {
-            streams: self
-                .filters
-                .iter()
-                .map(|f| (f.name().to_string(), f.new_stream()))
-                .collect(),
+            streams: self.filters.iter().map(|f| f.new_stream(info)).collect(),
         }
     }
 }
 
 /// The chain's state for one request.
 pub struct ChainStream {
-    streams: Vec<(String, Box<dyn StreamFilter>)>,
+    streams: Vec<Box<dyn StreamFilter>>,
 }
 
 impl ChainStream {
@@ -124,8 +161,8 @@ impl ChainStream {
         eos: bool,
     ) -> Result<bool, LocalResponse> {
         let mut wants_body = false;
-        for (_, s) in self.streams.iter_mut() {
-            match settle(s.on_request_headers(head, eos)).await {
+        for s in self.streams.iter_mut() {
+            match settle(s.on_request_headers(head, eos).await) {
                 Settled::Continue => {}
                 Settled::Buffer => wants_body = true,
                 Settled::Respond(r) => return Err(r),
@@ -136,8 +173,8 @@ impl ChainStream {
 
     /// Runs the request-body phase over a whole body, in order.
     pub async fn request_body(&mut self, body: &mut Bytes) -> Result<(), LocalResponse> {
-        for (_, s) in self.streams.iter_mut() {
-            if let Settled::Respond(r) = settle(s.on_request_body(body, true)).await {
+        for s in self.streams.iter_mut() {
+            if let Settled::Respond(r) = settle(s.on_request_body(body, true).await) {
                 return Err(r);
             }
         }
@@ -151,8 +188,8 @@ impl ChainStream {
         eos: bool,
     ) -> Result<bool, LocalResponse> {
         let mut wants_body = false;
-        for (_, s) in self.streams.iter_mut().rev() {
-            match settle(s.on_response_headers(head, eos)).await {
+        for s in self.streams.iter_mut().rev() {
+            match settle(s.on_response_headers(head, eos).await) {
                 Settled::Continue => {}
                 Settled::Buffer => wants_body = true,
                 Settled::Respond(r) => return Err(r),
@@ -163,8 +200,8 @@ impl ChainStream {
 
     /// Runs the response-body phase over a whole body, in reverse order.
     pub async fn response_body(&mut self, body: &mut Bytes) -> Result<(), LocalResponse> {
-        for (_, s) in self.streams.iter_mut().rev() {
-            if let Settled::Respond(r) = settle(s.on_response_body(body, true)).await {
+        for s in self.streams.iter_mut().rev() {
+            if let Settled::Respond(r) = settle(s.on_response_body(body, true).await) {
                 return Err(r);
             }
         }
@@ -172,9 +209,9 @@ impl ChainStream {
     }
 
     /// Runs the log phase on every filter.
-    pub fn log(&mut self) {
-        for (_, s) in self.streams.iter_mut() {
-            s.on_log();
+    pub fn log(&mut self, info: &LogInfo) {
+        for s in self.streams.iter_mut() {
+            s.on_log(info);
         }
     }
 }
@@ -185,14 +222,11 @@ enum Settled {
     Respond(LocalResponse),
 }
 
-async fn settle(mut action: Action) -> Settled {
-    loop {
-        match action {
-            Action::Continue => return Settled::Continue,
-            Action::StopAndBuffer => return Settled::Buffer,
-            Action::Respond(r) => return Settled::Respond(r),
-            Action::Pause(fut) => action = fut.await,
-        }
+fn settle(action: Action) -> Settled {
+    match action {
+        Action::Continue => Settled::Continue,
+        Action::StopAndBuffer => Settled::Buffer,
+        Action::Respond(r) => Settled::Respond(r),
     }
 }
 
@@ -206,35 +240,52 @@ mod tests {
         fn name(&self) -> &str {
             self.0
         }
-        fn new_stream(&self) -> Box<dyn StreamFilter> {
+        fn new_stream(&self, _: &Arc<StreamInfo>) -> Box<dyn StreamFilter> {
             Box::new(TagStream(self.0, self.1))
         }
     }
     impl StreamFilter for TagStream {
-        fn on_request_headers(&mut self, head: &mut http::request::Parts, _: bool) -> Action {
+        fn on_request_headers<'a>(
+            &'a mut self,
+            head: &'a mut http::request::Parts,
+            _: bool,
+        ) -> FilterFuture<'a> {
             head.headers
                 .append("x-order", HeaderValue::from_static(self.0));
-            let tag = self.0;
-            let deny = self.1;
-            // Pause, then decide later, as a filter waiting on a call would.
-            Action::Pause(Box::pin(async move {
+            // Wait, then decide, as a filter waiting on a call would.
+            Box::pin(async move {
                 tokio::task::yield_now().await;
-                match deny {
+                match self.1 {
                     Some(status) => Action::Respond(LocalResponse {
                         status: StatusCode::from_u16(status).unwrap(),
                         headers: vec![],
                         body: Bytes::from_static(b"denied"),
-                        by: tag.to_string(),
+                        by: self.0.to_string(),
                     }),
                     None => Action::Continue,
                 }
-            }))
+            })
         }
-        fn on_response_headers(&mut self, head: &mut http::response::Parts, _: bool) -> Action {
+        fn on_response_headers<'a>(
+            &'a mut self,
+            head: &'a mut http::response::Parts,
+            _: bool,
+        ) -> FilterFuture<'a> {
             head.headers
                 .append("x-order", HeaderValue::from_static(self.0));
-            Action::Continue
+            decided(Action::Continue)
         }
+    }
+
+    fn info() -> Arc<StreamInfo> {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        Arc::new(StreamInfo {
+            listener: "l".into(),
+            peer: addr,
+            local: addr,
+            tls: false,
+            start: SystemTime::now(),
+        })
     }
 
     #[tokio::test]
@@ -244,7 +295,7 @@ mod tests {
             Arc::new(Tag("b", Some(403))),
             Arc::new(Tag("c", None)),
         ]);
-        let mut s = chain.start();
+        let mut s = chain.start(&info());
         let (mut head, ()) = http::Request::new(()).into_parts();
         let r = s.request_headers(&mut head, true).await.unwrap_err();
         assert_eq!((r.status.as_u16(), r.by.as_str()), (403, "b"));

@@ -13,6 +13,7 @@
 //! # }
 //! ```
 
+pub mod abi;
 pub mod admin;
 pub mod app;
 pub mod body;
@@ -22,6 +23,7 @@ pub mod echo;
 pub mod error;
 pub mod filter;
 pub mod listener;
+pub mod plugin;
 pub mod proxy;
 pub mod router;
 pub mod runtime;

@@ -76,6 +76,7 @@ impl Bound {
                 _ = shutdown.changed() => break,
             };
             let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().unwrap_or(self.config.addr);
             let (config, shared, builder, shutdown, tls) = (
                 self.config.clone(),
                 shared.clone(),
@@ -87,9 +88,9 @@ impl Bound {
             tasks.spawn(async move {
                 open.inc();
                 match tls {
-                    None => serve_conn(stream, peer, false, config, shared, builder, shutdown).await,
+                    None => serve_conn(stream, peer, local, false, config, shared, builder, shutdown).await,
                     Some(acceptor) => match tokio::time::timeout(config.header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve_conn(tls_stream, peer, true, config, shared, builder, shutdown).await,
+                        Ok(Ok(tls_stream)) => serve_conn(tls_stream, peer, local, true, config, shared, builder, shutdown).await,
                         Ok(Err(e)) => {
                             handshake_errors.inc();
                             tracing::debug!(listener.name = %config.name, client = %peer, error = %e, "TLS handshake failed");
@@ -138,9 +139,11 @@ fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
+#[allow(clippy::too_many_arguments)] // one connection's parts, passed once
 async fn serve_conn<I>(
     io: I,
     peer: SocketAddr,
+    local: SocketAddr,
     tls: bool,
     listener: Arc<ListenerConfig>,
     shared: Arc<Shared>,
@@ -151,6 +154,7 @@ async fn serve_conn<I>(
 {
     let idle = listener.idle_timeout;
     let down = Arc::new(Downstream {
+        local,
         listener,
         peer,
         tls,

@@ -45,6 +45,8 @@ pub struct Downstream {
     pub listener: Arc<ListenerConfig>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
     /// Whether it is TLS.
     pub tls: bool,
     /// Requests in flight and the time of the last one, for the idle timeout.
@@ -141,7 +143,11 @@ pub async fn serve(
     }
     if let Some(mut chain) = ex.chain.take() {
         resp = filter_response(&mut chain, resp).await;
-        chain.log();
+        chain.log(&crate::filter::LogInfo {
+            status: resp.status().as_u16(),
+            route: ex.route.map(|i| rt.config.routes[i].name.clone()),
+            cluster: ex.cluster.as_ref().map(|c| c.config.name.clone()),
+        });
     }
     let stats = &rt.route_stats[ex.route.unwrap_or(rt.route_stats.len() - 1)];
     let cluster = ex.cluster.as_ref().map_or("", |c| c.config.name.as_str());
@@ -174,7 +180,14 @@ async fn handle(
         body::boxed(Limited::new(incoming, limit as usize))
     };
     if !rt.chain.is_empty() {
-        let mut chain = rt.chain.start();
+        let info = Arc::new(crate::filter::StreamInfo {
+            listener: down.listener.name.clone(),
+            peer: down.peer,
+            local: down.local,
+            tls: down.tls,
+            start: std::time::SystemTime::now(),
+        });
+        let mut chain = rt.chain.start(&info);
         let wants_body = chain.request_headers(&mut head, body.is_end_stream()).await;
         let wants_body = match wants_body {
             Ok(w) => w,

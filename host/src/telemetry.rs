@@ -34,6 +34,17 @@ struct ListenerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginMetricLabels {
+    plugin: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabel {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -43,6 +54,10 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 fn latency_histogram() -> Histogram {
     // 100µs to about 26s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+fn value_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 4.0, 16))
 }
 
 /// Every metric weir exports, registered once per process.
@@ -55,6 +70,10 @@ pub struct Metrics {
     downstream_connections: Family<ListenerLabel, Gauge>,
     tls_handshake_errors: Family<ListenerLabel, Counter>,
     reloads: Family<OutcomeLabel, Counter>,
+    plugin_counters: Family<PluginMetricLabels, Counter>,
+    plugin_gauges: Family<PluginMetricLabels, Gauge>,
+    plugin_histograms: HistogramFamily<PluginMetricLabels>,
+    plugin_traps: Family<PluginLabel, Counter>,
     /// 1 when the last config reload succeeded, 0 when it failed.
     pub config_last_reload_ok: Gauge,
     /// The generation of the config in use (1 at start, +1 per successful reload).
@@ -109,6 +128,10 @@ impl Metrics {
             downstream_connections: Family::default(),
             tls_handshake_errors: Family::default(),
             reloads: Family::default(),
+            plugin_counters: Family::default(),
+            plugin_gauges: Family::default(),
+            plugin_histograms: Family::new_with_constructor(value_histogram),
+            plugin_traps: Family::default(),
             config_last_reload_ok: Gauge::default(),
             config_generation: Gauge::default(),
         };
@@ -156,6 +179,26 @@ impl Metrics {
             "config_generation",
             "Generation of the config in use",
             m.config_generation.clone(),
+        );
+        registry.register(
+            "plugin_counter",
+            "Counters defined by plugins",
+            m.plugin_counters.clone(),
+        );
+        registry.register(
+            "plugin_gauge",
+            "Gauges defined by plugins",
+            m.plugin_gauges.clone(),
+        );
+        registry.register(
+            "plugin_histogram",
+            "Histograms defined by plugins",
+            m.plugin_histograms.clone(),
+        );
+        registry.register(
+            "plugin_traps",
+            "Plugin traps (panics, limits hit), by plugin",
+            m.plugin_traps.clone(),
         );
         *m.registry.lock().expect("metrics registry lock") = registry;
         m
@@ -229,6 +272,40 @@ impl Metrics {
                 listener: listener.to_string(),
             })
             .clone()
+    }
+
+    /// A metric a plugin defined, exported with the plugin's name as a label.
+    pub fn plugin_metric(
+        &self,
+        plugin: &str,
+        name: &str,
+        kind: crate::plugin::host::MetricKind,
+    ) -> crate::plugin::host::PluginMetric {
+        use crate::plugin::host::{MetricKind, PluginMetric};
+        let labels = PluginMetricLabels {
+            plugin: plugin.to_string(),
+            name: name.to_string(),
+        };
+        match kind {
+            MetricKind::Counter => {
+                PluginMetric::Counter(self.plugin_counters.get_or_create(&labels).clone())
+            }
+            MetricKind::Gauge => {
+                PluginMetric::Gauge(self.plugin_gauges.get_or_create(&labels).clone())
+            }
+            MetricKind::Histogram => {
+                PluginMetric::Histogram(self.plugin_histograms.get_or_create(&labels).clone())
+            }
+        }
+    }
+
+    /// Counts a trap of `plugin`.
+    pub fn plugin_trap(&self, plugin: &str) {
+        self.plugin_traps
+            .get_or_create(&PluginLabel {
+                plugin: plugin.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a config reload.

@@ -50,6 +50,12 @@ pub struct RawAdmin {
 pub struct RawPlugins {
     /// The plugins directory; relative paths are taken from the config file's folder.
     pub dir: Option<String>,
+    /// Default linear-memory limit per plugin instance. Default 64MiB.
+    pub memory_limit: Option<Size>,
+    /// Default CPU time per plugin callback. Default 10ms.
+    pub cpu_limit: Option<Duration>,
+    /// Default failure policy: `closed` (503 naming the plugin) or `open` (skip it). Default closed.
+    pub failure: Option<String>,
 }
 
 /// `[[listener]]`.

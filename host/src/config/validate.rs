@@ -147,6 +147,26 @@ impl Validator<'_> {
                 .map_or(std::time::Duration::from_secs(30), |d| d.get()),
         };
         let plugins_dir = self.path(raw.plugins.dir.as_deref().unwrap_or("plugins"));
+        let failure = match raw.plugins.failure.as_deref() {
+            None | Some("closed") => FailurePolicy::Closed,
+            Some("open") => FailurePolicy::Open,
+            Some(other) => {
+                self.err(
+                    "plugins.failure",
+                    format!("unknown failure policy {other:?}; choose closed or open"),
+                );
+                FailurePolicy::Closed
+            }
+        };
+        let plugin_defaults = PluginDefaults {
+            memory_limit: raw.plugins.memory_limit.unwrap_or(Size::mib(64)).bytes(),
+            cpu_limit: raw
+                .plugins
+                .cpu_limit
+                .unwrap_or(Duration::from_millis(10))
+                .get(),
+            failure,
+        };
         let clusters: Vec<_> = raw
             .cluster
             .iter()
@@ -189,6 +209,7 @@ impl Validator<'_> {
             server,
             admin,
             plugins_dir,
+            plugin_defaults,
             listeners,
             routes,
             clusters: clusters.into_iter().flatten().collect(),

@@ -1,0 +1,802 @@
+//! The proxy-wasm ABI host: runs filters built for Envoy with the proxy-wasm
+//! SDKs (Rust, Go, C++, AssemblyScript) unmodified, in Envoy's order.
+//!
+//! Instance model: like Envoy's one VM per worker thread, a plugin has one
+//! instance per worker thread, each behind a mutex held only for a callback's
+//! short CPU work. A request picks the instance of the thread it starts on and
+//! keeps it (its contexts live there); a paused request releases the mutex,
+//! so a plugin waiting for an outbound call never blocks a worker. Shared data
+//! and queues live in the host, per vm_id, across all instances.
+
+mod hostcalls;
+mod maps;
+mod memory;
+mod pairs;
+mod properties;
+mod status;
+mod vm;
+mod wasi;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use wasmtime::{Engine, InstancePre, Linker, Module, Store};
+
+use crate::config::FailurePolicy;
+use crate::filter::{
+    Action, FilterFuture, HttpFilter, LocalResponse, LogInfo, StreamFilter, StreamInfo, decided,
+};
+use crate::plugin::host::{CallResponse, HostServices};
+use crate::plugin::{PluginError, PluginSpec, engine};
+use vm::{Phase, StreamState, Vm, VmState};
+
+/// The proxy-wasm ABI versions weir runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbiVersion {
+    /// 0.1.0 (two-argument header callbacks, `proxy_get_configuration`).
+    V0_1_0,
+    /// 0.2.0.
+    V0_2_0,
+    /// 0.2.1.
+    V0_2_1,
+}
+
+impl fmt::Display for AbiVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AbiVersion::V0_1_0 => "0.1.0",
+            AbiVersion::V0_2_0 => "0.2.0",
+            AbiVersion::V0_2_1 => "0.2.1",
+        })
+    }
+}
+
+/// A loaded proxy-wasm plugin.
+pub struct PluginCore {
+    /// Its spec.
+    pub spec: PluginSpec,
+    /// Host services.
+    pub host: Arc<HostServices>,
+    abi: AbiVersion,
+    pre: InstancePre<VmState>,
+    instances: Vec<Mutex<Vm>>,
+}
+
+/// The filter a plugin contributes to the chain.
+pub struct ProxyWasmPlugin(Arc<PluginCore>);
+
+impl ProxyWasmPlugin {
+    /// Compiles, links and starts a plugin: `workers` instances, each
+    /// initialised and configured. The error names the file and the cause.
+    pub fn load(
+        spec: PluginSpec,
+        host: Arc<HostServices>,
+        workers: usize,
+    ) -> Result<Arc<dyn HttpFilter>, PluginError> {
+        let file = spec.file.display().to_string();
+        let err = |message: String| PluginError {
+            file: file.clone(),
+            message,
+        };
+        let bytes = std::fs::read(&spec.file).map_err(|e| err(format!("cannot read: {e}")))?;
+        let (pre, abi) = prepare(engine::engine(), &bytes).map_err(err)?;
+        let core = Arc::new_cyclic(|weak| {
+            let instances = (0..workers.max(1))
+                .map(|i| {
+                    Mutex::new(Vm {
+                        store: Store::new(
+                            engine::engine(),
+                            vm::new_state(
+                                weak.clone(),
+                                spec.name.clone().into(),
+                                abi,
+                                i,
+                                0,
+                                spec.memory_limit,
+                            ),
+                        ),
+                        exports: empty_exports(),
+                        failed: Some("not started".into()),
+                    })
+                })
+                .collect();
+            PluginCore {
+                spec,
+                host,
+                abi,
+                pre,
+                instances,
+            }
+        });
+        for i in 0..core.instances.len() {
+            let fresh = core.start_instance(i, 0).map_err(err)?;
+            *core.lock(i) = fresh;
+        }
+        tracing::info!(plugin.name = %core.spec.name, abi = %abi, instances = core.instances.len(), "plugin loaded");
+        Ok(Arc::new(ProxyWasmPlugin(core)))
+    }
+}
+
+/// Compiles a module and checks what it declares and imports.
+fn prepare(engine: &Engine, bytes: &[u8]) -> Result<(InstancePre<VmState>, AbiVersion), String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err("not a WebAssembly module (no \\0asm header)".into());
+    }
+    let module = Module::new(engine, bytes)
+        .map_err(|e| format!("invalid WebAssembly module: {}", e.root_cause()))?;
+    let abi = module
+        .exports()
+        .find_map(|e| match e.name() {
+            "proxy_abi_version_0_1_0" => Some(AbiVersion::V0_1_0),
+            "proxy_abi_version_0_2_0" => Some(AbiVersion::V0_2_0),
+            "proxy_abi_version_0_2_1" => Some(AbiVersion::V0_2_1),
+            _ => None,
+        })
+        .ok_or("declares no proxy-wasm ABI version (no export proxy_abi_version_0_1_0, _0_2_0 or _0_2_1); weir runs proxy-wasm ABI 0.1.0, 0.2.0 and 0.2.1")?;
+    let provided: HashSet<(&str, &str)> = hostcalls::NAMES
+        .iter()
+        .map(|n| ("env", *n))
+        .chain(
+            wasi::MODULES
+                .iter()
+                .flat_map(|m| wasi::names().into_iter().map(move |n| (*m, n))),
+        )
+        .collect();
+    let missing: Vec<String> = module
+        .imports()
+        .filter(|i| !provided.contains(&(i.module(), i.name())))
+        .map(|i| format!("{}.{}", i.module(), i.name()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "imports {}, which weir does not provide (weir provides proxy-wasm ABI 0.1.0 to 0.2.1 and WASI preview1)",
+            missing.join(", ")
+        ));
+    }
+    let has = |name: &str| module.exports().any(|e| e.name() == name);
+    if !has("memory") {
+        return Err("exports no memory".into());
+    }
+    if !has("proxy_on_memory_allocate") && !has("malloc") {
+        return Err("exports no allocator (proxy_on_memory_allocate or malloc)".into());
+    }
+    let mut linker = Linker::new(engine);
+    hostcalls::link(&mut linker).map_err(|e| format!("linking: {e}"))?;
+    wasi::link(&mut linker).map_err(|e| format!("linking: {e}"))?;
+    let pre = linker
+        .instantiate_pre(&module)
+        .map_err(|e| format!("linking: {}", e.root_cause()))?;
+    Ok((pre, abi))
+}
+
+fn empty_exports() -> vm::Exports {
+    vm::Exports {
+        on_context_create: None,
+        on_vm_start: None,
+        on_configure: None,
+        on_request_headers: None,
+        on_request_body: None,
+        on_response_headers: None,
+        on_response_body: None,
+        on_log: None,
+        on_done: None,
+        on_delete: None,
+        on_tick: None,
+        on_http_call_response: None,
+        on_queue_ready: None,
+    }
+}
+
+/// How a callback went.
+enum Called {
+    /// It returned this action code (0 continue, else pause).
+    Action(i32),
+    /// It trapped; the instance is gone.
+    Trapped(String),
+}
+
+impl PluginCore {
+    fn lock(&self, i: usize) -> MutexGuard<'_, Vm> {
+        self.instances[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Instantiates, initialises and configures instance `index`.
+    fn start_instance(self: &Arc<Self>, index: usize, generation: u64) -> Result<Vm, String> {
+        let state = vm::new_state(
+            Arc::downgrade(self),
+            self.spec.name.clone().into(),
+            self.abi,
+            index,
+            generation,
+            self.spec.memory_limit,
+        );
+        let mut store = Store::new(self.pre.module().engine(), state);
+        store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
+        store.set_epoch_deadline(engine::ticks(
+            self.spec.cpu_limit.max(Duration::from_secs(1)),
+        ));
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("instantiation failed: {}", e.root_cause()))?;
+        let memory = instance.get_memory(&mut store, "memory");
+        let malloc = instance
+            .get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
+            .or_else(|_| instance.get_typed_func::<i32, i32>(&mut store, "malloc"))
+            .map_err(|e| format!("the allocator export has the wrong signature: {e}"))?;
+        store.data_mut().memory = memory;
+        store.data_mut().malloc = Some(malloc);
+        let exports = vm::exports(&mut store, &instance, self.abi)?;
+        let trap = |what: &str, e: wasmtime::Error| format!("{what} trapped: {}", trap_message(&e));
+        if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+            init.call(&mut store, ())
+                .map_err(|e| trap("_initialize", e))?;
+            if let Ok(main) = instance.get_typed_func::<(i32, i32), i32>(&mut store, "main") {
+                main.call(&mut store, (0, 0)).map_err(|e| trap("main", e))?;
+            }
+        } else if let Ok(start) = instance.get_typed_func::<(), ()>(&mut store, "_start") {
+            start.call(&mut store, ()).map_err(|e| trap("_start", e))?;
+        }
+        let root = store.data().root as i32;
+        if let Some(f) = &exports.on_context_create {
+            f.call(&mut store, (root, 0))
+                .map_err(|e| trap("proxy_on_context_create", e))?;
+        }
+        store.data_mut().phase = Phase::VmStart;
+        if let Some(f) = &exports.on_vm_start {
+            let ok = f
+                .call(&mut store, (root, self.spec.vm_config.len() as i32))
+                .map_err(|e| trap("proxy_on_vm_start", e))?;
+            if ok == 0 {
+                return Err(
+                    "proxy_on_vm_start returned false: the plugin refused its VM configuration"
+                        .into(),
+                );
+            }
+        }
+        store.data_mut().phase = Phase::Configure;
+        if let Some(f) = &exports.on_configure {
+            let ok = f
+                .call(&mut store, (root, self.spec.config.len() as i32))
+                .map_err(|e| trap("proxy_on_configure", e))?;
+            if ok == 0 {
+                return Err("proxy_on_configure returned false: the plugin refused its configuration (see its log lines above)".into());
+            }
+        }
+        store.data_mut().phase = Phase::Other;
+        let mut vm = Vm {
+            store,
+            exports,
+            failed: None,
+        };
+        self.after_call(&mut vm);
+        Ok(vm)
+    }
+
+    /// Runs `f` as one callback on `ctx` with the CPU limit, and turns a trap
+    /// into a replaced instance.
+    fn call(
+        self: &Arc<Self>,
+        vm: &mut Vm,
+        ctx: u32,
+        phase: Phase,
+        f: impl FnOnce(&mut Vm) -> wasmtime::Result<i32>,
+    ) -> Called {
+        vm.store
+            .set_epoch_deadline(engine::ticks(self.spec.cpu_limit));
+        let s = vm.store.data_mut();
+        s.current = ctx;
+        s.effective = None;
+        s.phase = phase;
+        let result = f(vm);
+        let s = vm.store.data_mut();
+        s.effective = None;
+        s.phase = Phase::Other;
+        match result {
+            Ok(action) => {
+                self.after_call(vm);
+                Called::Action(action)
+            }
+            Err(e) => {
+                let message = trap_message(&e);
+                self.host_trap(vm, &message);
+                Called::Trapped(message)
+            }
+        }
+    }
+
+    /// A trap: count it, log it, and replace the instance (Envoy's reload policy).
+    fn host_trap(self: &Arc<Self>, vm: &mut Vm, message: &str) {
+        tracing::warn!(plugin.name = %self.spec.name, error = %message, "plugin trapped; replacing its instance");
+        self.host.plugin_trap(&self.spec.name);
+        let (index, generation) = (vm.store.data().index, vm.store.data().generation);
+        // Wake every request waiting on the old instance: their state is gone.
+        for (_, st) in vm.store.data_mut().streams.drain() {
+            drop(st.waiter);
+        }
+        if let Some(t) = vm.store.data_mut().tick_task.take() {
+            t.abort();
+        }
+        match self.start_instance(index, generation + 1) {
+            Ok(fresh) => *vm = fresh,
+            Err(e) => {
+                tracing::error!(plugin.name = %self.spec.name, error = %e, "plugin instance could not be restarted");
+                vm.failed = Some(e);
+            }
+        }
+    }
+
+    /// Applies what a callback asked for beyond its return value: timers, and
+    /// resuming streams that wait.
+    fn after_call(self: &Arc<Self>, vm: &mut Vm) {
+        let s = vm.store.data_mut();
+        if let Some(period) = s.tick_request.take() {
+            if let Some(t) = s.tick_task.take() {
+                t.abort();
+            }
+            if !period.is_zero() && vm.exports.on_tick.is_some() {
+                let (weak, index, generation) = (Arc::downgrade(self), s.index, s.generation);
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    s.tick_task = Some(handle.spawn(async move {
+                        let mut every = tokio::time::interval(period);
+                        every.tick().await;
+                        loop {
+                            every.tick().await;
+                            let Some(p) = weak.upgrade() else { return };
+                            p.tick(index, generation);
+                        }
+                    }));
+                }
+            }
+        }
+        for st in s.streams.values_mut() {
+            if st.waiter.is_some()
+                && (st.local.is_some() || st.continue_request || st.continue_response || st.closed)
+            {
+                if let Some(w) = st.waiter.take() {
+                    let _ = w.send(());
+                }
+            }
+        }
+    }
+
+    fn tick(self: &Arc<Self>, index: usize, generation: u64) {
+        let mut vm = self.lock(index);
+        if vm.failed.is_some() || vm.store.data().generation != generation {
+            return;
+        }
+        let Some(f) = vm.exports.on_tick.clone() else {
+            return;
+        };
+        let root = vm.store.data().root;
+        self.call(&mut vm, root, Phase::Other, |vm| {
+            f.call(&mut vm.store, root as i32).map(|()| 0)
+        });
+    }
+
+    /// Delivers a queue notification to instance `index` (from a task, never inside a hostcall).
+    fn notify_queue(self: &Arc<Self>, index: usize, generation: u64, id: u32) {
+        let me = self.clone();
+        let run = move || {
+            let mut vm = me.lock(index);
+            if vm.failed.is_some() || vm.store.data().generation != generation {
+                return;
+            }
+            let Some(f) = vm.exports.on_queue_ready.clone() else {
+                return;
+            };
+            let root = vm.store.data().root;
+            me.call(&mut vm, root, Phase::Other, |vm| {
+                f.call(&mut vm.store, (root as i32, id as i32)).map(|()| 0)
+            });
+        };
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(async move { run() });
+        }
+    }
+
+    /// Starts an outbound call; its answer is delivered to the root context later.
+    fn start_call(
+        self: &Arc<Self>,
+        index: usize,
+        generation: u64,
+        token: u32,
+        cluster: String,
+        req: http::Request<crate::body::Body>,
+        timeout: Option<Duration>,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let response = me.host.call(&cluster, req, timeout).await;
+            me.deliver_call(index, generation, token, response);
+        });
+    }
+
+    fn deliver_call(
+        self: &Arc<Self>,
+        index: usize,
+        generation: u64,
+        token: u32,
+        response: CallResponse,
+    ) {
+        let mut vm = self.lock(index);
+        if vm.failed.is_some() || vm.store.data().generation != generation {
+            return;
+        }
+        let Some(f) = vm.exports.on_http_call_response.clone() else {
+            return;
+        };
+        let root = vm.store.data().root;
+        let (nh, nb, nt) = match response.status {
+            Some(_) => (
+                response.headers.len() + 1,
+                response.body.len(),
+                response.trailers.len(),
+            ),
+            None => (0, 0, 0),
+        };
+        vm.store.data_mut().call_response = Some(response);
+        self.call(&mut vm, root, Phase::CallResponse, |vm| {
+            f.call(
+                &mut vm.store,
+                (root as i32, token as i32, nh as i32, nb as i32, nt as i32),
+            )
+            .map(|()| 0)
+        });
+        vm.store.data_mut().call_response = None;
+    }
+}
+
+fn trap_message(e: &wasmtime::Error) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => "CPU time limit per callback exceeded".to_string(),
+            wasmtime::Trap::UnreachableCodeReached => {
+                "unreachable executed (a panic in the plugin)".to_string()
+            }
+            wasmtime::Trap::MemoryOutOfBounds => "out-of-bounds memory access".to_string(),
+            other => other.to_string(),
+        };
+    }
+    let text = format!("{e:#}");
+    if text.contains("memory") && text.contains("limit")
+        || text.contains("forcing a memory growth failure")
+    {
+        return "memory limit exceeded".to_string();
+    }
+    text.lines().next().unwrap_or("trap").to_string()
+}
+
+impl HttpFilter for ProxyWasmPlugin {
+    fn name(&self) -> &str {
+        &self.0.spec.name
+    }
+
+    fn new_stream(&self, info: &Arc<StreamInfo>) -> Box<dyn StreamFilter> {
+        let n = self.0.instances.len();
+        let index = if n == 1 {
+            0
+        } else {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::thread::current().id().hash(&mut h);
+            (h.finish() as usize) % n
+        };
+        Box::new(ProxyWasmStream {
+            core: self.0.clone(),
+            index,
+            ctx: None,
+            info: info.clone(),
+            failed: false,
+        })
+    }
+}
+
+/// One request's view of a plugin.
+struct ProxyWasmStream {
+    core: Arc<PluginCore>,
+    index: usize,
+    /// (context id, instance generation), once created.
+    ctx: Option<(u32, u64)>,
+    info: Arc<StreamInfo>,
+    /// The plugin failed on this request (open policy: it is skipped from now on).
+    failed: bool,
+}
+
+/// Which way a callback looks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Request,
+    Response,
+}
+
+impl ProxyWasmStream {
+    /// The stream's context in `vm`, created (Envoy creates it lazily) if needed;
+    /// `None` when the instance was replaced since the stream started.
+    fn context(&mut self, vm: &mut Vm) -> Option<u32> {
+        let generation = vm.store.data().generation;
+        if let Some((id, g)) = self.ctx {
+            return (g == generation && vm.store.data().streams.contains_key(&id)).then_some(id);
+        }
+        let s = vm.store.data_mut();
+        let id = s.next_id;
+        s.next_id += 1;
+        s.streams.insert(
+            id,
+            StreamState {
+                info: Some(self.info.clone()),
+                ..Default::default()
+            },
+        );
+        let root = s.root;
+        self.ctx = Some((id, generation));
+        if let Some(f) = vm.exports.on_context_create.clone() {
+            if let Called::Trapped(_) = self.core.call(vm, id, Phase::Other, |vm| {
+                f.call(&mut vm.store, (id as i32, root as i32)).map(|()| 0)
+            }) {
+                return None;
+            }
+        }
+        Some(id)
+    }
+
+    fn failure(&mut self, message: &str) -> Action {
+        self.failed = true;
+        match self.core.spec.failure {
+            FailurePolicy::Open => Action::Continue,
+            FailurePolicy::Closed => Action::Respond(LocalResponse {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                headers: vec![(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                )],
+                body: Bytes::from(format!(
+                    "plugin {:?} failed: {message}\n",
+                    self.core.spec.name
+                )),
+                by: self.core.spec.name.clone(),
+            }),
+        }
+    }
+
+    /// After a callback: decide from the stream's state and the returned code.
+    /// `Ok(action)` when decided, `Err(receiver)` when the plugin paused.
+    fn settle(
+        st: &mut StreamState,
+        dir: Direction,
+        code: i32,
+    ) -> Result<Action, tokio::sync::oneshot::Receiver<()>> {
+        if let Some(local) = st.local.take() {
+            return Ok(Action::Respond(local));
+        }
+        if st.closed {
+            return Ok(Action::Respond(LocalResponse {
+                status: StatusCode::BAD_GATEWAY,
+                headers: vec![],
+                body: Bytes::from_static(b"stream closed by a plugin\n"),
+                by: String::new(),
+            }));
+        }
+        let resumed = match dir {
+            Direction::Request => std::mem::take(&mut st.continue_request),
+            Direction::Response => std::mem::take(&mut st.continue_response),
+        };
+        if code == 0 || resumed {
+            return Ok(Action::Continue);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        st.waiter = Some(tx);
+        Err(rx)
+    }
+}
+
+macro_rules! with_stream {
+    ($vm:expr, $ctx:expr) => {
+        $vm.store
+            .data_mut()
+            .streams
+            .get_mut(&$ctx)
+            .expect("the stream's context exists while the instance lives")
+    };
+}
+
+impl StreamFilter for ProxyWasmStream {
+    fn on_request_headers<'a>(
+        &'a mut self,
+        head: &'a mut http::request::Parts,
+        eos: bool,
+    ) -> FilterFuture<'a> {
+        if self.failed {
+            return decided(Action::Continue);
+        }
+        let core = self.core.clone();
+        let mut vm = core.lock(self.index);
+        if let Some(e) = vm.failed.clone() {
+            drop(vm);
+            return decided(self.failure(&e));
+        }
+        let Some(f) = vm.exports.on_request_headers.clone() else {
+            return decided(Action::Continue);
+        };
+        let Some(ctx) = self.context(&mut vm) else {
+            drop(vm);
+            return decided(self.failure("the plugin instance was restarted"));
+        };
+        let n = head.headers.len() + 4;
+        {
+            let st = with_stream!(vm, ctx);
+            st.facts = Some(properties::RequestFacts::of(head, self.info.tls));
+            st.request = Some(std::mem::replace(head, empty_request()));
+        }
+        let called = core.call(&mut vm, ctx, Phase::RequestHeaders, |vm| {
+            vm::call_headers(&f, &mut vm.store, ctx, n, eos)
+        });
+        let code = match called {
+            Called::Action(c) => c,
+            Called::Trapped(msg) => {
+                drop(vm);
+                // The request head was lent to the trapped instance and is gone with it.
+                return decided(self.failure(&msg));
+            }
+        };
+        let st = with_stream!(vm, ctx);
+        match Self::settle(st, Direction::Request, code) {
+            Ok(action) => {
+                if let Some(p) = st.request.take() {
+                    *head = p;
+                }
+                decided(action)
+            }
+            Err(rx) => {
+                drop(vm);
+                Box::pin(async move {
+                    let _ = rx.await;
+                    let mut vm = core.lock(self.index);
+                    let Some(st) = self
+                        .ctx
+                        .filter(|(_, g)| *g == vm.store.data().generation)
+                        .and_then(|(id, _)| vm.store.data_mut().streams.get_mut(&id))
+                    else {
+                        drop(vm);
+                        return self
+                            .failure("the plugin instance was restarted while the request waited");
+                    };
+                    if let Some(p) = st.request.take() {
+                        *head = p;
+                    }
+                    st.continue_request = false;
+                    if let Some(local) = st.local.take() {
+                        return Action::Respond(local);
+                    }
+                    Action::Continue
+                })
+            }
+        }
+    }
+
+    fn on_response_headers<'a>(
+        &'a mut self,
+        head: &'a mut http::response::Parts,
+        eos: bool,
+    ) -> FilterFuture<'a> {
+        if self.failed {
+            return decided(Action::Continue);
+        }
+        let core = self.core.clone();
+        let mut vm = core.lock(self.index);
+        if let Some(e) = vm.failed.clone() {
+            drop(vm);
+            return decided(self.failure(&e));
+        }
+        let Some(f) = vm.exports.on_response_headers.clone() else {
+            return decided(Action::Continue);
+        };
+        let Some(ctx) = self.context(&mut vm) else {
+            drop(vm);
+            return decided(self.failure("the plugin instance was restarted"));
+        };
+        let n = head.headers.len() + 1;
+        with_stream!(vm, ctx).response = Some(std::mem::replace(head, empty_response()));
+        let code = match core.call(&mut vm, ctx, Phase::ResponseHeaders, |vm| {
+            vm::call_headers(&f, &mut vm.store, ctx, n, eos)
+        }) {
+            Called::Action(c) => c,
+            Called::Trapped(msg) => {
+                drop(vm);
+                return decided(self.failure(&msg));
+            }
+        };
+        let st = with_stream!(vm, ctx);
+        let back = st.response.take();
+        let settled = Self::settle(st, Direction::Response, code);
+        if let Some(p) = back {
+            *head = p;
+        }
+        match settled {
+            Ok(action) => decided(action),
+            // Pausing a response head waits for the plugin to resume it; the head stays with weir meanwhile.
+            Err(rx) => {
+                drop(vm);
+                Box::pin(async move {
+                    let _ = rx.await;
+                    let mut vm = core.lock(self.index);
+                    match self
+                        .ctx
+                        .and_then(|(id, _)| vm.store.data_mut().streams.get_mut(&id))
+                        .and_then(|st| st.local.take())
+                    {
+                        Some(local) => Action::Respond(local),
+                        None => Action::Continue,
+                    }
+                })
+            }
+        }
+    }
+
+    fn on_log(&mut self, info: &LogInfo) {
+        let Some((ctx, generation)) = self.ctx else {
+            return;
+        };
+        let core = self.core.clone();
+        let mut vm = core.lock(self.index);
+        if vm.failed.is_some() || vm.store.data().generation != generation {
+            return;
+        }
+        if let Some(st) = vm.store.data_mut().streams.get_mut(&ctx) {
+            st.log = Some(info.clone());
+            st.waiter = None;
+        }
+        let exports = (
+            vm.exports.on_log.clone(),
+            vm.exports.on_done.clone(),
+            vm.exports.on_delete.clone(),
+        );
+        // Envoy's order for HTTP streams: log, done, delete.
+        if let Some(f) = exports.0 {
+            if let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Log, |vm| {
+                f.call(&mut vm.store, ctx as i32).map(|()| 0)
+            }) {
+                return;
+            }
+        }
+        if let Some(f) = exports.1 {
+            if let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Other, |vm| {
+                f.call(&mut vm.store, ctx as i32)
+            }) {
+                return;
+            }
+        }
+        if let Some(f) = exports.2 {
+            if let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Other, |vm| {
+                f.call(&mut vm.store, ctx as i32).map(|()| 0)
+            }) {
+                return;
+            }
+        }
+        vm.store.data_mut().streams.remove(&ctx);
+    }
+}
+
+impl Drop for ProxyWasmStream {
+    fn drop(&mut self) {
+        // A request that ended without its log phase (client gone) still frees its context.
+        if let Some((ctx, generation)) = self.ctx.take() {
+            let mut vm = self.core.lock(self.index);
+            if vm.store.data().generation == generation {
+                vm.store.data_mut().streams.remove(&ctx);
+            }
+        }
+    }
+}
+
+fn empty_request() -> http::request::Parts {
+    http::Request::new(()).into_parts().0
+}
+
+fn empty_response() -> http::response::Parts {
+    http::Response::new(()).into_parts().0
+}

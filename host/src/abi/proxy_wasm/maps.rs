@@ -1,0 +1,245 @@
+//! Header maps as proxy-wasm sees them: pseudo-headers (`:method`, `:path`,
+//! `:authority`, `:scheme`, `:status`) first, then the headers, names in lower case.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::status::{Status, map};
+use super::vm::{Phase, VmState};
+
+/// A pair list.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn header_pairs(headers: &HeaderMap, out: &mut Pairs) {
+    for (k, v) in headers {
+        out.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
+    }
+}
+
+fn request_pairs(p: &http::request::Parts, tls: bool) -> Pairs {
+    let mut out = Vec::with_capacity(p.headers.len() + 4);
+    out.push((b":method".to_vec(), p.method.as_str().as_bytes().to_vec()));
+    out.push((
+        b":path".to_vec(),
+        p.uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes()
+            .to_vec(),
+    ));
+    let authority = p
+        .uri
+        .authority()
+        .map(|a| a.as_str().as_bytes().to_vec())
+        .or_else(|| {
+            p.headers
+                .get(http::header::HOST)
+                .map(|h| h.as_bytes().to_vec())
+        });
+    out.push((b":authority".to_vec(), authority.unwrap_or_default()));
+    let scheme = p
+        .uri
+        .scheme_str()
+        .unwrap_or(if tls { "https" } else { "http" });
+    out.push((b":scheme".to_vec(), scheme.as_bytes().to_vec()));
+    header_pairs(&p.headers, &mut out);
+    out
+}
+
+fn response_pairs(p: &http::response::Parts) -> Pairs {
+    let mut out = Vec::with_capacity(p.headers.len() + 1);
+    out.push((b":status".to_vec(), p.status.as_str().as_bytes().to_vec()));
+    header_pairs(&p.headers, &mut out);
+    out
+}
+
+/// Every pair of map `map` of the target context.
+pub fn pairs(state: &mut VmState, map_type: i32) -> Result<Pairs, Status> {
+    match map_type {
+        map::HTTP_CALL_RESPONSE_HEADERS => {
+            let r = state.call_response.as_ref().ok_or(Status::NotFound)?;
+            let mut out = Vec::new();
+            if let Some(s) = r.status {
+                out.push((b":status".to_vec(), s.as_str().as_bytes().to_vec()));
+            }
+            header_pairs(&r.headers, &mut out);
+            Ok(out)
+        }
+        map::HTTP_CALL_RESPONSE_TRAILERS => {
+            let r = state.call_response.as_ref().ok_or(Status::NotFound)?;
+            let mut out = Vec::new();
+            header_pairs(&r.trailers, &mut out);
+            Ok(out)
+        }
+        map::HTTP_REQUEST_HEADERS => {
+            let s = state.stream().ok_or(Status::BadArgument)?;
+            let tls = s.info.as_ref().is_some_and(|i| i.tls);
+            s.request
+                .as_ref()
+                .map(|p| request_pairs(p, tls))
+                .ok_or(Status::BadArgument)
+        }
+        map::HTTP_RESPONSE_HEADERS => state
+            .stream()
+            .ok_or(Status::BadArgument)?
+            .response
+            .as_ref()
+            .map(response_pairs)
+            .ok_or(Status::BadArgument),
+        map::HTTP_REQUEST_TRAILERS | map::HTTP_RESPONSE_TRAILERS => Ok(Vec::new()),
+        _ => Err(Status::BadArgument),
+    }
+}
+
+/// The first value of `key` in map `map_type`.
+pub fn value(state: &mut VmState, map_type: i32, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+    let key = key.to_ascii_lowercase();
+    Ok(pairs(state, map_type)?
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v))
+}
+
+/// How a value is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    /// Append another value.
+    Add,
+    /// Replace all values.
+    Replace,
+    /// Remove all values.
+    Remove,
+}
+
+fn writable(state: &VmState, map_type: i32) -> bool {
+    !matches!(state.phase, Phase::Log) || map_type > map::HTTP_RESPONSE_TRAILERS
+}
+
+/// Changes one key of map `map_type`.
+pub fn edit(
+    state: &mut VmState,
+    map_type: i32,
+    key: &[u8],
+    value: &[u8],
+    how: Edit,
+) -> Result<(), Status> {
+    if !writable(state, map_type) {
+        return Err(Status::BadArgument);
+    }
+    let key = key.to_ascii_lowercase();
+    match map_type {
+        map::HTTP_REQUEST_HEADERS => {
+            let p = state
+                .stream()
+                .and_then(|s| s.request.as_mut())
+                .ok_or(Status::BadArgument)?;
+            if key.first() == Some(&b':') {
+                return set_request_pseudo(p, &key, value, how);
+            }
+            edit_headers(&mut p.headers, &key, value, how)
+        }
+        map::HTTP_RESPONSE_HEADERS => {
+            let p = state
+                .stream()
+                .and_then(|s| s.response.as_mut())
+                .ok_or(Status::BadArgument)?;
+            if key == b":status" {
+                if how == Edit::Remove {
+                    return Err(Status::BadArgument);
+                }
+                let code = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u16>().ok());
+                p.status = code
+                    .and_then(|c| http::StatusCode::from_u16(c).ok())
+                    .ok_or(Status::BadArgument)?;
+                return Ok(());
+            }
+            edit_headers(&mut p.headers, &key, value, how)
+        }
+        map::HTTP_REQUEST_TRAILERS | map::HTTP_RESPONSE_TRAILERS => Err(Status::BadArgument),
+        _ => Err(Status::BadArgument),
+    }
+}
+
+/// Replaces the whole map `map_type` with `pairs`.
+pub fn replace_all(state: &mut VmState, map_type: i32, pairs: Pairs) -> Result<(), Status> {
+    let keys: Vec<Vec<u8>> = self::pairs(state, map_type)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.first() != Some(&b':'))
+        .collect();
+    for k in keys {
+        edit(state, map_type, &k, b"", Edit::Remove)?;
+    }
+    for (k, v) in pairs {
+        let how = if k.first() == Some(&b':') {
+            Edit::Replace
+        } else {
+            Edit::Add
+        };
+        edit(state, map_type, &k, &v, how)?;
+    }
+    Ok(())
+}
+
+fn edit_headers(
+    headers: &mut HeaderMap,
+    key: &[u8],
+    value: &[u8],
+    how: Edit,
+) -> Result<(), Status> {
+    let name = HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
+    if how == Edit::Remove {
+        headers.remove(&name);
+        return Ok(());
+    }
+    let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
+    match how {
+        Edit::Add => {
+            headers.append(name, value);
+        }
+        Edit::Replace => {
+            headers.insert(name, value);
+        }
+        Edit::Remove => {}
+    }
+    Ok(())
+}
+
+fn set_request_pseudo(
+    p: &mut http::request::Parts,
+    key: &[u8],
+    value: &[u8],
+    how: Edit,
+) -> Result<(), Status> {
+    if how == Edit::Remove {
+        return Err(Status::BadArgument);
+    }
+    let text = std::str::from_utf8(value).map_err(|_| Status::BadArgument)?;
+    match key {
+        b":path" => {
+            let pq: http::uri::PathAndQuery = text.parse().map_err(|_| Status::BadArgument)?;
+            let mut parts = p.uri.clone().into_parts();
+            parts.path_and_query = Some(pq);
+            p.uri = http::Uri::from_parts(parts).map_err(|_| Status::BadArgument)?;
+        }
+        b":authority" => {
+            let authority: http::uri::Authority = text.parse().map_err(|_| Status::BadArgument)?;
+            if p.uri.authority().is_some() {
+                let mut parts = p.uri.clone().into_parts();
+                parts.authority = Some(authority);
+                p.uri = http::Uri::from_parts(parts).map_err(|_| Status::BadArgument)?;
+            }
+            p.headers.insert(
+                http::header::HOST,
+                HeaderValue::from_str(text).map_err(|_| Status::BadArgument)?,
+            );
+        }
+        b":method" => {
+            p.method = http::Method::from_bytes(value).map_err(|_| Status::BadArgument)?
+        }
+        b":scheme" => {}
+        _ => return Err(Status::BadArgument),
+    }
+    Ok(())
+}

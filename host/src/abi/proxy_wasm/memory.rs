@@ -1,0 +1,72 @@
+//! Guest memory access, bounds-checked in one place. Every hostcall reads and
+//! writes the module's memory through these; an out-of-range pointer is
+//! `Status::InvalidMemoryAccess`, never a host panic.
+
+use wasmtime::Caller;
+
+use super::status::Status;
+use super::vm::VmState;
+
+/// Reads `len` bytes at `ptr`.
+pub fn read(caller: &mut Caller<'_, VmState>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let memory = caller.data().memory.ok_or(Status::InternalFailure)?;
+    let (start, len) = (ptr as u32 as usize, len as u32 as usize);
+    memory
+        .data(&caller)
+        .get(start..start.checked_add(len).ok_or(Status::InvalidMemoryAccess)?)
+        .map(<[u8]>::to_vec)
+        .ok_or(Status::InvalidMemoryAccess)
+}
+
+/// Writes `bytes` at `ptr`.
+pub fn write(caller: &mut Caller<'_, VmState>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
+    let memory = caller.data().memory.ok_or(Status::InternalFailure)?;
+    let start = ptr as u32 as usize;
+    let end = start
+        .checked_add(bytes.len())
+        .ok_or(Status::InvalidMemoryAccess)?;
+    memory
+        .data_mut(caller)
+        .get_mut(start..end)
+        .ok_or(Status::InvalidMemoryAccess)?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+/// Writes a little-endian u32 at `ptr`.
+pub fn write_u32(caller: &mut Caller<'_, VmState>, ptr: i32, value: u32) -> Result<(), Status> {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+/// Writes a little-endian u64 at `ptr`.
+pub fn write_u64(caller: &mut Caller<'_, VmState>, ptr: i32, value: u64) -> Result<(), Status> {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+/// Hands `bytes` to the module: allocates exactly `len` bytes with the module's
+/// allocator, copies them, and writes the pointer and length to the return
+/// slots. Empty data is written as (0, 0) without calling the allocator.
+/// A trap in the allocator is the module's trap.
+pub fn give(
+    caller: &mut Caller<'_, VmState>,
+    bytes: &[u8],
+    ret_ptr: i32,
+    ret_len: i32,
+) -> wasmtime::Result<Result<(), Status>> {
+    if bytes.is_empty() {
+        return Ok(write_u32(caller, ret_ptr, 0).and_then(|()| write_u32(caller, ret_len, 0)));
+    }
+    let Some(malloc) = caller.data().malloc.clone() else {
+        return Ok(Err(Status::InternalFailure));
+    };
+    let ptr = malloc.call(&mut *caller, bytes.len() as i32)?;
+    if ptr == 0 {
+        return Ok(Err(Status::InvalidMemoryAccess));
+    }
+    Ok(write(caller, ptr, bytes)
+        .and_then(|()| write_u32(caller, ret_ptr, ptr as u32))
+        .and_then(|()| write_u32(caller, ret_len, bytes.len() as u32)))
+}

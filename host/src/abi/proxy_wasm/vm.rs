@@ -1,0 +1,285 @@
+//! One instance of a proxy-wasm module and the host state beside it.
+//!
+//! An instance serves many requests, each as its own context id; a request's
+//! contexts stay in the instance it started in. Requests lend their headers
+//! and bodies to the instance only for the length of a callback (or while the
+//! plugin holds the request paused), so hostcalls find them in [`StreamState`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime::{
+    Instance, Memory, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
+};
+
+use super::AbiVersion;
+use super::PluginCore;
+use crate::filter::{LocalResponse, LogInfo, StreamInfo};
+use crate::plugin::host::{CallResponse, PluginMetric};
+
+/// What the running callback may touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Module initialisation and root creation.
+    Init,
+    /// `proxy_on_vm_start`: the VM configuration is readable.
+    VmStart,
+    /// `proxy_on_configure`: the plugin configuration is readable.
+    Configure,
+    /// Request headers.
+    RequestHeaders,
+    /// Request body.
+    RequestBody,
+    /// Response headers.
+    ResponseHeaders,
+    /// Response body.
+    ResponseBody,
+    /// The log phase: maps are read-only.
+    Log,
+    /// `proxy_on_http_call_response`: the call's response is readable.
+    CallResponse,
+    /// Timers, queues and teardown.
+    Other,
+}
+
+/// A request's state inside the instance.
+#[derive(Default)]
+pub struct StreamState {
+    /// Connection and timing facts.
+    pub info: Option<Arc<StreamInfo>>,
+    /// The request head, while lent to the instance.
+    pub request: Option<http::request::Parts>,
+    /// The response head, while lent to the instance.
+    pub response: Option<http::response::Parts>,
+    /// The body of the current body callback.
+    pub body: Option<Bytes>,
+    /// A local response the plugin asked for.
+    pub local: Option<LocalResponse>,
+    /// The plugin resumed the request.
+    pub continue_request: bool,
+    /// The plugin resumed the response.
+    pub continue_response: bool,
+    /// The plugin reset the stream.
+    pub closed: bool,
+    /// Woken when the plugin resumes a paused stream.
+    pub waiter: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Values set with `proxy_set_property`.
+    pub props: HashMap<Vec<u8>, Vec<u8>>,
+    /// Facts of the request, for callbacks after the request phases.
+    pub facts: Option<super::properties::RequestFacts>,
+    /// The exchange's outcome, in the log phase.
+    pub log: Option<LogInfo>,
+}
+
+/// Host state of one instance.
+pub struct VmState {
+    /// The plugin.
+    pub plugin: Weak<PluginCore>,
+    /// Plugin name, for logs.
+    pub name: Arc<str>,
+    /// ABI version of the module.
+    pub abi: AbiVersion,
+    /// Which instance of the plugin this is.
+    pub index: usize,
+    /// Bumped when the instance is replaced after a trap.
+    pub generation: u64,
+    /// Memory limits.
+    pub limits: StoreLimits,
+    /// The module's memory.
+    pub memory: Option<Memory>,
+    /// The module's allocator.
+    pub malloc: Option<TypedFunc<i32, i32>>,
+    /// The root context id.
+    pub root: u32,
+    /// Next context id.
+    pub next_id: u32,
+    /// The context of the running callback.
+    pub current: u32,
+    /// Set by `proxy_set_effective_context` until the callback returns.
+    pub effective: Option<u32>,
+    /// What the running callback may touch.
+    pub phase: Phase,
+    /// Live stream contexts.
+    pub streams: HashMap<u32, StreamState>,
+    /// The response being delivered to `proxy_on_http_call_response`.
+    pub call_response: Option<CallResponse>,
+    /// Next HTTP call token.
+    pub next_token: u32,
+    /// A tick period the plugin asked for during the callback.
+    pub tick_request: Option<Duration>,
+    /// The running timer.
+    pub tick_task: Option<tokio::task::JoinHandle<()>>,
+    /// Metrics the plugin defined, by id - 1.
+    pub metrics: Vec<PluginMetric>,
+    /// Values set with `proxy_set_property` on the root context.
+    pub root_props: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl VmState {
+    /// The context hostcalls act on: the effective one, else the current one.
+    pub fn target(&self) -> u32 {
+        self.effective.unwrap_or(self.current)
+    }
+
+    /// The stream the hostcall acts on, if it is a stream.
+    pub fn stream(&mut self) -> Option<&mut StreamState> {
+        let id = self.target();
+        self.streams.get_mut(&id)
+    }
+}
+
+impl ResourceLimiter for VmState {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.memory_growing(current, desired, maximum)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+}
+
+/// The exports weir calls, looked up once per instance.
+pub struct Exports {
+    pub on_context_create: Option<TypedFunc<(i32, i32), ()>>,
+    pub on_vm_start: Option<TypedFunc<(i32, i32), i32>>,
+    pub on_configure: Option<TypedFunc<(i32, i32), i32>>,
+    pub on_request_headers: Option<HeadersFn>,
+    pub on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub on_response_headers: Option<HeadersFn>,
+    pub on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub on_log: Option<TypedFunc<i32, ()>>,
+    pub on_done: Option<TypedFunc<i32, i32>>,
+    pub on_delete: Option<TypedFunc<i32, ()>>,
+    pub on_tick: Option<TypedFunc<i32, ()>>,
+    pub on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    pub on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+}
+
+/// Header callbacks: two arguments in ABI 0.1.0, three (with end_of_stream) after.
+#[derive(Clone)]
+pub enum HeadersFn {
+    /// `(context, headers)`.
+    V1(TypedFunc<(i32, i32), i32>),
+    /// `(context, headers, end_of_stream)`.
+    V2(TypedFunc<(i32, i32, i32), i32>),
+}
+
+/// An instance and its store.
+pub struct Vm {
+    /// The store, holding the host state.
+    pub store: Store<VmState>,
+    /// The instance's exports.
+    pub exports: Exports,
+    /// Set once the instance trapped: it is never entered again.
+    pub failed: Option<String>,
+}
+
+/// Makes the host state for a new instance.
+pub fn new_state(
+    plugin: Weak<PluginCore>,
+    name: Arc<str>,
+    abi: AbiVersion,
+    index: usize,
+    generation: u64,
+    memory_limit: u64,
+) -> VmState {
+    VmState {
+        plugin,
+        name,
+        abi,
+        index,
+        generation,
+        limits: StoreLimitsBuilder::new()
+            .memory_size(memory_limit as usize)
+            .trap_on_grow_failure(true)
+            .instances(1)
+            .tables(4)
+            .build(),
+        memory: None,
+        malloc: None,
+        root: 1,
+        next_id: 2,
+        current: 0,
+        effective: None,
+        phase: Phase::Init,
+        streams: HashMap::new(),
+        call_response: None,
+        next_token: 1,
+        tick_request: None,
+        tick_task: None,
+        metrics: Vec::new(),
+        root_props: HashMap::new(),
+    }
+}
+
+/// Looks up the exports of `instance`; the error names an export of the wrong type.
+pub fn exports(
+    store: &mut Store<VmState>,
+    instance: &Instance,
+    abi: AbiVersion,
+) -> Result<Exports, String> {
+    macro_rules! get {
+        ($name:literal) => {
+            match instance.get_func(&mut *store, $name) {
+                None => None,
+                Some(f) => Some(
+                    f.typed(&*store)
+                        .map_err(|e| format!("export {} has the wrong signature: {e}", $name))?,
+                ),
+            }
+        };
+    }
+    let headers = |store: &mut Store<VmState>, name: &str| -> Result<Option<HeadersFn>, String> {
+        let Some(f) = instance.get_func(&mut *store, name) else {
+            return Ok(None);
+        };
+        let typed = match abi {
+            AbiVersion::V0_1_0 => f.typed(&*store).map(HeadersFn::V1),
+            AbiVersion::V0_2_0 | AbiVersion::V0_2_1 => f.typed(&*store).map(HeadersFn::V2),
+        };
+        typed
+            .map(Some)
+            .map_err(|e| format!("export {name} has the wrong signature for ABI {abi}: {e}"))
+    };
+    Ok(Exports {
+        on_context_create: get!("proxy_on_context_create"),
+        on_vm_start: get!("proxy_on_vm_start"),
+        on_configure: get!("proxy_on_configure"),
+        on_request_headers: headers(store, "proxy_on_request_headers")?,
+        on_request_body: get!("proxy_on_request_body"),
+        on_response_headers: headers(store, "proxy_on_response_headers")?,
+        on_response_body: get!("proxy_on_response_body"),
+        on_log: get!("proxy_on_log"),
+        on_done: get!("proxy_on_done"),
+        on_delete: get!("proxy_on_delete"),
+        on_tick: get!("proxy_on_tick"),
+        on_http_call_response: get!("proxy_on_http_call_response"),
+        on_queue_ready: get!("proxy_on_queue_ready"),
+    })
+}
+
+/// Calls a header callback with the right arity.
+pub fn call_headers(
+    f: &HeadersFn,
+    store: &mut Store<VmState>,
+    ctx: u32,
+    n: usize,
+    eos: bool,
+) -> wasmtime::Result<i32> {
+    match f {
+        HeadersFn::V1(f) => f.call(store, (ctx as i32, n as i32)),
+        HeadersFn::V2(f) => f.call(store, (ctx as i32, n as i32, i32::from(eos))),
+    }
+}

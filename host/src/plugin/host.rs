@@ -1,0 +1,257 @@
+//! The host API, written once for every plugin ABI: shared key-value data
+//! with compare-and-swap, shared queues, plugin metrics and outbound calls.
+//! The ABI adapters translate their calls into these.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::proxy::Shared;
+use crate::telemetry::Metrics;
+
+/// Why a compare-and-swap write was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CasMismatch;
+
+/// Kinds of plugin metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down, or is set.
+    Gauge,
+    /// Records a distribution.
+    Histogram,
+}
+
+/// A plugin metric's handle.
+#[derive(Clone, Debug)]
+pub enum PluginMetric {
+    /// A counter.
+    Counter(Counter),
+    /// A gauge.
+    Gauge(Gauge),
+    /// A histogram.
+    Histogram(Histogram),
+}
+
+/// A finished outbound call.
+#[derive(Debug, Default)]
+pub struct CallResponse {
+    /// Status; `None` when no response came (reset, connect failure, timeout).
+    pub status: Option<StatusCode>,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// Response body.
+    pub body: Bytes,
+    /// Response trailers.
+    pub trailers: HeaderMap,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+type Queue = (VecDeque<Bytes>, Option<Arc<dyn Fn(u32) + Send + Sync>>);
+
+/// Services the host offers plugins, shared by every plugin of the process.
+pub struct HostServices {
+    shared: Weak<Shared>,
+    metrics: Arc<Metrics>,
+    data: Mutex<HashMap<(String, Vec<u8>), (Bytes, u32)>>,
+    cas: AtomicU32,
+    queues: Mutex<(HashMap<(String, String), u32>, HashMap<u32, Queue>)>,
+    next_queue: AtomicU32,
+}
+
+impl HostServices {
+    /// Host services over the proxy state `shared` (for outbound calls) and `metrics`.
+    pub fn new(shared: Weak<Shared>, metrics: Arc<Metrics>) -> HostServices {
+        HostServices {
+            shared,
+            metrics,
+            data: Mutex::default(),
+            cas: AtomicU32::new(1),
+            queues: Mutex::default(),
+            next_queue: AtomicU32::new(1),
+        }
+    }
+
+    /// Reads shared data of `vm_id`: the value and its CAS token.
+    pub fn get_data(&self, vm_id: &str, key: &[u8]) -> Option<(Bytes, u32)> {
+        self.data
+            .lock()
+            .expect("shared data lock")
+            .get(&(vm_id.to_string(), key.to_vec()))
+            .cloned()
+    }
+
+    /// Writes shared data. `cas` 0 writes unconditionally; otherwise it must
+    /// match the stored token (a missing key accepts any).
+    pub fn set_data(
+        &self,
+        vm_id: &str,
+        key: &[u8],
+        value: Bytes,
+        cas: u32,
+    ) -> Result<(), CasMismatch> {
+        let mut data = self.data.lock().expect("shared data lock");
+        let slot = data.entry((vm_id.to_string(), key.to_vec()));
+        if let std::collections::hash_map::Entry::Occupied(o) = &slot {
+            if cas != 0 && o.get().1 != cas {
+                return Err(CasMismatch);
+            }
+        }
+        let token = self.cas.fetch_add(1, Ordering::Relaxed).max(1);
+        match slot {
+            std::collections::hash_map::Entry::Occupied(mut o) => *o.get_mut() = (value, token),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert((value, token));
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers (or reopens) queue `name` of `vm_id`; `notify` is called with the
+    /// queue id when an item is enqueued (the last registration wins).
+    pub fn register_queue(
+        &self,
+        vm_id: &str,
+        name: &str,
+        notify: Arc<dyn Fn(u32) + Send + Sync>,
+    ) -> u32 {
+        let mut q = self.queues.lock().expect("queues lock");
+        let key = (vm_id.to_string(), name.to_string());
+        let id = match q.0.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = self.next_queue.fetch_add(1, Ordering::Relaxed);
+                q.0.insert(key, id);
+                id
+            }
+        };
+        q.1.entry(id).or_insert_with(|| (VecDeque::new(), None)).1 = Some(notify);
+        id
+    }
+
+    /// The id of queue `name` of `vm_id`, if registered.
+    pub fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
+        self.queues
+            .lock()
+            .expect("queues lock")
+            .0
+            .get(&(vm_id.to_string(), name.to_string()))
+            .copied()
+    }
+
+    /// Appends to a queue; false if there is no such queue.
+    pub fn enqueue(&self, id: u32, item: Bytes) -> bool {
+        let notify = {
+            let mut q = self.queues.lock().expect("queues lock");
+            let Some(queue) = q.1.get_mut(&id) else {
+                return false;
+            };
+            queue.0.push_back(item);
+            queue.1.clone()
+        };
+        if let Some(n) = notify {
+            n(id);
+        }
+        true
+    }
+
+    /// Takes the oldest item: `Err(())` if there is no such queue, `Ok(None)` if it is empty.
+    #[allow(clippy::result_unit_err)]
+    pub fn dequeue(&self, id: u32) -> Result<Option<Bytes>, ()> {
+        let mut q = self.queues.lock().expect("queues lock");
+        q.1.get_mut(&id).map(|queue| queue.0.pop_front()).ok_or(())
+    }
+
+    /// A metric of `plugin` named `name`, exported on /metrics.
+    pub fn define_metric(&self, plugin: &str, name: &str, kind: MetricKind) -> PluginMetric {
+        self.metrics.plugin_metric(plugin, name, kind)
+    }
+
+    /// Counts a trap of `plugin`.
+    pub fn plugin_trap(&self, plugin: &str) {
+        self.metrics.plugin_trap(plugin);
+    }
+
+    /// Whether a cluster of that name exists now.
+    pub fn has_cluster(&self, name: &str) -> bool {
+        self.shared
+            .upgrade()
+            .is_some_and(|s| s.runtime.load().clusters.contains_key(name))
+    }
+
+    /// Sends an outbound HTTP request to `cluster` and collects the whole answer.
+    pub async fn call(
+        &self,
+        cluster: &str,
+        req: Request<crate::body::Body>,
+        timeout: Option<Duration>,
+    ) -> CallResponse {
+        let Some(shared) = self.shared.upgrade() else {
+            return CallResponse {
+                error: Some("weir is shutting down".into()),
+                ..Default::default()
+            };
+        };
+        let Some(cluster) = shared.runtime.load().clusters.get(cluster).cloned() else {
+            return CallResponse {
+                error: Some(format!("no cluster named {cluster:?}")),
+                ..Default::default()
+            };
+        };
+        let fut = async {
+            let Some(endpoint) = cluster.pick(None) else {
+                return CallResponse {
+                    error: Some("no healthy endpoint".into()),
+                    ..Default::default()
+                };
+            };
+            let (mut parts, body) = req.into_parts();
+            parts.uri = cluster.uri(&endpoint, parts.uri.path_and_query());
+            parts.version = cluster.version();
+            match cluster.send(Request::from_parts(parts, body)).await {
+                Err(e) => CallResponse {
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                },
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    match http_body_util::BodyExt::collect(body).await {
+                        Ok(c) => {
+                            let trailers = c.trailers().cloned().unwrap_or_default();
+                            CallResponse {
+                                status: Some(parts.status),
+                                headers: parts.headers,
+                                body: c.to_bytes(),
+                                trailers,
+                                error: None,
+                            }
+                        }
+                        Err(e) => CallResponse {
+                            error: Some(e.to_string()),
+                            ..Default::default()
+                        },
+                    }
+                }
+            }
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .unwrap_or_else(|_| CallResponse {
+                    error: Some(format!("timeout after {t:?}")),
+                    ..Default::default()
+                }),
+            None => fut.await,
+        }
+    }
+}

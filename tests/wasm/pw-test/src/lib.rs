@@ -1,0 +1,169 @@
+//! A proxy-wasm filter written with the Rust SDK, as an Envoy user would write
+//! one. What it does depends on the request path, so that one module drives
+//! the integration tests through the whole ABI:
+//!
+//! - every request: adds `x-pw-seen: <tag>` upstream and `x-pw-plugin: <plugin_name>` downstream;
+//! - `/deny`: answers 403 locally;
+//! - `/props`: answers with the properties it reads, one per line;
+//! - `/shared`: increments a shared-data counter with compare-and-swap and answers its value;
+//! - `/metric`: increments the counter metric `pw_test_hits`;
+//! - `/callout`: calls cluster `auth` (`/status/<code>` from header x-callout-status), pauses,
+//!   and on the answer adds `x-callout-status` upstream, or answers 401 when it was not 200;
+//! - `/rewrite`: rewrites `:path` to `/rewritten` before routing;
+//! - `/panic`: panics (a trap);
+//! - `/loop`: loops forever (the CPU limit must stop it).
+//!
+//! The plugin configuration is the tag; the configuration `reject` refuses the plugin.
+
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { tag: String::new(), hits: 0 }) });
+}}
+
+struct Root {
+    tag: String,
+    hits: u32,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        self.tag = String::from_utf8_lossy(&config).to_string();
+        if self.tag == "reject" {
+            log::error!("refusing the configuration {:?}", self.tag);
+            return false;
+        }
+        self.hits = proxy_wasm::hostcalls::define_metric(MetricType::Counter, "pw_test_hits").unwrap();
+        log::info!("configured with tag {:?}", self.tag);
+        if self.tag == "tick" {
+            self.set_tick_period(Duration::from_millis(50));
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let (value, cas) = self.get_shared_data("ticks");
+        let n = value.map_or(0, |v| String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0));
+        let _ = self.set_shared_data("ticks", Some((n + 1).to_string().as_bytes()), cas);
+    }
+
+    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream { tag: self.tag.clone(), hits: self.hits }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    tag: String,
+    hits: u32,
+}
+
+fn prop_string(ctx: &dyn Context, path: &[&str]) -> String {
+    match ctx.get_property(path.to_vec()) {
+        Some(v) => String::from_utf8_lossy(&v).to_string(),
+        None => "<none>".to_string(),
+    }
+}
+
+fn prop_int(ctx: &dyn Context, path: &[&str]) -> String {
+    match ctx.get_property(path.to_vec()) {
+        Some(v) if v.len() == 8 => i64::from_le_bytes(v.try_into().unwrap()).to_string(),
+        Some(v) => format!("<{} bytes>", v.len()),
+        None => "<none>".to_string(),
+    }
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _trailers: usize) {
+        let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        if status == "200" {
+            self.set_http_request_header("x-callout-status", Some(&status));
+            self.resume_http_request();
+        } else {
+            self.send_http_response(401, vec![("x-callout-status", status.as_str())], Some(b"callout refused\n"));
+        }
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.set_http_request_header("x-pw-seen", Some(&self.tag));
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        match path.split('?').next().unwrap_or("") {
+            "/deny" => {
+                self.send_http_response(403, vec![("x-denied-by", "pw-test")], Some(b"denied by pw-test\n"));
+                Action::Pause
+            }
+            "/props" => {
+                let mut body = String::new();
+                for p in ["request.path", "request.url_path", "request.host", "request.method", "request.scheme", "request.protocol", "request.id", "source.address", "destination.address", "plugin_name", "plugin_root_id", "plugin_vm_id", "connection.mtls"] {
+                    let parts: Vec<&str> = p.split('.').collect();
+                    body.push_str(&format!("{p}={}\n", prop_string(self, &parts)));
+                }
+                for p in ["source.port", "destination.port", "request.time"] {
+                    let parts: Vec<&str> = p.split('.').collect();
+                    body.push_str(&format!("{p}={}\n", prop_int(self, &parts)));
+                }
+                body.push_str(&format!("request.headers.user-agent={}\n", prop_string(self, &["request", "headers", "user-agent"])));
+                self.send_http_response(200, vec![("content-type", "text/plain")], Some(body.as_bytes()));
+                Action::Pause
+            }
+            "/shared" => {
+                loop {
+                    let (value, cas) = self.get_shared_data("counter");
+                    let n = value.map_or(0, |v| String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0)) + 1;
+                    if self.set_shared_data("counter", Some(n.to_string().as_bytes()), cas).is_ok() {
+                        self.send_http_response(200, vec![], Some(format!("{n}\n").as_bytes()));
+                        return Action::Pause;
+                    }
+                }
+            }
+            "/metric" => {
+                proxy_wasm::hostcalls::increment_metric(self.hits, 1).unwrap();
+                Action::Continue
+            }
+            "/callout" => {
+                let code = self.get_http_request_header("x-callout-status").unwrap_or_else(|| "200".into());
+                let path = format!("/status/{code}");
+                match self.dispatch_http_call("auth", vec![(":method", "GET"), (":path", &path), (":authority", "auth")], None, vec![], Duration::from_secs(5)) {
+                    Ok(_) => Action::Pause,
+                    Err(e) => {
+                        self.send_http_response(500, vec![], Some(format!("dispatch failed: {e:?}\n").as_bytes()));
+                        Action::Pause
+                    }
+                }
+            }
+            "/rewrite" => {
+                self.set_http_request_header(":path", Some("/rewritten"));
+                Action::Continue
+            }
+            "/panic" => panic!("pw-test panics on purpose"),
+            "/loop" => {
+                #[allow(clippy::empty_loop)]
+                loop {}
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let name = prop_string(self, &["plugin_name"]);
+        self.set_http_response_header("x-pw-plugin", Some(&name));
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let status = prop_int(self, &["response", "code"]);
+        log::debug!("request done with status {status}");
+    }
+}
