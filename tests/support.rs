@@ -60,7 +60,11 @@ impl Weir {
 
     /// Starts weir on a complete config text.
     pub async fn start_with(admin: u16, port: u16, config: &str) -> Weir {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), admin, port, config).await
+    }
+
+    /// Starts weir with its config in `dir` (where a `plugins/` folder may wait).
+    pub async fn start_in(dir: tempfile::TempDir, admin: u16, port: u16, config: &str) -> Weir {
         let config_path = dir.path().join("weir.toml");
         std::fs::write(&config_path, config).unwrap();
         Self::spawn(admin, port, dir, config_path, true).await
@@ -335,4 +339,36 @@ impl TestCa {
         std::fs::write(&p, &self.pem).unwrap();
         p
     }
+}
+
+/// Builds the test filters in tests/wasm (once per test binary) and returns the
+/// path of `name`'s .wasm file.
+pub fn test_filter(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let dir = BUILT
+        .get_or_init(|| {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/wasm");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let out = Command::new(cargo)
+                .args([
+                    "build",
+                    "--release",
+                    "--locked",
+                    "--target",
+                    "wasm32-wasip1",
+                    "--manifest-path",
+                ])
+                .arg(root.join("Cargo.toml"))
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_TARGET_DIR")
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).to_string());
+            }
+            Ok(root.join("target/wasm32-wasip1/release"))
+        })
+        .as_ref()
+        .unwrap_or_else(|e| panic!("building the test filters failed:\n{e}"));
+    dir.join(format!("{}.wasm", name.replace('-', "_")))
 }

@@ -55,6 +55,20 @@ pub fn main() -> ExitCode {
 
 fn validate(path: &std::path::Path) -> ExitCode {
     let checked = Config::from_file(path).and_then(|c| crate::app::check_files(&c).map(|()| c));
+    if let Ok(c) = &checked {
+        let errors = crate::plugin::check(c);
+        if !errors.is_empty() {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{}: {} plugin(s) failed to load",
+                path.display(),
+                errors.len()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     match checked {
         Ok(c) => {
             println!(

@@ -184,6 +184,13 @@ pub fn load_dir(
     (filters, errors)
 }
 
+/// Loads every plugin of a config as `run` would, keeping nothing: for `weir validate`.
+pub fn check(config: &crate::config::Config) -> Vec<PluginError> {
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let host = Arc::new(host::HostServices::new(std::sync::Weak::new(), metrics));
+    load_dir(&config.plugins_dir, &config.plugin_defaults, &host, 1).1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -356,10 +356,9 @@ impl PluginCore {
         for st in s.streams.values_mut() {
             if st.waiter.is_some()
                 && (st.local.is_some() || st.continue_request || st.continue_response || st.closed)
+                && let Some(w) = st.waiter.take()
             {
-                if let Some(w) = st.waiter.take() {
-                    let _ = w.send(());
-                }
+                let _ = w.send(());
             }
         }
     }
@@ -534,12 +533,12 @@ impl ProxyWasmStream {
         );
         let root = s.root;
         self.ctx = Some((id, generation));
-        if let Some(f) = vm.exports.on_context_create.clone() {
-            if let Called::Trapped(_) = self.core.call(vm, id, Phase::Other, |vm| {
+        if let Some(f) = vm.exports.on_context_create.clone()
+            && let Called::Trapped(_) = self.core.call(vm, id, Phase::Other, |vm| {
                 f.call(&mut vm.store, (id as i32, root as i32)).map(|()| 0)
-            }) {
-                return None;
-            }
+            })
+        {
+            return None;
         }
         Some(id)
     }
@@ -604,6 +603,51 @@ macro_rules! with_stream {
     };
 }
 
+impl ProxyWasmStream {
+    /// A body callback over the whole body (weir hands bodies to proxy-wasm
+    /// plugins whole, once, with end_of_stream set).
+    fn body_callback(&mut self, body: &mut Bytes, eos: bool, dir: Direction) -> Action {
+        if self.failed {
+            return Action::Continue;
+        }
+        let core = self.core.clone();
+        let mut vm = core.lock(self.index);
+        let f = match dir {
+            Direction::Request => vm.exports.on_request_body.clone(),
+            Direction::Response => vm.exports.on_response_body.clone(),
+        };
+        let Some(f) = f else { return Action::Continue };
+        let Some(ctx) = self.context(&mut vm) else {
+            drop(vm);
+            return self.failure("the plugin instance was restarted");
+        };
+        let len = body.len();
+        with_stream!(vm, ctx).body = Some(std::mem::take(body));
+        let phase = if dir == Direction::Request {
+            Phase::RequestBody
+        } else {
+            Phase::ResponseBody
+        };
+        match core.call(&mut vm, ctx, phase, |vm| {
+            f.call(&mut vm.store, (ctx as i32, len as i32, i32::from(eos)))
+        }) {
+            Called::Action(_) => {}
+            Called::Trapped(msg) => {
+                drop(vm);
+                return self.failure(&msg);
+            }
+        }
+        let st = with_stream!(vm, ctx);
+        if let Some(b) = st.body.take() {
+            *body = b;
+        }
+        match st.local.take() {
+            Some(local) => Action::Respond(local),
+            None => Action::Continue,
+        }
+    }
+}
+
 impl StreamFilter for ProxyWasmStream {
     fn on_request_headers<'a>(
         &'a mut self,
@@ -643,13 +687,17 @@ impl StreamFilter for ProxyWasmStream {
                 return decided(self.failure(&msg));
             }
         };
+        let wants_body = !eos && vm.exports.on_request_body.is_some();
         let st = with_stream!(vm, ctx);
         match Self::settle(st, Direction::Request, code) {
             Ok(action) => {
                 if let Some(p) = st.request.take() {
                     *head = p;
                 }
-                decided(action)
+                decided(match action {
+                    Action::Continue if wants_body => Action::StopAndBuffer,
+                    other => other,
+                })
             }
             Err(rx) => {
                 drop(vm);
@@ -672,7 +720,11 @@ impl StreamFilter for ProxyWasmStream {
                     if let Some(local) = st.local.take() {
                         return Action::Respond(local);
                     }
-                    Action::Continue
+                    if wants_body {
+                        Action::StopAndBuffer
+                    } else {
+                        Action::Continue
+                    }
                 })
             }
         }
@@ -710,6 +762,7 @@ impl StreamFilter for ProxyWasmStream {
                 return decided(self.failure(&msg));
             }
         };
+        let wants_body = !eos && vm.exports.on_response_body.is_some();
         let st = with_stream!(vm, ctx);
         let back = st.response.take();
         let settled = Self::settle(st, Direction::Response, code);
@@ -717,6 +770,7 @@ impl StreamFilter for ProxyWasmStream {
             *head = p;
         }
         match settled {
+            Ok(Action::Continue) if wants_body => decided(Action::StopAndBuffer),
             Ok(action) => decided(action),
             // Pausing a response head waits for the plugin to resume it; the head stays with weir meanwhile.
             Err(rx) => {
@@ -735,6 +789,14 @@ impl StreamFilter for ProxyWasmStream {
                 })
             }
         }
+    }
+
+    fn on_request_body<'a>(&'a mut self, body: &'a mut Bytes, eos: bool) -> FilterFuture<'a> {
+        decided(self.body_callback(body, eos, Direction::Request))
+    }
+
+    fn on_response_body<'a>(&'a mut self, body: &'a mut Bytes, eos: bool) -> FilterFuture<'a> {
+        decided(self.body_callback(body, eos, Direction::Response))
     }
 
     fn on_log(&mut self, info: &LogInfo) {
@@ -756,26 +818,26 @@ impl StreamFilter for ProxyWasmStream {
             vm.exports.on_delete.clone(),
         );
         // Envoy's order for HTTP streams: log, done, delete.
-        if let Some(f) = exports.0 {
-            if let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Log, |vm| {
+        if let Some(f) = exports.0
+            && let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Log, |vm| {
                 f.call(&mut vm.store, ctx as i32).map(|()| 0)
-            }) {
-                return;
-            }
+            })
+        {
+            return;
         }
-        if let Some(f) = exports.1 {
-            if let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Other, |vm| {
+        if let Some(f) = exports.1
+            && let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Other, |vm| {
                 f.call(&mut vm.store, ctx as i32)
-            }) {
-                return;
-            }
+            })
+        {
+            return;
         }
-        if let Some(f) = exports.2 {
-            if let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Other, |vm| {
+        if let Some(f) = exports.2
+            && let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Other, |vm| {
                 f.call(&mut vm.store, ctx as i32).map(|()| 0)
-            }) {
-                return;
-            }
+            })
+        {
+            return;
         }
         vm.store.data_mut().streams.remove(&ctx);
     }

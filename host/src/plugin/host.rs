@@ -58,14 +58,18 @@ pub struct CallResponse {
 }
 
 type Queue = (VecDeque<Bytes>, Option<Arc<dyn Fn(u32) + Send + Sync>>);
+/// Shared data: (vm_id, key) to (value, CAS token).
+type DataMap = HashMap<(String, Vec<u8>), (Bytes, u32)>;
+/// Queues: ids by (vm_id, name), and each queue by id.
+type Queues = (HashMap<(String, String), u32>, HashMap<u32, Queue>);
 
 /// Services the host offers plugins, shared by every plugin of the process.
 pub struct HostServices {
     shared: Weak<Shared>,
     metrics: Arc<Metrics>,
-    data: Mutex<HashMap<(String, Vec<u8>), (Bytes, u32)>>,
+    data: Mutex<DataMap>,
     cas: AtomicU32,
-    queues: Mutex<(HashMap<(String, String), u32>, HashMap<u32, Queue>)>,
+    queues: Mutex<Queues>,
     next_queue: AtomicU32,
 }
 
@@ -102,10 +106,11 @@ impl HostServices {
     ) -> Result<(), CasMismatch> {
         let mut data = self.data.lock().expect("shared data lock");
         let slot = data.entry((vm_id.to_string(), key.to_vec()));
-        if let std::collections::hash_map::Entry::Occupied(o) = &slot {
-            if cas != 0 && o.get().1 != cas {
-                return Err(CasMismatch);
-            }
+        if let std::collections::hash_map::Entry::Occupied(o) = &slot
+            && cas != 0
+            && o.get().1 != cas
+        {
+            return Err(CasMismatch);
         }
         let token = self.cas.fetch_add(1, Ordering::Relaxed).max(1);
         match slot {

@@ -10,10 +10,6 @@ pub enum Status {
     NotFound = 1,
     /// An argument is out of range or the thing is not available now.
     BadArgument = 2,
-    /// A value could not be encoded.
-    SerializationFailure = 3,
-    /// A value could not be parsed.
-    ParseFailure = 4,
     /// A pointer or length lies outside the module's memory.
     InvalidMemoryAccess = 6,
     /// A queue is empty.

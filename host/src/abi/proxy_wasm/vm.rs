@@ -150,6 +150,9 @@ impl ResourceLimiter for VmState {
     }
 }
 
+/// `proxy_on_http_call_response(root, token, headers, body_size, trailers)`.
+pub type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+
 /// The exports weir calls, looked up once per instance.
 pub struct Exports {
     pub on_context_create: Option<TypedFunc<(i32, i32), ()>>,
@@ -163,7 +166,7 @@ pub struct Exports {
     pub on_done: Option<TypedFunc<i32, i32>>,
     pub on_delete: Option<TypedFunc<i32, ()>>,
     pub on_tick: Option<TypedFunc<i32, ()>>,
-    pub on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    pub on_http_call_response: Option<CallResponseFn>,
     pub on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
 }
 

@@ -6,9 +6,12 @@
 //! - `/deny`: answers 403 locally;
 //! - `/props`: answers with the properties it reads, one per line;
 //! - `/shared`: increments a shared-data counter with compare-and-swap and answers its value;
+//! - `/ticks`: answers how many ticks the root contexts counted (configuration `tick`);
 //! - `/metric`: increments the counter metric `pw_test_hits`;
 //! - `/callout`: calls cluster `auth` (`/status/<code>` from header x-callout-status), pauses,
 //!   and on the answer adds `x-callout-status` upstream, or answers 401 when it was not 200;
+//! - `/upper`: upper-cases the request body (waiting for all of it);
+//! - `/replace-response`: replaces the response body;
 //! - `/rewrite`: rewrites `:path` to `/rewritten` before routing;
 //! - `/panic`: panics (a trap);
 //! - `/loop`: loops forever (the CPU limit must stop it).
@@ -55,7 +58,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { tag: self.tag.clone(), hits: self.hits }))
+        Some(Box::new(Stream { tag: self.tag.clone(), hits: self.hits, path: String::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -66,6 +69,7 @@ impl RootContext for Root {
 struct Stream {
     tag: String,
     hits: u32,
+    path: String,
 }
 
 fn prop_string(ctx: &dyn Context, path: &[&str]) -> String {
@@ -99,7 +103,8 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.set_http_request_header("x-pw-seen", Some(&self.tag));
         let path = self.get_http_request_header(":path").unwrap_or_default();
-        match path.split('?').next().unwrap_or("") {
+        self.path = path.split('?').next().unwrap_or("").to_string();
+        match self.path.as_str() {
             "/deny" => {
                 self.send_http_response(403, vec![("x-denied-by", "pw-test")], Some(b"denied by pw-test\n"));
                 Action::Pause
@@ -128,6 +133,12 @@ impl HttpContext for Stream {
                     }
                 }
             }
+            "/ticks" => {
+                let (value, _) = self.get_shared_data("ticks");
+                let n = value.map_or_else(|| "0".to_string(), |v| String::from_utf8_lossy(&v).to_string());
+                self.send_http_response(200, vec![], Some(format!("{n}\n").as_bytes()));
+                Action::Pause
+            }
             "/metric" => {
                 proxy_wasm::hostcalls::increment_metric(self.hits, 1).unwrap();
                 Action::Continue
@@ -154,6 +165,29 @@ impl HttpContext for Stream {
             }
             _ => Action::Continue,
         }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.path != "/upper" {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        self.set_http_request_body(0, body_size, &body.to_ascii_uppercase());
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.path != "/replace-response" {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.set_http_response_body(0, body_size, b"replaced by pw-test\n");
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -1,0 +1,415 @@
+//! proxy-wasm filters, built with the Rust proxy-wasm SDK as for Envoy, run
+//! unmodified through the real weir binary. Where Envoy's behaviour is not
+//! obvious, the test says what Envoy does.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::{Upstream, Weir, free_port, test_filter};
+
+/// A weir with the pw-test filter in its plugins directory, configured by `plugin_toml`,
+/// and an `auth` cluster pointing at `auth`.
+async fn weir_with_filter(plugin_toml: &str, routes: &str, upstream: &Upstream) -> Weir {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(test_filter("pw-test"), plugins.join("10-pw-test.wasm")).unwrap();
+    std::fs::write(plugins.join("10-pw-test.toml"), plugin_toml).unwrap();
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[cluster]]\nname = \"auth\"\nendpoints = [\"{addr}\"]\n[[cluster]]\nname = \"app\"\nendpoints = [\"{addr}\"]\n{routes}\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        addr = upstream.addr
+    );
+    Weir::start_in(dir, admin, port, &config).await
+}
+
+#[tokio::test]
+async fn headers_are_changed_both_ways_and_configuration_arrives() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("config_raw = \"tag-1\"\n", "", &up).await;
+    let r = reqwest::get(w.url("/hello")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-pw-plugin"],
+        "pw-test",
+        "the plugin_name property, set on the response"
+    );
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["headers"]["x-pw-seen"], "tag-1",
+        "the plugin configuration, set on the request"
+    );
+    assert!(
+        w.logs().contains("configured with tag \"tag-1\""),
+        "proxy_log reaches weir's log"
+    );
+}
+
+#[tokio::test]
+async fn local_responses_never_reach_the_upstream_and_pass_the_response_phase() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let before = up.hits();
+    let r = reqwest::get(w.url("/deny")).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-denied-by"], "pw-test");
+    // Envoy runs the same plugin's response callbacks on its own local reply.
+    assert_eq!(r.headers()["x-pw-plugin"], "pw-test");
+    assert_eq!(r.text().await.unwrap(), "denied by pw-test\n");
+    assert_eq!(up.hits(), before, "the upstream was not called");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        w.logs().contains("request done with status 403"),
+        "on_log ran after the local reply, with response.code"
+    );
+}
+
+#[tokio::test]
+async fn properties_use_envoy_names_and_encodings() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let text = reqwest::Client::new()
+        .get(w.url("/props?a=1"))
+        .header("user-agent", "weir-test")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} missing in\n{text}"))
+            .to_string()
+    };
+    assert_eq!(get("request.path"), "/props?a=1");
+    assert_eq!(get("request.url_path"), "/props");
+    assert_eq!(get("request.method"), "GET");
+    assert_eq!(get("request.scheme"), "http");
+    assert_eq!(get("request.protocol"), "HTTP/1.1");
+    assert_eq!(get("request.host"), format!("127.0.0.1:{}", w.port));
+    assert_eq!(get("request.id").len(), 36);
+    assert_eq!(
+        get("destination.address"),
+        format!("127.0.0.1:{}", w.port),
+        "ip:port, as Envoy"
+    );
+    assert!(get("source.address").starts_with("127.0.0.1:"));
+    assert_eq!(
+        get("destination.port"),
+        w.port.to_string(),
+        "ints are 8 little-endian bytes"
+    );
+    assert_eq!(get("plugin_name"), "pw-test");
+    assert_eq!(get("plugin_vm_id"), "pw-test");
+    assert_eq!(
+        get("plugin_root_id"),
+        "<none>",
+        "an empty root id comes back empty, which the Rust SDK reads as None"
+    );
+    assert_eq!(get("request.headers.user-agent"), "weir-test");
+    let ns: i64 = get("request.time").parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    assert!(
+        (now - ns).abs() < 10_000_000_000,
+        "request.time is ns since the epoch"
+    );
+}
+
+#[tokio::test]
+async fn shared_data_cas_and_metrics_are_host_wide() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let c = reqwest::Client::new();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(
+            c.get(w.url("/shared"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+                .trim()
+                .parse::<u32>()
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        seen,
+        [1, 2, 3, 4, 5],
+        "the counter is shared across instances and requests"
+    );
+    for _ in 0..3 {
+        c.get(w.url("/metric")).send().await.unwrap();
+    }
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_plugin_counter_total{plugin=\"pw-test\",name=\"pw_test_hits\"} 3"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn http_calls_pause_the_request_and_resume_or_answer_from_the_callback() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let c = reqwest::Client::new();
+    let r = c.get(w.url("/callout")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["headers"]["x-callout-status"], "200",
+        "set from on_http_call_response, then resumed"
+    );
+    let before = up.hits();
+    let r = c
+        .get(w.url("/callout"))
+        .header("x-callout-status", "403")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-callout-status"], "403");
+    assert_eq!(
+        up.hits() - before,
+        1,
+        "only the callout reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn bodies_are_handed_to_body_callbacks_and_replaced_with_correct_framing() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(w.url("/upper"))
+        .body("make me loud")
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["body"], "MAKE ME LOUD");
+    assert_eq!(v["headers"]["content-length"], "12");
+    let chunks = futures_util::stream::iter(
+        ["chunked ", "body"].map(|s| Ok::<_, std::io::Error>(bytes::Bytes::from(s))),
+    );
+    let v: serde_json::Value = c
+        .post(w.url("/upper"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["body"], "CHUNKED BODY");
+    let r = c.get(w.url("/replace-response")).send().await.unwrap();
+    assert_eq!(r.headers()["content-length"], "20");
+    assert_eq!(r.text().await.unwrap(), "replaced by pw-test\n");
+}
+
+#[tokio::test]
+async fn a_path_rewritten_before_routing_changes_the_route() {
+    let up = Upstream::start("app").await;
+    let routes = "[[route]]\nname = \"rewritten\"\nmatch = { path = \"/rewritten\" }\ndirect_response = { status = 200, body = \"rewritten route\" }\n";
+    let w = weir_with_filter("", routes, &up).await;
+    let r = reqwest::get(w.url("/rewrite")).await.unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "rewritten route",
+        "as in Envoy, a :path changed by a filter re-selects the route"
+    );
+}
+
+#[tokio::test]
+async fn traps_and_runaway_loops_fail_only_their_request() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("cpu_limit = \"20ms\"\n", "", &up).await;
+    let c = reqwest::Client::new();
+    let r = c.get(w.url("/panic")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "failure = closed by default, as Envoy's fail-closed"
+    );
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("plugin \"pw-test\" failed: unreachable executed")
+    );
+    assert_eq!(
+        c.get(w.url("/ok")).send().await.unwrap().status(),
+        200,
+        "a fresh instance serves the next request"
+    );
+    let t = std::time::Instant::now();
+    let r = c.get(w.url("/loop")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("CPU time limit per callback exceeded")
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(c.get(w.url("/ok")).send().await.unwrap().status(), 200);
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_plugin_traps_total{plugin=\"pw-test\"} 2"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn failure_open_skips_the_plugin_for_that_request() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("failure = \"open\"\n", "", &up).await;
+    let r = reqwest::get(w.url("/panic")).await.unwrap();
+    assert_eq!(r.status(), 200, "the request went on without the plugin");
+}
+
+#[tokio::test]
+async fn ticks_reach_the_root_context() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("config_raw = \"tick\"\n", "", &up).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let ticks: u32 = reqwest::get(w.url("/ticks"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // A 50 ms period on every worker's instance: several ticks in 600 ms, but not hundreds.
+    assert!((4..200).contains(&ticks), "{ticks} ticks");
+}
+
+fn write_plugin(dir: &Path, name: &str, bytes: &[u8], toml: Option<&str>) {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(plugins.join(format!("{name}.wasm")), bytes).unwrap();
+    if let Some(t) = toml {
+        std::fs::write(plugins.join(format!("{name}.toml")), t).unwrap();
+    }
+}
+
+/// `weir validate` on a config whose plugins folder holds one module.
+fn validate_with(bytes: &[u8], toml: Option<&str>) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin(dir.path(), "20-bad", bytes, toml);
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\n[[route]]\nname = \"e\"\necho = true\n").unwrap();
+    let out = std::process::Command::new(support::weir_bin())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+const MINIMAL: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+  (func (export "proxy_abi_version_0_2_1")))"#;
+
+#[test]
+fn bad_modules_are_refused_with_the_cause() {
+    let (code, err) = validate_with(b"this is not wasm at all", None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("20-bad.wasm: not a WebAssembly module"),
+        "{err}"
+    );
+
+    let good = std::fs::read(test_filter("pw-test")).unwrap();
+    let (_, err) = validate_with(&good[..good.len() / 2], None);
+    assert!(
+        err.contains("20-bad.wasm: invalid WebAssembly module"),
+        "{err}"
+    );
+
+    let no_abi =
+        wat::parse_str(MINIMAL.replace(r#"(func (export "proxy_abi_version_0_2_1"))"#, ""))
+            .unwrap();
+    let (_, err) = validate_with(&no_abi, None);
+    assert!(err.contains("declares no proxy-wasm ABI version"), "{err}");
+
+    let unknown_import = wat::parse_str(MINIMAL.replace(
+        "(module",
+        r#"(module (import "env" "proxy_foo" (func (param i32) (result i32)))"#,
+    ))
+    .unwrap();
+    let (_, err) = validate_with(&unknown_import, None);
+    assert!(
+        err.contains("imports env.proxy_foo, which weir does not provide"),
+        "{err}"
+    );
+
+    let (_, err) = validate_with(&good, Some("config_raw = \"reject\"\n"));
+    assert!(err.contains("proxy_on_configure returned false"), "{err}");
+
+    let (_, err) = validate_with(&good, Some("confg = 1\n"));
+    assert!(
+        err.contains("20-bad.toml") && err.contains("unknown field `confg`"),
+        "{err}"
+    );
+
+    let minimal = wat::parse_str(MINIMAL).unwrap();
+    let (code, err) = validate_with(&minimal, None);
+    assert_eq!(
+        code, 0,
+        "a module exporting only the required parts loads: {err}"
+    );
+}
+
+#[test]
+fn all_three_abi_versions_load() {
+    for (marker, headers) in [
+        ("proxy_abi_version_0_1_0", "(param i32 i32) (result i32)"),
+        (
+            "proxy_abi_version_0_2_0",
+            "(param i32 i32 i32) (result i32)",
+        ),
+        (
+            "proxy_abi_version_0_2_1",
+            "(param i32 i32 i32) (result i32)",
+        ),
+    ] {
+        let text = format!(
+            r#"(module
+              (memory (export "memory") 1)
+              (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+              (func (export "proxy_on_request_headers") {headers} i32.const 0)
+              (func (export "{marker}")))"#
+        );
+        let (code, err) = validate_with(&wat::parse_str(text).unwrap(), None);
+        assert_eq!(code, 0, "{marker}: {err}");
+    }
+    // A 0.1.0 module whose header callback takes three arguments is refused by name.
+    let text = r#"(module
+      (memory (export "memory") 1)
+      (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
+      (func (export "proxy_abi_version_0_1_0")))"#;
+    let (_, err) = validate_with(&wat::parse_str(text).unwrap(), None);
+    assert!(
+        err.contains("proxy_on_request_headers has the wrong signature for ABI 0.1.0"),
+        "{err}"
+    );
+}
