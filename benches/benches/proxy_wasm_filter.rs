@@ -7,6 +7,10 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
+/// The allocator weir ships with, so the figures match the binary.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use weir::filter::StreamInfo;
 use weir::plugin::host::HostServices;

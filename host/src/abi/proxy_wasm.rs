@@ -99,7 +99,7 @@ impl ProxyWasmPlugin {
                                 spec.memory_limit,
                             ),
                         ),
-                        exports: empty_exports(),
+                        exports: Arc::new(empty_exports()),
                         failed: Some("not started".into()),
                     })
                 })
@@ -270,7 +270,7 @@ impl PluginCore {
         store.data_mut().phase = Phase::Other;
         let mut vm = Vm {
             store,
-            exports,
+            exports: Arc::new(exports),
             failed: None,
         };
         self.after_call(&mut vm);
@@ -368,7 +368,8 @@ impl PluginCore {
         if vm.failed.is_some() || vm.store.data().generation != generation {
             return;
         }
-        let Some(f) = vm.exports.on_tick.clone() else {
+        let ex = vm.exports.clone();
+        let Some(f) = ex.on_tick.as_ref() else {
             return;
         };
         let root = vm.store.data().root;
@@ -385,7 +386,8 @@ impl PluginCore {
             if vm.failed.is_some() || vm.store.data().generation != generation {
                 return;
             }
-            let Some(f) = vm.exports.on_queue_ready.clone() else {
+            let ex = vm.exports.clone();
+            let Some(f) = ex.on_queue_ready.as_ref() else {
                 return;
             };
             let root = vm.store.data().root;
@@ -426,7 +428,8 @@ impl PluginCore {
         if vm.failed.is_some() || vm.store.data().generation != generation {
             return;
         }
-        let Some(f) = vm.exports.on_http_call_response.clone() else {
+        let ex = vm.exports.clone();
+        let Some(f) = ex.on_http_call_response.as_ref() else {
             return;
         };
         let root = vm.store.data().root;
@@ -533,7 +536,8 @@ impl ProxyWasmStream {
         );
         let root = s.root;
         self.ctx = Some((id, generation));
-        if let Some(f) = vm.exports.on_context_create.clone()
+        let ex = vm.exports.clone();
+        if let Some(f) = ex.on_context_create.as_ref()
             && let Called::Trapped(_) = self.core.call(vm, id, Phase::Other, |vm| {
                 f.call(&mut vm.store, (id as i32, root as i32)).map(|()| 0)
             })
@@ -612,9 +616,10 @@ impl ProxyWasmStream {
         }
         let core = self.core.clone();
         let mut vm = core.lock(self.index);
+        let ex = vm.exports.clone();
         let f = match dir {
-            Direction::Request => vm.exports.on_request_body.clone(),
-            Direction::Response => vm.exports.on_response_body.clone(),
+            Direction::Request => ex.on_request_body.as_ref(),
+            Direction::Response => ex.on_response_body.as_ref(),
         };
         let Some(f) = f else { return Action::Continue };
         let Some(ctx) = self.context(&mut vm) else {
@@ -663,7 +668,8 @@ impl StreamFilter for ProxyWasmStream {
             drop(vm);
             return decided(self.failure(&e));
         }
-        let Some(f) = vm.exports.on_request_headers.clone() else {
+        let ex = vm.exports.clone();
+        let Some(f) = ex.on_request_headers.as_ref() else {
             return decided(Action::Continue);
         };
         let Some(ctx) = self.context(&mut vm) else {
@@ -677,7 +683,7 @@ impl StreamFilter for ProxyWasmStream {
             st.request = Some(std::mem::replace(head, empty_request()));
         }
         let called = core.call(&mut vm, ctx, Phase::RequestHeaders, |vm| {
-            vm::call_headers(&f, &mut vm.store, ctx, n, eos)
+            vm::call_headers(f, &mut vm.store, ctx, n, eos)
         });
         let code = match called {
             Called::Action(c) => c,
@@ -744,7 +750,8 @@ impl StreamFilter for ProxyWasmStream {
             drop(vm);
             return decided(self.failure(&e));
         }
-        let Some(f) = vm.exports.on_response_headers.clone() else {
+        let ex = vm.exports.clone();
+        let Some(f) = ex.on_response_headers.as_ref() else {
             return decided(Action::Continue);
         };
         let Some(ctx) = self.context(&mut vm) else {
@@ -754,7 +761,7 @@ impl StreamFilter for ProxyWasmStream {
         let n = head.headers.len() + 1;
         with_stream!(vm, ctx).response = Some(std::mem::replace(head, empty_response()));
         let code = match core.call(&mut vm, ctx, Phase::ResponseHeaders, |vm| {
-            vm::call_headers(&f, &mut vm.store, ctx, n, eos)
+            vm::call_headers(f, &mut vm.store, ctx, n, eos)
         }) {
             Called::Action(c) => c,
             Called::Trapped(msg) => {
@@ -812,27 +819,23 @@ impl StreamFilter for ProxyWasmStream {
             st.log = Some(info.clone());
             st.waiter = None;
         }
-        let exports = (
-            vm.exports.on_log.clone(),
-            vm.exports.on_done.clone(),
-            vm.exports.on_delete.clone(),
-        );
+        let ex = vm.exports.clone();
         // Envoy's order for HTTP streams: log, done, delete.
-        if let Some(f) = exports.0
+        if let Some(f) = ex.on_log.as_ref()
             && let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Log, |vm| {
                 f.call(&mut vm.store, ctx as i32).map(|()| 0)
             })
         {
             return;
         }
-        if let Some(f) = exports.1
+        if let Some(f) = ex.on_done.as_ref()
             && let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Other, |vm| {
                 f.call(&mut vm.store, ctx as i32)
             })
         {
             return;
         }
-        if let Some(f) = exports.2
+        if let Some(f) = ex.on_delete.as_ref()
             && let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Other, |vm| {
                 f.call(&mut vm.store, ctx as i32).map(|()| 0)
             })

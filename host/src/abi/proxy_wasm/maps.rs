@@ -93,10 +93,65 @@ pub fn pairs(state: &mut VmState, map_type: i32) -> Result<Pairs, Status> {
 /// The first value of `key` in map `map_type`.
 pub fn value(state: &mut VmState, map_type: i32, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
     let key = key.to_ascii_lowercase();
-    Ok(pairs(state, map_type)?
-        .into_iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v))
+    let request_or_response =
+        map_type == map::HTTP_REQUEST_HEADERS || map_type == map::HTTP_RESPONSE_HEADERS;
+    if !request_or_response {
+        return Ok(pairs(state, map_type)?
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v));
+    }
+    if key.first() == Some(&b':') {
+        return pseudo(state, map_type, &key);
+    }
+    let st = state.stream().ok_or(Status::BadArgument)?;
+    let headers = if map_type == map::HTTP_REQUEST_HEADERS {
+        st.request.as_ref().map(|p| &p.headers)
+    } else {
+        st.response.as_ref().map(|p| &p.headers)
+    };
+    let headers = headers.ok_or(Status::BadArgument)?;
+    let Ok(name) = HeaderName::from_bytes(&key) else {
+        return Ok(None);
+    };
+    Ok(headers.get(name).map(|v| v.as_bytes().to_vec()))
+}
+
+fn pseudo(state: &mut VmState, map_type: i32, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+    let st = state.stream().ok_or(Status::BadArgument)?;
+    let tls = st.info.as_ref().is_some_and(|i| i.tls);
+    if map_type == map::HTTP_RESPONSE_HEADERS {
+        let p = st.response.as_ref().ok_or(Status::BadArgument)?;
+        return Ok((key == b":status").then(|| p.status.as_str().as_bytes().to_vec()));
+    }
+    let p = st.request.as_ref().ok_or(Status::BadArgument)?;
+    Ok(match key {
+        b":method" => Some(p.method.as_str().as_bytes().to_vec()),
+        b":path" => Some(
+            p.uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .as_bytes()
+                .to_vec(),
+        ),
+        b":authority" => p
+            .uri
+            .authority()
+            .map(|a| a.as_str().as_bytes().to_vec())
+            .or_else(|| {
+                p.headers
+                    .get(http::header::HOST)
+                    .map(|h| h.as_bytes().to_vec())
+            }),
+        b":scheme" => Some(
+            p.uri
+                .scheme_str()
+                .unwrap_or(if tls { "https" } else { "http" })
+                .as_bytes()
+                .to_vec(),
+        ),
+        _ => None,
+    })
 }
 
 /// How a value is written.

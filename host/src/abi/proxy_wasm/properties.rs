@@ -5,62 +5,56 @@
 use super::pairs;
 use super::vm::VmState;
 
-/// A request's facts that outlive the request phases (for response and log callbacks).
-#[derive(Clone, Debug, Default)]
+/// A request's facts that outlive the request phases (for response and log
+/// callbacks). Cheap to keep: the parts are reference-counted, strings are
+/// made only when a property is read.
+#[derive(Clone, Debug)]
 pub struct RequestFacts {
-    /// `:method`.
-    pub method: String,
-    /// Path with query.
-    pub path: String,
-    /// Host.
-    pub host: String,
-    /// `http` or `https`.
-    pub scheme: String,
-    /// `HTTP/1.1`, `HTTP/2`.
-    pub protocol: String,
-    /// x-request-id.
-    pub id: String,
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    host: Option<http::HeaderValue>,
+    id: Option<http::HeaderValue>,
+    tls: bool,
 }
 
 impl RequestFacts {
     /// Captures the facts of a request head.
     pub fn of(p: &http::request::Parts, tls: bool) -> RequestFacts {
-        let host = p
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                p.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
         RequestFacts {
-            method: p.method.as_str().to_string(),
-            path: p
-                .uri
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_string(),
-            host: host.unwrap_or_default(),
-            scheme: p
-                .uri
-                .scheme_str()
-                .unwrap_or(if tls { "https" } else { "http" })
-                .to_string(),
-            protocol: match p.version {
-                http::Version::HTTP_2 => "HTTP/2",
-                http::Version::HTTP_10 => "HTTP/1.0",
-                http::Version::HTTP_3 => "HTTP/3",
-                _ => "HTTP/1.1",
-            }
-            .to_string(),
-            id: p
-                .headers
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string(),
+            method: p.method.clone(),
+            uri: p.uri.clone(),
+            version: p.version,
+            host: p.headers.get(http::header::HOST).cloned(),
+            id: p.headers.get("x-request-id").cloned(),
+            tls,
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    }
+
+    fn host(&self) -> Vec<u8> {
+        self.uri
+            .authority()
+            .map(|a| a.as_str().as_bytes().to_vec())
+            .or_else(|| self.host.as_ref().map(|h| h.as_bytes().to_vec()))
+            .unwrap_or_default()
+    }
+
+    fn scheme(&self) -> &str {
+        self.uri
+            .scheme_str()
+            .unwrap_or(if self.tls { "https" } else { "http" })
+    }
+
+    fn protocol(&self) -> &'static str {
+        match self.version {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_3 => "HTTP/3",
+            _ => "HTTP/1.1",
         }
     }
 }
@@ -113,18 +107,18 @@ pub fn get(state: &mut VmState, raw_path: &[u8]) -> Option<Vec<u8>> {
     let log = stream.log.as_ref();
     let string = |s: &str| Some(s.as_bytes().to_vec());
     match p.as_slice() {
-        ["request", "path"] => facts.and_then(|f| string(&f.path)),
-        ["request", "url_path"] => {
-            facts.and_then(|f| string(f.path.split('?').next().unwrap_or("")))
-        }
-        ["request", "query"] => {
-            facts.and_then(|f| string(f.path.split_once('?').map_or("", |q| q.1)))
-        }
-        ["request", "host"] => facts.and_then(|f| string(&f.host)),
-        ["request", "scheme"] => facts.and_then(|f| string(&f.scheme)),
-        ["request", "method"] => facts.and_then(|f| string(&f.method)),
-        ["request", "protocol"] => facts.and_then(|f| string(&f.protocol)),
-        ["request", "id"] => facts.and_then(|f| string(&f.id)),
+        ["request", "path"] => facts.and_then(|f| string(f.path())),
+        ["request", "url_path"] => facts.and_then(|f| string(f.uri.path())),
+        ["request", "query"] => facts.and_then(|f| string(f.uri.query().unwrap_or(""))),
+        ["request", "host"] => facts.map(RequestFacts::host),
+        ["request", "scheme"] => facts.and_then(|f| string(f.scheme())),
+        ["request", "method"] => facts.and_then(|f| string(f.method.as_str())),
+        ["request", "protocol"] => facts.and_then(|f| string(f.protocol())),
+        ["request", "id"] => facts.map(|f| {
+            f.id.as_ref()
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default()
+        }),
         ["request", "time"] => info.map(|i| {
             int(i
                 .start

@@ -183,8 +183,8 @@ pub enum HeadersFn {
 pub struct Vm {
     /// The store, holding the host state.
     pub store: Store<VmState>,
-    /// The instance's exports.
-    pub exports: Exports,
+    /// The instance's exports (shared, so a callback can hold them while the store is borrowed).
+    pub exports: Arc<Exports>,
     /// Set once the instance trapped: it is never entered again.
     pub failed: Option<String>,
 }
