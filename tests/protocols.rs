@@ -45,29 +45,11 @@ async fn http2_prior_knowledge_downstream_reaches_an_http1_upstream() {
     assert!(results.into_iter().all(|r| r.unwrap().status() == 200));
 }
 
-async fn grpc_upstream() -> std::net::SocketAddr {
-    let (reporter, service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("weir.test", tonic_health::ServingStatus::Serving)
-        .await;
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _keep = reporter;
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(socket))
-            .await
-            .unwrap();
-    });
-    addr
-}
-
 #[tokio::test]
 async fn grpc_unary_and_streaming_calls_pass_with_trailers() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
-    let upstream = grpc_upstream().await;
+    let upstream = support::grpc_upstream().await;
     let w = Weir::start(&one_cluster(upstream, "protocol = \"http2\"")).await;
     let channel = tonic::transport::Endpoint::from_shared(w.url(""))
         .unwrap()

@@ -187,7 +187,7 @@ async fn http_calls_pause_the_request_and_resume_or_answer_from_the_callback() {
 }
 
 #[tokio::test]
-async fn bodies_are_handed_to_body_callbacks_and_replaced_with_correct_framing() {
+async fn bodies_stream_through_body_callbacks_which_may_buffer_and_replace_them() {
     let up = Upstream::start("app").await;
     let w = weir_with_filter("", "", &up).await;
     let c = reqwest::Client::new();
@@ -214,8 +214,62 @@ async fn bodies_are_handed_to_body_callbacks_and_replaced_with_correct_framing()
         .unwrap();
     assert_eq!(v["body"], "CHUNKED BODY");
     let r = c.get(w.url("/replace-response")).send().await.unwrap();
-    assert_eq!(r.headers()["content-length"], "20");
+    assert!(
+        r.headers().get("content-length").is_none(),
+        "the filter dropped it, as Envoy filters must"
+    );
     assert_eq!(r.text().await.unwrap(), "replaced by pw-test\n");
+}
+
+#[tokio::test]
+async fn grpc_streams_pass_a_plugin_with_body_callbacks_without_being_held() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin(
+        dir.path(),
+        "10-pw-test",
+        &std::fs::read(test_filter("pw-test")).unwrap(),
+        None,
+    );
+    let grpc = support::grpc_upstream().await;
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[cluster]]\nname = \"grpc\"\nendpoints = [\"{grpc}\"]\nprotocol = \"http2\"\n[[route]]\nname = \"grpc\"\ncluster = \"grpc\"\n",
+        support::base_config(admin, port)
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
+    let channel = tonic::transport::Endpoint::from_shared(w.url(""))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    // The Rust SDK exports body callbacks for every filter: the body must still stream.
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: "weir.test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream's first message arrives while the stream is open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status, 1);
+    let reply = client
+        .check(HealthCheckRequest {
+            service: "weir.test".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.into_inner().status,
+        1,
+        "unary calls keep their trailers through the plugin"
+    );
 }
 
 #[tokio::test]

@@ -348,3 +348,22 @@ mod build_filters;
 pub fn test_filter(name: &str) -> PathBuf {
     build_filters::test_filters_dir().join(format!("{}.wasm", name.replace('-', "_")))
 }
+
+/// A gRPC server (grpc.health.v1, service "weir.test" SERVING) on loopback.
+pub async fn grpc_upstream() -> std::net::SocketAddr {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("weir.test", tonic_health::ServingStatus::Serving)
+        .await;
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _keep = reporter;
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(socket))
+            .await
+            .unwrap();
+    });
+    addr
+}

@@ -75,3 +75,109 @@ impl<G: Unpin> HttpBody for Guarded<G> {
         self.inner.size_hint()
     }
 }
+
+/// A body passed through streaming filters chunk by chunk: each filter gets
+/// the bytes the filters before it passed on, and may change them or hold
+/// them back until more arrive. Trailers pass after the last data.
+pub struct Filtered {
+    inner: Body,
+    filters: Vec<Box<dyn crate::filter::BodyFilter>>,
+    held: Vec<Bytes>,
+    ready: std::collections::VecDeque<Frame<Bytes>>,
+    done: bool,
+}
+
+impl Filtered {
+    /// Wraps `inner` in `filters` (none: `inner` itself).
+    pub fn wrap(inner: Body, filters: Vec<Box<dyn crate::filter::BodyFilter>>) -> Body {
+        if filters.is_empty() {
+            return inner;
+        }
+        let held = vec![Bytes::new(); filters.len()];
+        Filtered {
+            inner,
+            filters,
+            held,
+            ready: Default::default(),
+            done: false,
+        }
+        .boxed_unsync()
+    }
+
+    fn push(&mut self, chunk: Bytes, eos: bool) -> Result<(), BoxError> {
+        let mut chunk = chunk;
+        for (filter, held) in self.filters.iter_mut().zip(self.held.iter_mut()) {
+            let mut data = if held.is_empty() {
+                chunk
+            } else {
+                let mut joined = bytes::BytesMut::with_capacity(held.len() + chunk.len());
+                joined.extend_from_slice(held);
+                joined.extend_from_slice(&chunk);
+                joined.freeze()
+            };
+            match filter.on_data(&mut data, eos)? {
+                crate::filter::BodyAction::Buffer if !eos => {
+                    *held = data;
+                    return Ok(());
+                }
+                _ => {
+                    *held = Bytes::new();
+                    chunk = data;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            self.ready.push_back(Frame::data(chunk));
+        }
+        Ok(())
+    }
+}
+
+impl HttpBody for Filtered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(frame) = self.ready.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let eos = self.inner.is_end_stream();
+                        self.push(data, eos)?;
+                        if eos {
+                            self.done = true;
+                        }
+                    }
+                    Err(trailers) => {
+                        self.push(Bytes::new(), true)?;
+                        self.ready.push_back(trailers);
+                        self.done = true;
+                    }
+                },
+                Poll::Ready(None) => {
+                    self.push(Bytes::new(), true)?;
+                    self.done = true;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.ready.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}

@@ -77,6 +77,23 @@ pub struct LogInfo {
     pub cluster: Option<String>,
 }
 
+/// What a streaming body filter decides about the bytes it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyAction {
+    /// Pass on what is buffered now.
+    Continue,
+    /// Keep buffering; the next call sees these bytes and the next chunk together.
+    /// At the end of the stream, what is buffered is passed on regardless.
+    Buffer,
+}
+
+/// Sees a body chunk by chunk as it streams, without holding it whole.
+pub trait BodyFilter: Send {
+    /// `data` holds the bytes not yet passed on (earlier buffered ones first);
+    /// the filter may change them. `end_of_stream` on the last call.
+    fn on_data(&mut self, data: &mut Bytes, end_of_stream: bool) -> Result<BodyAction, String>;
+}
+
 /// A filter type: makes one [`StreamFilter`] per request.
 pub trait HttpFilter: Send + Sync {
     /// Name for logs, metrics and errors.
@@ -118,6 +135,14 @@ pub trait StreamFilter: Send {
         _end_of_stream: bool,
     ) -> FilterFuture<'a> {
         decided(Action::Continue)
+    }
+    /// A filter for the request body as it streams, if this filter looks at it.
+    fn request_body_filter(&mut self) -> Option<Box<dyn BodyFilter>> {
+        None
+    }
+    /// A filter for the response body as it streams, if this filter looks at it.
+    fn response_body_filter(&mut self) -> Option<Box<dyn BodyFilter>> {
+        None
     }
     /// The exchange is over; record what you want recorded.
     fn on_log(&mut self, _info: &LogInfo) {}
@@ -206,6 +231,23 @@ impl ChainStream {
             }
         }
         Ok(())
+    }
+
+    /// Streaming filters for the request body, in request order.
+    pub fn request_body_filters(&mut self) -> Vec<Box<dyn BodyFilter>> {
+        self.streams
+            .iter_mut()
+            .filter_map(|s| s.request_body_filter())
+            .collect()
+    }
+
+    /// Streaming filters for the response body, in response order (reverse).
+    pub fn response_body_filters(&mut self) -> Vec<Box<dyn BodyFilter>> {
+        self.streams
+            .iter_mut()
+            .rev()
+            .filter_map(|s| s.response_body_filter())
+            .collect()
     }
 
     /// Runs the log phase on every filter.

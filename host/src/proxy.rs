@@ -112,6 +112,19 @@ impl Drop for UpstreamBusy {
     }
 }
 
+/// Runs the filters' log phase when the response body has ended (or was dropped),
+/// so that streaming body filters still have their context until then.
+struct LogAtEnd {
+    chain: ChainStream,
+    info: crate::filter::LogInfo,
+}
+
+impl Drop for LogAtEnd {
+    fn drop(&mut self) {
+        self.chain.log(&self.info);
+    }
+}
+
 /// What the metrics need to know about an exchange.
 #[derive(Default)]
 struct Exchange {
@@ -141,13 +154,15 @@ pub async fn serve(
     if let Some(route) = ex.route.map(|i| &rt.config.routes[i]) {
         route.response_headers.apply(resp.headers_mut());
     }
+    let mut log = None;
     if let Some(mut chain) = ex.chain.take() {
         resp = filter_response(&mut chain, resp).await;
-        chain.log(&crate::filter::LogInfo {
+        let info = crate::filter::LogInfo {
             status: resp.status().as_u16(),
             route: ex.route.map(|i| rt.config.routes[i].name.clone()),
             cluster: ex.cluster.as_ref().map(|c| c.config.name.clone()),
-        });
+        };
+        log = Some(LogAtEnd { chain, info });
     }
     let stats = &rt.route_stats[ex.route.unwrap_or(rt.route_stats.len() - 1)];
     let cluster = ex.cluster.as_ref().map_or("", |c| c.config.name.as_str());
@@ -159,7 +174,7 @@ pub async fn serve(
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(
         parts,
-        Guarded::wrap(body, (busy, ex.upstream)),
+        Guarded::wrap(body, (busy, ex.upstream, log)),
     ))
 }
 
@@ -205,6 +220,8 @@ async fn handle(
             head.headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             body = body::full(bytes);
+        } else if !body.is_end_stream() {
+            body = body::Filtered::wrap(body, chain.request_body_filters());
         }
         ex.chain = Some(chain);
     }
@@ -605,7 +622,13 @@ async fn filter_response(chain: &mut ChainStream, resp: Response<Body>) -> Respo
         Err(local) => return local_response(local),
     };
     if !wants_body {
-        return Response::from_parts(parts, body);
+        if body.is_end_stream() {
+            return Response::from_parts(parts, body);
+        }
+        return Response::from_parts(
+            parts,
+            body::Filtered::wrap(body, chain.response_body_filters()),
+        );
     }
     let mut bytes = match body.collect().await {
         Ok(c) => c.to_bytes(),

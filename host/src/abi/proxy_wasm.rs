@@ -607,49 +607,101 @@ macro_rules! with_stream {
     };
 }
 
-impl ProxyWasmStream {
-    /// A body callback over the whole body (weir hands bodies to proxy-wasm
-    /// plugins whole, once, with end_of_stream set).
-    fn body_callback(&mut self, body: &mut Bytes, eos: bool, dir: Direction) -> Action {
-        if self.failed {
-            return Action::Continue;
-        }
+/// A proxy-wasm body callback, fed chunk by chunk as the body streams (as in
+/// Envoy: PAUSE with end_of_stream unset keeps buffering, and the next call
+/// sees everything buffered so far).
+struct ProxyWasmBody {
+    core: Arc<PluginCore>,
+    index: usize,
+    ctx: u32,
+    generation: u64,
+    dir: Direction,
+}
+
+impl crate::filter::BodyFilter for ProxyWasmBody {
+    fn on_data(
+        &mut self,
+        data: &mut Bytes,
+        eos: bool,
+    ) -> Result<crate::filter::BodyAction, String> {
         let core = self.core.clone();
         let mut vm = core.lock(self.index);
+        if vm.failed.is_some()
+            || vm.store.data().generation != self.generation
+            || !vm.store.data().streams.contains_key(&self.ctx)
+        {
+            return match core.spec.failure {
+                FailurePolicy::Open => Ok(crate::filter::BodyAction::Continue),
+                FailurePolicy::Closed => Err(format!(
+                    "plugin {:?} failed earlier in this stream",
+                    core.spec.name
+                )),
+            };
+        }
         let ex = vm.exports.clone();
-        let f = match dir {
+        let f = match self.dir {
             Direction::Request => ex.on_request_body.as_ref(),
             Direction::Response => ex.on_response_body.as_ref(),
         };
-        let Some(f) = f else { return Action::Continue };
-        let Some(ctx) = self.context(&mut vm) else {
-            drop(vm);
-            return self.failure("the plugin instance was restarted");
+        let Some(f) = f else {
+            return Ok(crate::filter::BodyAction::Continue);
         };
-        let len = body.len();
-        with_stream!(vm, ctx).body = Some(std::mem::take(body));
-        let phase = if dir == Direction::Request {
+        let (ctx, len) = (self.ctx, data.len());
+        with_stream!(vm, ctx).body = Some(std::mem::take(data));
+        let phase = if self.dir == Direction::Request {
             Phase::RequestBody
         } else {
             Phase::ResponseBody
         };
-        match core.call(&mut vm, ctx, phase, |vm| {
+        let code = match core.call(&mut vm, ctx, phase, |vm| {
             f.call(&mut vm.store, (ctx as i32, len as i32, i32::from(eos)))
         }) {
-            Called::Action(_) => {}
+            Called::Action(c) => c,
             Called::Trapped(msg) => {
-                drop(vm);
-                return self.failure(&msg);
+                return match core.spec.failure {
+                    FailurePolicy::Open => Ok(crate::filter::BodyAction::Continue),
+                    FailurePolicy::Closed => {
+                        Err(format!("plugin {:?} failed: {msg}", core.spec.name))
+                    }
+                };
             }
-        }
+        };
         let st = with_stream!(vm, ctx);
         if let Some(b) = st.body.take() {
-            *body = b;
+            *data = b;
         }
-        match st.local.take() {
-            Some(local) => Action::Respond(local),
-            None => Action::Continue,
+        if st.local.take().is_some() {
+            tracing::debug!(plugin.name = %core.spec.name, "local response from a body callback after the headers went on; ignored");
         }
+        Ok(if code == 0 {
+            crate::filter::BodyAction::Continue
+        } else {
+            crate::filter::BodyAction::Buffer
+        })
+    }
+}
+
+impl ProxyWasmStream {
+    fn body_filter(&mut self, dir: Direction) -> Option<Box<dyn crate::filter::BodyFilter>> {
+        if self.failed {
+            return None;
+        }
+        let (ctx, generation) = self.ctx?;
+        let vm = self.core.lock(self.index);
+        let exported = match dir {
+            Direction::Request => vm.exports.on_request_body.is_some(),
+            Direction::Response => vm.exports.on_response_body.is_some(),
+        };
+        drop(vm);
+        exported.then(|| {
+            Box::new(ProxyWasmBody {
+                core: self.core.clone(),
+                index: self.index,
+                ctx,
+                generation,
+                dir,
+            }) as Box<dyn crate::filter::BodyFilter>
+        })
     }
 }
 
@@ -693,17 +745,13 @@ impl StreamFilter for ProxyWasmStream {
                 return decided(self.failure(&msg));
             }
         };
-        let wants_body = !eos && vm.exports.on_request_body.is_some();
         let st = with_stream!(vm, ctx);
         match Self::settle(st, Direction::Request, code) {
             Ok(action) => {
                 if let Some(p) = st.request.take() {
                     *head = p;
                 }
-                decided(match action {
-                    Action::Continue if wants_body => Action::StopAndBuffer,
-                    other => other,
-                })
+                decided(action)
             }
             Err(rx) => {
                 drop(vm);
@@ -726,11 +774,7 @@ impl StreamFilter for ProxyWasmStream {
                     if let Some(local) = st.local.take() {
                         return Action::Respond(local);
                     }
-                    if wants_body {
-                        Action::StopAndBuffer
-                    } else {
-                        Action::Continue
-                    }
+                    Action::Continue
                 })
             }
         }
@@ -769,7 +813,6 @@ impl StreamFilter for ProxyWasmStream {
                 return decided(self.failure(&msg));
             }
         };
-        let wants_body = !eos && vm.exports.on_response_body.is_some();
         let st = with_stream!(vm, ctx);
         let back = st.response.take();
         let settled = Self::settle(st, Direction::Response, code);
@@ -777,7 +820,6 @@ impl StreamFilter for ProxyWasmStream {
             *head = p;
         }
         match settled {
-            Ok(Action::Continue) if wants_body => decided(Action::StopAndBuffer),
             Ok(action) => decided(action),
             // Pausing a response head waits for the plugin to resume it; the head stays with weir meanwhile.
             Err(rx) => {
@@ -798,12 +840,12 @@ impl StreamFilter for ProxyWasmStream {
         }
     }
 
-    fn on_request_body<'a>(&'a mut self, body: &'a mut Bytes, eos: bool) -> FilterFuture<'a> {
-        decided(self.body_callback(body, eos, Direction::Request))
+    fn request_body_filter(&mut self) -> Option<Box<dyn crate::filter::BodyFilter>> {
+        self.body_filter(Direction::Request)
     }
 
-    fn on_response_body<'a>(&'a mut self, body: &'a mut Bytes, eos: bool) -> FilterFuture<'a> {
-        decided(self.body_callback(body, eos, Direction::Response))
+    fn response_body_filter(&mut self) -> Option<Box<dyn crate::filter::BodyFilter>> {
+        self.body_filter(Direction::Response)
     }
 
     fn on_log(&mut self, info: &LogInfo) {

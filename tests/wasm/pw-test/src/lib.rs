@@ -191,6 +191,10 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.path == "/replace-response" {
+            // The body changes size: as Envoy asks of filters, drop content-length here.
+            self.set_http_response_header("content-length", None);
+        }
         let name = prop_string(self, &["plugin_name"]);
         self.set_http_response_header("x-pw-plugin", Some(&name));
         Action::Continue
