@@ -705,29 +705,49 @@ impl ProxyWasmStream {
     }
 }
 
+impl ProxyWasmStream {
+    /// Enters the instance for a callback that `has` says the module exports:
+    /// the locked instance, the stream's context and the exports, or the
+    /// action to take instead (skip, or the failure policy).
+    fn enter<'c>(
+        &mut self,
+        core: &'c Arc<PluginCore>,
+        has: fn(&vm::Exports) -> bool,
+    ) -> Result<(MutexGuard<'c, Vm>, u32, Arc<vm::Exports>), Action> {
+        if self.failed {
+            return Err(Action::Continue);
+        }
+        let mut vm = core.lock(self.index);
+        if let Some(e) = vm.failed.clone() {
+            drop(vm);
+            return Err(self.failure(&e));
+        }
+        let ex = vm.exports.clone();
+        if !has(&ex) {
+            return Err(Action::Continue);
+        }
+        match self.context(&mut vm) {
+            Some(ctx) => Ok((vm, ctx, ex)),
+            None => {
+                drop(vm);
+                Err(self.failure("the plugin instance was restarted"))
+            }
+        }
+    }
+}
+
 impl StreamFilter for ProxyWasmStream {
     fn on_request_headers<'a>(
         &'a mut self,
         head: &'a mut http::request::Parts,
         eos: bool,
     ) -> FilterFuture<'a> {
-        if self.failed {
-            return decided(Action::Continue);
-        }
         let core = self.core.clone();
-        let mut vm = core.lock(self.index);
-        if let Some(e) = vm.failed.clone() {
-            drop(vm);
-            return decided(self.failure(&e));
-        }
-        let ex = vm.exports.clone();
-        let Some(f) = ex.on_request_headers.as_ref() else {
-            return decided(Action::Continue);
+        let (mut vm, ctx, ex) = match self.enter(&core, |e| e.on_request_headers.is_some()) {
+            Ok(entered) => entered,
+            Err(action) => return decided(action),
         };
-        let Some(ctx) = self.context(&mut vm) else {
-            drop(vm);
-            return decided(self.failure("the plugin instance was restarted"));
-        };
+        let f = ex.on_request_headers.as_ref().expect("checked by enter");
         let n = head.headers.len() + 4;
         {
             let st = with_stream!(vm, ctx);
@@ -785,23 +805,12 @@ impl StreamFilter for ProxyWasmStream {
         head: &'a mut http::response::Parts,
         eos: bool,
     ) -> FilterFuture<'a> {
-        if self.failed {
-            return decided(Action::Continue);
-        }
         let core = self.core.clone();
-        let mut vm = core.lock(self.index);
-        if let Some(e) = vm.failed.clone() {
-            drop(vm);
-            return decided(self.failure(&e));
-        }
-        let ex = vm.exports.clone();
-        let Some(f) = ex.on_response_headers.as_ref() else {
-            return decided(Action::Continue);
+        let (mut vm, ctx, ex) = match self.enter(&core, |e| e.on_response_headers.is_some()) {
+            Ok(entered) => entered,
+            Err(action) => return decided(action),
         };
-        let Some(ctx) = self.context(&mut vm) else {
-            drop(vm);
-            return decided(self.failure("the plugin instance was restarted"));
-        };
+        let f = ex.on_response_headers.as_ref().expect("checked by enter");
         let n = head.headers.len() + 1;
         with_stream!(vm, ctx).response = Some(std::mem::replace(head, empty_response()));
         let code = match core.call(&mut vm, ctx, Phase::ResponseHeaders, |vm| {

@@ -659,6 +659,13 @@ fn link_shared(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// The metric the module defined as `id`.
+fn metric<'a>(c: &'a C<'_>, id: i32) -> Option<&'a PluginMetric> {
+    (id as u32)
+        .checked_sub(1)
+        .and_then(|i| c.data().metrics.get(i as usize))
+}
+
 fn link_metrics_and_properties(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     l.func_wrap(
         "env",
@@ -684,11 +691,8 @@ fn link_metrics_and_properties(l: &mut Linker<VmState>) -> wasmtime::Result<()> 
     l.func_wrap(
         "env",
         "proxy_increment_metric",
-        |mut c: C<'_>, id: i32, delta: i64| -> R {
-            let Some(m) = (id as u32)
-                .checked_sub(1)
-                .and_then(|i| c.data_mut().metrics.get(i as usize))
-            else {
+        |c: C<'_>, id: i32, delta: i64| -> R {
+            let Some(m) = metric(&c, id) else {
                 return Ok(Status::NotFound as i32);
             };
             match m {
@@ -708,11 +712,8 @@ fn link_metrics_and_properties(l: &mut Linker<VmState>) -> wasmtime::Result<()> 
     l.func_wrap(
         "env",
         "proxy_record_metric",
-        |mut c: C<'_>, id: i32, value: i64| -> R {
-            let Some(m) = (id as u32)
-                .checked_sub(1)
-                .and_then(|i| c.data_mut().metrics.get(i as usize))
-            else {
+        |c: C<'_>, id: i32, value: i64| -> R {
+            let Some(m) = metric(&c, id) else {
                 return Ok(Status::NotFound as i32);
             };
             match m {
@@ -731,10 +732,7 @@ fn link_metrics_and_properties(l: &mut Linker<VmState>) -> wasmtime::Result<()> 
         "env",
         "proxy_get_metric",
         |mut c: C<'_>, id: i32, ret: i32| -> R {
-            let value = match (id as u32)
-                .checked_sub(1)
-                .and_then(|i| c.data_mut().metrics.get(i as usize))
-            {
+            let value = match metric(&c, id) {
                 None => return Ok(Status::NotFound as i32),
                 Some(PluginMetric::Counter(ctr)) => ctr.get(),
                 Some(PluginMetric::Gauge(g)) => g.get() as u64,
