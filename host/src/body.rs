@@ -85,11 +85,20 @@ pub struct Filtered {
     held: Vec<Bytes>,
     ready: std::collections::VecDeque<Frame<Bytes>>,
     done: bool,
+    limit: usize,
 }
 
+/// Most bytes a filter may hold back from a response body.
+pub const RESPONSE_BUFFER_LIMIT: usize = 16 << 20;
+
 impl Filtered {
-    /// Wraps `inner` in `filters` (none: `inner` itself).
-    pub fn wrap(inner: Body, filters: Vec<Box<dyn crate::filter::BodyFilter>>) -> Body {
+    /// Wraps `inner` in `filters` (none: `inner` itself). A filter holding back
+    /// more than `limit` bytes ends the stream with an error.
+    pub fn wrap(
+        inner: Body,
+        filters: Vec<Box<dyn crate::filter::BodyFilter>>,
+        limit: usize,
+    ) -> Body {
         if filters.is_empty() {
             return inner;
         }
@@ -100,12 +109,14 @@ impl Filtered {
             held,
             ready: Default::default(),
             done: false,
+            limit,
         }
         .boxed_unsync()
     }
 
     fn push(&mut self, chunk: Bytes, eos: bool) -> Result<(), BoxError> {
         let mut chunk = chunk;
+        let limit = self.limit;
         for (filter, held) in self.filters.iter_mut().zip(self.held.iter_mut()) {
             let mut data = if held.is_empty() {
                 chunk
@@ -117,6 +128,12 @@ impl Filtered {
             };
             match filter.on_data(&mut data, eos)? {
                 crate::filter::BodyAction::Buffer if !eos => {
+                    if data.len() > limit {
+                        return Err(format!(
+                            "a filter held back more than {limit} bytes of a body"
+                        )
+                        .into());
+                    }
                     *held = data;
                     return Ok(());
                 }
@@ -179,5 +196,70 @@ impl HttpBody for Filtered {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::{BodyAction, BodyFilter};
+
+    /// Holds everything until the end, then upper-cases it.
+    struct Upper;
+    impl BodyFilter for Upper {
+        fn on_data(&mut self, data: &mut Bytes, eos: bool) -> Result<BodyAction, String> {
+            if !eos {
+                return Ok(BodyAction::Buffer);
+            }
+            *data = Bytes::from(data.to_ascii_uppercase());
+            Ok(BodyAction::Continue)
+        }
+    }
+
+    /// Passes chunks on, tagging each.
+    struct Tag;
+    impl BodyFilter for Tag {
+        fn on_data(&mut self, data: &mut Bytes, _eos: bool) -> Result<BodyAction, String> {
+            if !data.is_empty() {
+                *data = Bytes::from(format!("[{}]", String::from_utf8_lossy(data)));
+            }
+            Ok(BodyAction::Continue)
+        }
+    }
+
+    fn chunks(parts: &[&'static str]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn chunks_stream_through_filters_in_order_and_buffering_holds_them() {
+        let out = Filtered::wrap(chunks(&["ab", "cd"]), vec![Box::new(Tag)], 1024)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(out, "[ab][cd]", "a passing filter sees each chunk");
+        let out = Filtered::wrap(
+            chunks(&["ab", "cd"]),
+            vec![Box::new(Upper), Box::new(Tag)],
+            1024,
+        )
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+        assert_eq!(
+            out, "[ABCD]",
+            "a buffering filter holds chunks back from the filters after it"
+        );
+        let err = Filtered::wrap(chunks(&["abc", "def"]), vec![Box::new(Upper)], 4)
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("more than 4 bytes"), "{err}");
     }
 }

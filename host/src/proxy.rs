@@ -221,7 +221,7 @@ async fn handle(
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             body = body::full(bytes);
         } else if !body.is_end_stream() {
-            body = body::Filtered::wrap(body, chain.request_body_filters());
+            body = body::Filtered::wrap(body, chain.request_body_filters(), limit as usize);
         }
         ex.chain = Some(chain);
     }
@@ -627,7 +627,11 @@ async fn filter_response(chain: &mut ChainStream, resp: Response<Body>) -> Respo
         }
         return Response::from_parts(
             parts,
-            body::Filtered::wrap(body, chain.response_body_filters()),
+            body::Filtered::wrap(
+                body,
+                chain.response_body_filters(),
+                body::RESPONSE_BUFFER_LIMIT,
+            ),
         );
     }
     let mut bytes = match body.collect().await {
