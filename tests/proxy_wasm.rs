@@ -273,6 +273,51 @@ async fn grpc_streams_pass_a_plugin_with_body_callbacks_without_being_held() {
 }
 
 #[tokio::test]
+async fn unary_grpc_calls_answer_in_the_grpc_callbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin(
+        dir.path(),
+        "10-pw-test",
+        &std::fs::read(test_filter("pw-test")).unwrap(),
+        None,
+    );
+    let grpc = support::grpc_upstream().await;
+    let up = Upstream::start("app").await;
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[cluster]]\nname = \"grpc\"\nendpoints = [\"{grpc}\"]\nprotocol = \"http2\"\n[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        up.addr
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
+    let c = reqwest::Client::new();
+    let v: serde_json::Value = c
+        .get(w.url("/grpc"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["headers"]["x-grpc-reply"], "0801",
+        "HealthCheckResponse {{ status: SERVING }} reached on_grpc_receive"
+    );
+    let r = c
+        .get(w.url("/grpc"))
+        .header("x-grpc-service", "nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        r.headers()["x-grpc-status"],
+        "5",
+        "NOT_FOUND reached on_grpc_close"
+    );
+}
+
+#[tokio::test]
 async fn a_path_rewritten_before_routing_changes_the_route() {
     let up = Upstream::start("app").await;
     let routes = "[[route]]\nname = \"rewritten\"\nmatch = { path = \"/rewritten\" }\ndirect_response = { status = 200, body = \"rewritten route\" }\n";

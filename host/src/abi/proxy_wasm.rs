@@ -188,6 +188,8 @@ fn empty_exports() -> vm::Exports {
         on_tick: None,
         on_http_call_response: None,
         on_queue_ready: None,
+        on_grpc_receive: None,
+        on_grpc_close: None,
     }
 }
 
@@ -451,6 +453,120 @@ impl PluginCore {
         });
         vm.store.data_mut().call_response = None;
     }
+}
+
+impl PluginCore {
+    /// Starts a unary gRPC call; its answer goes to the root context's
+    /// `proxy_on_grpc_receive` (a message) or `proxy_on_grpc_close` (a failure).
+    #[allow(clippy::too_many_arguments)] // the hostcall's own arguments
+    pub(crate) fn start_grpc_call(
+        self: &Arc<Self>,
+        index: usize,
+        generation: u64,
+        token: u32,
+        cluster: String,
+        path: String,
+        metadata: Vec<(Vec<u8>, Vec<u8>)>,
+        message: Vec<u8>,
+        timeout: Option<Duration>,
+    ) {
+        let mut framed = Vec::with_capacity(message.len() + 5);
+        framed.push(0);
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&message);
+        let mut builder = http::Request::post(path)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (k, v) in &metadata {
+            builder = builder.header(k.as_slice(), v.as_slice());
+        }
+        let Ok(req) = builder.body(crate::body::full(framed)) else {
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let response = me.host.call(&cluster, req, timeout).await;
+            let outcome = grpc_outcome(&response);
+            me.deliver_grpc(index, generation, token, outcome);
+        });
+    }
+
+    fn deliver_grpc(
+        self: &Arc<Self>,
+        index: usize,
+        generation: u64,
+        token: u32,
+        outcome: Result<Bytes, (u32, String)>,
+    ) {
+        let mut vm = self.lock(index);
+        if vm.failed.is_some() || vm.store.data().generation != generation {
+            return;
+        }
+        let ex = vm.exports.clone();
+        let root = vm.store.data().root;
+        match outcome {
+            Ok(message) => {
+                let Some(f) = ex.on_grpc_receive.as_ref() else {
+                    return;
+                };
+                let len = message.len();
+                vm.store.data_mut().grpc_message = Some(message);
+                self.call(&mut vm, root, Phase::CallResponse, |vm| {
+                    f.call(&mut vm.store, (root as i32, token as i32, len as i32))
+                        .map(|()| 0)
+                });
+                vm.store.data_mut().grpc_message = None;
+            }
+            Err((code, text)) => {
+                let Some(f) = ex.on_grpc_close.as_ref() else {
+                    return;
+                };
+                vm.store.data_mut().grpc_status = Some((code, text));
+                self.call(&mut vm, root, Phase::CallResponse, |vm| {
+                    f.call(&mut vm.store, (root as i32, token as i32, code as i32))
+                        .map(|()| 0)
+                });
+                vm.store.data_mut().grpc_status = None;
+            }
+        }
+    }
+}
+
+/// The first message of a unary gRPC answer, or its status code and message.
+fn grpc_outcome(r: &CallResponse) -> Result<Bytes, (u32, String)> {
+    if let Some(e) = &r.error {
+        return Err((14, e.clone()));
+    }
+    let status = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    let code = status(&r.trailers)
+        .or_else(|| status(&r.headers))
+        .unwrap_or(if r.status == Some(StatusCode::OK) {
+            0
+        } else {
+            2
+        });
+    if code != 0 {
+        let text = r
+            .trailers
+            .get("grpc-message")
+            .or_else(|| r.headers.get("grpc-message"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        return Err((code, text));
+    }
+    if r.body.len() < 5 {
+        return Err((13, "the answer carries no gRPC message".into()));
+    }
+    let len = u32::from_be_bytes([r.body[1], r.body[2], r.body[3], r.body[4]]) as usize;
+    r.body
+        .get(5..5 + len)
+        .map(Bytes::copy_from_slice)
+        .ok_or((13, "truncated gRPC message".into()))
 }
 
 fn trap_message(e: &wasmtime::Error) -> String {

@@ -196,6 +196,7 @@ fn buffer_bytes(s: &mut VmState, kind: i32) -> Result<Bytes, Status> {
             .as_ref()
             .map(|r| r.body.clone())
             .ok_or(Status::NotFound),
+        buffer::GRPC_CALL_MESSAGE => s.grpc_message.clone().ok_or(Status::NotFound),
         buffer::HTTP_REQUEST_BODY if s.phase == Phase::RequestBody => s
             .stream()
             .and_then(|st| st.body.clone())
@@ -446,6 +447,10 @@ fn link_calls(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_status",
         |mut c: C<'_>, rc: i32, rp: i32, rl: i32| -> R {
+            if let Some((status, msg)) = c.data().grpc_status.clone() {
+                tryst!(write_u32(&mut c, rc, status));
+                return Ok(code(give(&mut c, msg.as_bytes(), rp, rl)?));
+            }
             let (status, msg) = match &c.data().call_response {
                 Some(r) => match &r.error {
                     None => (0u32, String::new()),
@@ -512,25 +517,53 @@ fn link_calls(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(code(write_u32(&mut c, ret, token)))
         },
     )?;
-    // gRPC callouts are not implemented yet: modules link, and calls answer Unimplemented.
     l.func_wrap(
         "env",
         "proxy_grpc_call",
-        |_: C<'_>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32|
-         -> R { Ok(Status::Unimplemented as i32) },
+        |mut c: C<'_>,
+         up: i32,
+         ul: i32,
+         sp: i32,
+         sl: i32,
+         mp: i32,
+         ml: i32,
+         hp: i32,
+         hl: i32,
+         bp: i32,
+         bl: i32,
+         timeout: i32,
+         ret: i32|
+         -> R {
+            let upstream = String::from_utf8_lossy(&tryst!(read(&mut c, up, ul))).to_string();
+            let service = String::from_utf8_lossy(&tryst!(read(&mut c, sp, sl))).to_string();
+            let method = String::from_utf8_lossy(&tryst!(read(&mut c, mp, ml))).to_string();
+            let metadata =
+                tryst!(pairs::decode(&tryst!(read(&mut c, hp, hl))).ok_or(Status::BadArgument));
+            let message = tryst!(read(&mut c, bp, bl));
+            let Some(plugin) = c.data().plugin.upgrade() else {
+                return Ok(Status::InternalFailure as i32);
+            };
+            if !plugin.host.has_cluster(&upstream) {
+                return Ok(Status::ParseFailure as i32);
+            }
+            let s = c.data_mut();
+            let token = s.next_token;
+            s.next_token = s.next_token.wrapping_add(1).max(1);
+            let timeout = (timeout > 0).then(|| Duration::from_millis(timeout as u32 as u64));
+            plugin.start_grpc_call(
+                s.index,
+                s.generation,
+                token,
+                upstream,
+                format!("/{service}/{method}"),
+                metadata,
+                message,
+                timeout,
+            );
+            Ok(code(write_u32(&mut c, ret, token)))
+        },
     )?;
+    // gRPC streams are not implemented yet: modules link, and opening one answers Unimplemented.
     l.func_wrap(
         "env",
         "proxy_grpc_stream",

@@ -10,6 +10,8 @@ pub enum Status {
     NotFound = 1,
     /// An argument is out of range or the thing is not available now.
     BadArgument = 2,
+    /// A name could not be resolved (an unknown gRPC upstream).
+    ParseFailure = 4,
     /// A pointer or length lies outside the module's memory.
     InvalidMemoryAccess = 6,
     /// A queue is empty.
@@ -30,6 +32,8 @@ pub mod buffer {
     pub const HTTP_RESPONSE_BODY: i32 = 1;
     /// HTTP call response body.
     pub const HTTP_CALL_RESPONSE_BODY: i32 = 4;
+    /// gRPC call response message.
+    pub const GRPC_CALL_MESSAGE: i32 = 5;
     /// VM configuration.
     pub const VM_CONFIGURATION: i32 = 6;
     /// Plugin configuration.

@@ -105,6 +105,10 @@ pub struct VmState {
     pub streams: HashMap<u32, StreamState>,
     /// The response being delivered to `proxy_on_http_call_response`.
     pub call_response: Option<CallResponse>,
+    /// The message being delivered to `proxy_on_grpc_receive`.
+    pub grpc_message: Option<Bytes>,
+    /// The status being delivered to `proxy_on_grpc_close`: code and message.
+    pub grpc_status: Option<(u32, String)>,
     /// Next HTTP call token.
     pub next_token: u32,
     /// A tick period the plugin asked for during the callback.
@@ -168,6 +172,8 @@ pub struct Exports {
     pub on_tick: Option<TypedFunc<i32, ()>>,
     pub on_http_call_response: Option<CallResponseFn>,
     pub on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    pub on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
+    pub on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
 }
 
 /// Header callbacks: two arguments in ABI 0.1.0, three (with end_of_stream) after.
@@ -219,6 +225,8 @@ pub fn new_state(
         phase: Phase::Init,
         streams: HashMap::new(),
         call_response: None,
+        grpc_message: None,
+        grpc_status: None,
         next_token: 1,
         tick_request: None,
         tick_task: None,
@@ -270,6 +278,8 @@ pub fn exports(
         on_tick: get!("proxy_on_tick"),
         on_http_call_response: get!("proxy_on_http_call_response"),
         on_queue_ready: get!("proxy_on_queue_ready"),
+        on_grpc_receive: get!("proxy_on_grpc_receive"),
+        on_grpc_close: get!("proxy_on_grpc_close"),
     })
 }
 

@@ -12,6 +12,8 @@
 //!   and on the answer adds `x-callout-status` upstream, or answers 401 when it was not 200;
 //! - `/upper`: upper-cases the request body (waiting for all of it);
 //! - `/replace-response`: replaces the response body;
+//! - `/grpc`: calls grpc.health.v1.Health/Check on cluster `grpc` (service from header
+//!   x-grpc-service) and adds the reply's bytes in hex upstream, or answers 502 with its status;
 //! - `/rewrite`: rewrites `:path` to `/rewritten` before routing;
 //! - `/panic`: panics (a trap);
 //! - `/loop`: loops forever (the CPU limit must stop it).
@@ -88,6 +90,18 @@ fn prop_int(ctx: &dyn Context, path: &[&str]) -> String {
 }
 
 impl Context for Stream {
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
+        if status_code == 0 {
+            let body = self.get_grpc_call_response_body(0, response_size).unwrap_or_default();
+            let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+            self.set_http_request_header("x-grpc-reply", Some(&hex));
+            self.resume_http_request();
+        } else {
+            let code = status_code.to_string();
+            self.send_http_response(502, vec![("x-grpc-status", code.as_str())], Some(b"grpc call failed\n"));
+        }
+    }
+
     fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _trailers: usize) {
         let status = self.get_http_call_response_header(":status").unwrap_or_default();
         if status == "200" {
@@ -150,6 +164,19 @@ impl HttpContext for Stream {
                     Ok(_) => Action::Pause,
                     Err(e) => {
                         self.send_http_response(500, vec![], Some(format!("dispatch failed: {e:?}\n").as_bytes()));
+                        Action::Pause
+                    }
+                }
+            }
+            "/grpc" => {
+                // grpc.health.v1.HealthCheckRequest { service } in protobuf: field 1, length-delimited.
+                let service = self.get_http_request_header("x-grpc-service").unwrap_or_else(|| "weir.test".into());
+                let mut message = vec![0x0a, service.len() as u8];
+                message.extend_from_slice(service.as_bytes());
+                match self.dispatch_grpc_call("grpc", "grpc.health.v1.Health", "Check", vec![], Some(&message), Duration::from_secs(5)) {
+                    Ok(_) => Action::Pause,
+                    Err(e) => {
+                        self.send_http_response(500, vec![], Some(format!("grpc dispatch failed: {e:?}\n").as_bytes()));
                         Action::Pause
                     }
                 }
