@@ -159,6 +159,44 @@ async fn shared_data_cas_and_metrics_are_host_wide() {
 }
 
 #[tokio::test]
+async fn shared_queues_notify_the_registering_root_context() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let c = reqwest::Client::new();
+    for item in ["a", "b", "c"] {
+        let r = c
+            .get(w.url("/enqueue"))
+            .header("x-item", item)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            r, "queued\n",
+            "resolve_shared_queue with an empty vm_id finds the plugin's own queue"
+        );
+    }
+    let mut got = String::new();
+    for _ in 0..50 {
+        got = c
+            .get(w.url("/dequeued"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if got.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(got, "abc", "on_queue_ready dequeued every item, in order");
+}
+
+#[tokio::test]
 async fn http_calls_pause_the_request_and_resume_or_answer_from_the_callback() {
     let up = Upstream::start("app").await;
     let w = weir_with_filter("", "", &up).await;

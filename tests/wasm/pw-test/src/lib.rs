@@ -6,6 +6,8 @@
 //! - `/deny`: answers 403 locally;
 //! - `/props`: answers with the properties it reads, one per line;
 //! - `/shared`: increments a shared-data counter with compare-and-swap and answers its value;
+//! - `/enqueue`: puts header x-item on the shared queue `work`; the root's on_queue_ready
+//!   dequeues it into shared data, which `/dequeued` answers;
 //! - `/ticks`: answers how many ticks the root contexts counted (configuration `tick`);
 //! - `/metric`: increments the counter metric `pw_test_hits`;
 //! - `/callout`: calls cluster `auth` (`/status/<code>` from header x-callout-status), pauses,
@@ -27,12 +29,13 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { tag: String::new(), hits: 0 }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { tag: String::new(), hits: 0, queue: 0 }) });
 }}
 
 struct Root {
     tag: String,
     hits: u32,
+    queue: u32,
 }
 
 impl Context for Root {}
@@ -46,11 +49,21 @@ impl RootContext for Root {
             return false;
         }
         self.hits = proxy_wasm::hostcalls::define_metric(MetricType::Counter, "pw_test_hits").unwrap();
+        self.queue = self.register_shared_queue("work");
         log::info!("configured with tag {:?}", self.tag);
         if self.tag == "tick" {
             self.set_tick_period(Duration::from_millis(50));
         }
         true
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(item)) = self.dequeue_shared_queue(queue_id) {
+            let (value, cas) = self.get_shared_data("dequeued");
+            let mut all = value.unwrap_or_default();
+            all.extend_from_slice(&item);
+            let _ = self.set_shared_data("dequeued", Some(&all), cas);
+        }
     }
 
     fn on_tick(&mut self) {
@@ -146,6 +159,23 @@ impl HttpContext for Stream {
                         return Action::Pause;
                     }
                 }
+            }
+            "/enqueue" => {
+                let item = self.get_http_request_header("x-item").unwrap_or_default();
+                let reply = match self.resolve_shared_queue("", "work") {
+                    Some(id) => match self.enqueue_shared_queue(id, Some(item.as_bytes())) {
+                        Ok(()) => "queued\n".to_string(),
+                        Err(e) => format!("enqueue failed: {e:?}\n"),
+                    },
+                    None => "no queue\n".to_string(),
+                };
+                self.send_http_response(200, vec![], Some(reply.as_bytes()));
+                Action::Pause
+            }
+            "/dequeued" => {
+                let (value, _) = self.get_shared_data("dequeued");
+                self.send_http_response(200, vec![], Some(&value.unwrap_or_default()));
+                Action::Pause
             }
             "/ticks" => {
                 let (value, _) = self.get_shared_data("ticks");
