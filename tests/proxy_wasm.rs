@@ -550,3 +550,44 @@ fn all_three_abi_versions_load() {
         "{err}"
     );
 }
+
+/// A hand-written ABI 0.1.0 module: its two-argument `proxy_on_request_headers`
+/// looks up a missing header (0.1.0 answers OK with an empty value, where 0.2.x
+/// answers NotFound) and, when it got OK, adds `x-abi: 0.1.0`.
+const ABI_0_1_0: &str = r#"(module
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "x-missing")
+  (data (i32.const 16) "x-abi")
+  (data (i32.const 32) "0.1.0")
+  (func (export "malloc") (param i32) (result i32) i32.const 1024)
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param $n i32) (result i32)
+    (if (i32.eqz (call $get (i32.const 0) (i32.const 0) (i32.const 9) (i32.const 100) (i32.const 104)))
+      (then (drop (call $add (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 32) (i32.const 5)))))
+    i32.const 0)
+  (func (export "proxy_abi_version_0_1_0")))"#;
+
+#[tokio::test]
+async fn abi_0_1_0_modules_get_two_argument_header_callbacks_and_their_own_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin(
+        dir.path(),
+        "10-old",
+        &wat::parse_str(ABI_0_1_0).unwrap(),
+        None,
+    );
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[route]]\nname = \"echo\"\necho = true\n",
+        support::base_config(admin, port)
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
+    let v: serde_json::Value = reqwest::get(w.url("/"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["headers"]["x-abi"], "0.1.0");
+}
