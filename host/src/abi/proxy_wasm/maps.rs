@@ -15,32 +15,42 @@ fn header_pairs(headers: &HeaderMap, out: &mut Pairs) {
     }
 }
 
-fn request_pairs(p: &http::request::Parts, tls: bool) -> Pairs {
-    let mut out = Vec::with_capacity(p.headers.len() + 4);
-    out.push((b":method".to_vec(), p.method.as_str().as_bytes().to_vec()));
-    out.push((
-        b":path".to_vec(),
-        p.uri
+const REQUEST_PSEUDO: [&[u8]; 4] = [b":method", b":path", b":authority", b":scheme"];
+
+/// A request pseudo-header's value (`:authority` falls back to the Host header).
+fn request_pseudo(p: &http::request::Parts, tls: bool, key: &[u8]) -> Option<Vec<u8>> {
+    let text: &[u8] = match key {
+        b":method" => p.method.as_str().as_bytes(),
+        b":path" => p
+            .uri
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
-            .as_bytes()
-            .to_vec(),
-    ));
-    let authority = p
-        .uri
-        .authority()
-        .map(|a| a.as_str().as_bytes().to_vec())
-        .or_else(|| {
-            p.headers
+            .as_bytes(),
+        b":authority" => match p.uri.authority() {
+            Some(a) => a.as_str().as_bytes(),
+            None => p
+                .headers
                 .get(http::header::HOST)
-                .map(|h| h.as_bytes().to_vec())
-        });
-    out.push((b":authority".to_vec(), authority.unwrap_or_default()));
-    let scheme = p
-        .uri
-        .scheme_str()
-        .unwrap_or(if tls { "https" } else { "http" });
-    out.push((b":scheme".to_vec(), scheme.as_bytes().to_vec()));
+                .map_or(&b""[..], |h| h.as_bytes()),
+        },
+        b":scheme" => p
+            .uri
+            .scheme_str()
+            .unwrap_or(if tls { "https" } else { "http" })
+            .as_bytes(),
+        _ => return None,
+    };
+    Some(text.to_vec())
+}
+
+fn request_pairs(p: &http::request::Parts, tls: bool) -> Pairs {
+    let mut out = Vec::with_capacity(p.headers.len() + REQUEST_PSEUDO.len());
+    for key in REQUEST_PSEUDO {
+        out.push((
+            key.to_vec(),
+            request_pseudo(p, tls, key).unwrap_or_default(),
+        ));
+    }
     header_pairs(&p.headers, &mut out);
     out
 }
@@ -125,33 +135,7 @@ fn pseudo(state: &mut VmState, map_type: i32, key: &[u8]) -> Result<Option<Vec<u
         return Ok((key == b":status").then(|| p.status.as_str().as_bytes().to_vec()));
     }
     let p = st.request.as_ref().ok_or(Status::BadArgument)?;
-    Ok(match key {
-        b":method" => Some(p.method.as_str().as_bytes().to_vec()),
-        b":path" => Some(
-            p.uri
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .as_bytes()
-                .to_vec(),
-        ),
-        b":authority" => p
-            .uri
-            .authority()
-            .map(|a| a.as_str().as_bytes().to_vec())
-            .or_else(|| {
-                p.headers
-                    .get(http::header::HOST)
-                    .map(|h| h.as_bytes().to_vec())
-            }),
-        b":scheme" => Some(
-            p.uri
-                .scheme_str()
-                .unwrap_or(if tls { "https" } else { "http" })
-                .as_bytes()
-                .to_vec(),
-        ),
-        _ => None,
-    })
+    Ok(request_pseudo(p, tls, key))
 }
 
 /// How a value is written.
