@@ -21,12 +21,16 @@ mod build_filters;
 fn bench(c: &mut Criterion) {
     let file = build_filters::test_filters_dir().join("pw_test.wasm");
     let defaults = weir::config::Config::embedded_default().plugin_defaults;
-    let spec = weir::plugin::spec(&file, &defaults).unwrap().unwrap();
+    let health = Arc::new(weir::plugin::health::PluginHealth::new("pw-test", None));
+    let spec = weir::plugin::spec(&file, None, &defaults, &[], health)
+        .unwrap()
+        .unwrap();
+    let bytes = std::fs::read(&file).unwrap();
     let host = Arc::new(HostServices::new(
         std::sync::Weak::new(),
         Arc::new(weir::telemetry::Metrics::new()),
     ));
-    let filter = weir::abi::proxy_wasm::ProxyWasmPlugin::load(spec, host, 1).unwrap();
+    let filter = weir::abi::proxy_wasm::ProxyWasmPlugin::load(spec, &bytes, host, 1).unwrap();
     let addr = "127.0.0.1:8080".parse().unwrap();
     let info = Arc::new(StreamInfo {
         listener: "bench".into(),

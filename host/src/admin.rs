@@ -1,4 +1,5 @@
-//! The admin API, on its own listener: /healthz, /ready, /config, /metrics.
+//! The admin API, on its own listener: /healthz, /ready, /config, /metrics,
+//! /plugins, and POST /plugins/reload.
 
 use std::sync::Arc;
 
@@ -24,7 +25,12 @@ pub async fn serve(socket: TcpListener, state: Arc<AppState>, mut shutdown: watc
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&state, &req)) }
+                async move {
+                    if req.method() == Method::POST && req.uri().path() == "/plugins/reload" {
+                        return Ok::<_, std::convert::Infallible>(reload_plugins(&state).await);
+                    }
+                    Ok(respond(&state, &req))
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -33,7 +39,27 @@ pub async fn serve(socket: TcpListener, state: Arc<AppState>, mut shutdown: watc
     }
 }
 
-const ENDPOINTS: &str = "GET /healthz, GET /ready, GET /config, GET /metrics";
+const ENDPOINTS: &str =
+    "GET /healthz, GET /ready, GET /config, GET /metrics, GET /plugins, POST /plugins/reload";
+
+/// Rescans the plugins folder now and answers what changed and where every plugin stands.
+async fn reload_plugins(state: &Arc<AppState>) -> Response<Body> {
+    let m = state.plugins.clone();
+    let Ok(report) = tokio::task::spawn_blocking(move || m.rescan()).await else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the plugin rescan did not finish; see the log\n".into(),
+        );
+    };
+    let mut doc = state.plugins.status();
+    doc["reload"] = json!({
+        "loaded": report.loaded,
+        "failed": report.failed,
+        "removed": report.removed,
+        "retry_due": report.retry_due,
+    });
+    json_response(doc)
+}
 
 fn respond(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET {
@@ -54,6 +80,7 @@ fn respond(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
             }
         }
         "/metrics" => {
+            state.plugins.refresh_metrics();
             let mut r = Response::new(body::full(state.shared.metrics.encode()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -64,6 +91,7 @@ fn respond(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
             r
         }
         "/config" => json_response(config_document(state)),
+        "/plugins" => json_response(state.plugins.status()),
         other => text(
             StatusCode::NOT_FOUND,
             format!("no admin endpoint {other}; the admin API answers {ENDPOINTS}\n"),

@@ -16,9 +16,10 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError, ConfigErrors};
-use crate::filter::FilterChain;
 use crate::listener::Bound;
 use crate::plugin::host::HostServices;
+use crate::plugin::manager::PluginManager;
+use crate::plugin::watch::PluginWatcher;
 use crate::proxy::Shared;
 use crate::runtime::Runtime;
 use crate::telemetry::Metrics;
@@ -29,6 +30,10 @@ pub struct AppState {
     pub shared: Arc<Shared>,
     /// The config file, when there is one to watch.
     pub config_path: Option<PathBuf>,
+    /// The plugins and the chain they make.
+    pub plugins: Arc<PluginManager>,
+    /// The plugins folder watcher, when it runs.
+    pub plugin_watcher: Option<PluginWatcher>,
     ready: AtomicBool,
     draining: AtomicBool,
     last_reload: Mutex<Value>,
@@ -93,13 +98,23 @@ pub fn check_files(config: &Config) -> Result<(), ConfigErrors> {
     }
 }
 
+/// The route names of a config, for plugins' `routes`.
+pub fn route_names(config: &Config) -> Vec<String> {
+    config.routes.iter().map(|r| r.name.clone()).collect()
+}
+
 /// Runs weir until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     check_files(&config)?;
+    if !crate::plugin::engine::set_cache_dir(config.plugin_cache_dir.clone()) {
+        tracing::debug!("the plugin engine was already started; its module cache folder stays");
+    }
     let metrics = Arc::new(Metrics::new());
-    let runtime = Runtime::build(config.clone(), None, &metrics, FilterChain::default()).await?;
+    let runtime = Runtime::build(config.clone(), None, &metrics).await?;
+    let chain = Arc::new(ArcSwap::from_pointee(crate::filter::FilterChain::default()));
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(runtime),
+        chain: chain.clone(),
         metrics: metrics.clone(),
     });
     let host = Arc::new(HostServices::new(Arc::downgrade(&shared), metrics.clone()));
@@ -107,29 +122,37 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         .server
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let (filters, errors) =
-        crate::plugin::load_dir(&config.plugins_dir, &config.plugin_defaults, &host, workers);
-    if !errors.is_empty() {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::bail!("plugins failed to load:\n{}", list.join("\n"));
+    let plugins = Arc::new(PluginManager::new(
+        config.plugins_dir.clone(),
+        config.plugin_defaults.clone(),
+        route_names(&config),
+        host,
+        metrics.clone(),
+        workers,
+        chain,
+    ));
+    let manager = plugins.clone();
+    let report = tokio::task::spawn_blocking(move || manager.rescan())
+        .await
+        .context("loading plugins")?;
+    if !report.failed.is_empty() {
+        tracing::error!(
+            failed = ?report.failed,
+            "some plugins failed to load; weir serves with their failure policy in place (see GET /plugins)"
+        );
     }
-    if !filters.is_empty() {
-        // The first generation again, now with its filter chain.
-        let base = shared.runtime.load_full();
-        let mut with_plugins = Runtime::build(
-            config.clone(),
-            Some(&base),
-            &metrics,
-            FilterChain::new(filters),
-        )
-        .await?;
-        with_plugins.generation = 1;
-        metrics.config_generation.set(1);
-        shared.runtime.store(Arc::new(with_plugins));
-    }
+    let plugin_watcher = match crate::plugin::watch::spawn(plugins.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the plugins folder; use POST /plugins/reload or SIGHUP after changing plugins");
+            None
+        }
+    };
     let state = Arc::new(AppState {
         shared: shared.clone(),
         config_path: config_path.clone(),
+        plugins,
+        plugin_watcher,
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         last_reload: Mutex::new(Value::Null),
@@ -200,7 +223,11 @@ async fn wait_for_signal(state: &Arc<AppState>) {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => reload::reload_now(state).await,
+            _ = hup.recv() => {
+                reload::reload_now(state).await;
+                let m = state.plugins.clone();
+                let _ = tokio::task::spawn_blocking(move || m.rescan()).await;
+            }
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Config {
     pub plugins_dir: PathBuf,
     /// Settings every plugin has unless its own .toml says otherwise.
     pub plugin_defaults: PluginDefaults,
+    /// The compiled-module cache folder; `None` when off.
+    pub plugin_cache_dir: Option<PathBuf>,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Routes, in match order.

@@ -148,46 +148,110 @@ pub trait StreamFilter: Send {
     fn on_log(&mut self, _info: &LogInfo) {}
 }
 
-/// An ordered list of filters, shared by all requests of one config generation.
+/// One filter in a chain, and the routes it is attached to.
+#[derive(Clone)]
+pub struct ChainEntry {
+    /// The filter.
+    pub filter: Arc<dyn HttpFilter>,
+    /// Route names it runs on; `None` for every route.
+    pub routes: Option<Arc<[String]>>,
+}
+
+/// An ordered list of filters, shared by all requests of one chain version.
 #[derive(Clone, Default)]
 pub struct FilterChain {
-    filters: Vec<Arc<dyn HttpFilter>>,
+    entries: Vec<ChainEntry>,
+    /// Whether some filter is attached to some routes only.
+    by_route: bool,
 }
 
 impl FilterChain {
-    /// A chain of these filters, in request order.
+    /// A chain of these filters, in request order, each on every route.
     pub fn new(filters: Vec<Arc<dyn HttpFilter>>) -> FilterChain {
-        FilterChain { filters }
+        Self::with_entries(
+            filters
+                .into_iter()
+                .map(|filter| ChainEntry {
+                    filter,
+                    routes: None,
+                })
+                .collect(),
+        )
+    }
+
+    /// A chain of these entries, in request order.
+    pub fn with_entries(entries: Vec<ChainEntry>) -> FilterChain {
+        FilterChain {
+            by_route: entries.iter().any(|e| e.routes.is_some()),
+            entries,
+        }
     }
 
     /// Whether the chain has no filters (then the proxy skips it entirely).
     pub fn is_empty(&self) -> bool {
-        self.filters.is_empty()
+        self.entries.is_empty()
+    }
+
+    /// Whether a filter is attached to some routes only, so the request
+    /// phase needs to know the route.
+    pub fn by_route(&self) -> bool {
+        self.by_route
+    }
+
+    /// The filters' names, in request order.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| e.filter.name()).collect()
     }
 
     /// Per-request state for every filter of the chain.
     pub fn start(&self, info: &Arc<StreamInfo>) -> ChainStream {
         ChainStream {
-            streams: self.filters.iter().map(|f| f.new_stream(info)).collect(),
+            streams: self
+                .entries
+                .iter()
+                .map(|e| Stage {
+                    stream: e.filter.new_stream(info),
+                    routes: e.routes.clone(),
+                    active: true,
+                })
+                .collect(),
         }
     }
 }
 
+struct Stage {
+    stream: Box<dyn StreamFilter>,
+    routes: Option<Arc<[String]>>,
+    /// False once skipped because the request's route is not one of its routes.
+    active: bool,
+}
+
 /// The chain's state for one request.
 pub struct ChainStream {
-    streams: Vec<Box<dyn StreamFilter>>,
+    streams: Vec<Stage>,
 }
 
 impl ChainStream {
-    /// Runs the request-headers phase, in order. `Err` carries a local response.
+    /// Runs the request-headers phase, in order. A filter attached to some
+    /// routes runs only when `route_of` (the route the request, as changed by
+    /// the filters before it, would take) names one of them. `Err` carries a
+    /// local response.
     pub async fn request_headers(
         &mut self,
         head: &mut http::request::Parts,
         eos: bool,
+        route_of: &(dyn Fn(&http::request::Parts) -> Option<String> + Sync),
     ) -> Result<bool, LocalResponse> {
         let mut wants_body = false;
         for s in self.streams.iter_mut() {
-            match settle(s.on_request_headers(head, eos).await) {
+            if let Some(routes) = &s.routes {
+                let route = route_of(head);
+                if !route.is_some_and(|r| routes.contains(&r)) {
+                    s.active = false;
+                    continue;
+                }
+            }
+            match settle(s.stream.on_request_headers(head, eos).await) {
                 Settled::Continue => {}
                 Settled::Buffer => wants_body = true,
                 Settled::Respond(r) => return Err(r),
@@ -196,9 +260,16 @@ impl ChainStream {
         Ok(wants_body)
     }
 
+    fn active(&mut self) -> impl DoubleEndedIterator<Item = &mut Box<dyn StreamFilter>> {
+        self.streams
+            .iter_mut()
+            .filter(|s| s.active)
+            .map(|s| &mut s.stream)
+    }
+
     /// Runs the request-body phase over a whole body, in order.
     pub async fn request_body(&mut self, body: &mut Bytes) -> Result<(), LocalResponse> {
-        for s in self.streams.iter_mut() {
+        for s in self.active() {
             if let Settled::Respond(r) = settle(s.on_request_body(body, true).await) {
                 return Err(r);
             }
@@ -213,7 +284,7 @@ impl ChainStream {
         eos: bool,
     ) -> Result<bool, LocalResponse> {
         let mut wants_body = false;
-        for s in self.streams.iter_mut().rev() {
+        for s in self.active().rev() {
             match settle(s.on_response_headers(head, eos).await) {
                 Settled::Continue => {}
                 Settled::Buffer => wants_body = true,
@@ -225,7 +296,7 @@ impl ChainStream {
 
     /// Runs the response-body phase over a whole body, in reverse order.
     pub async fn response_body(&mut self, body: &mut Bytes) -> Result<(), LocalResponse> {
-        for s in self.streams.iter_mut().rev() {
+        for s in self.active().rev() {
             if let Settled::Respond(r) = settle(s.on_response_body(body, true).await) {
                 return Err(r);
             }
@@ -235,24 +306,22 @@ impl ChainStream {
 
     /// Streaming filters for the request body, in request order.
     pub fn request_body_filters(&mut self) -> Vec<Box<dyn BodyFilter>> {
-        self.streams
-            .iter_mut()
+        self.active()
             .filter_map(|s| s.request_body_filter())
             .collect()
     }
 
     /// Streaming filters for the response body, in response order (reverse).
     pub fn response_body_filters(&mut self) -> Vec<Box<dyn BodyFilter>> {
-        self.streams
-            .iter_mut()
+        self.active()
             .rev()
             .filter_map(|s| s.response_body_filter())
             .collect()
     }
 
-    /// Runs the log phase on every filter.
+    /// Runs the log phase on every filter that ran.
     pub fn log(&mut self, info: &LogInfo) {
-        for s in self.streams.iter_mut() {
+        for s in self.active() {
             s.on_log(info);
         }
     }
@@ -339,7 +408,7 @@ mod tests {
         ]);
         let mut s = chain.start(&info());
         let (mut head, ()) = http::Request::new(()).into_parts();
-        let r = s.request_headers(&mut head, true).await.unwrap_err();
+        let r = s.request_headers(&mut head, true, &|_| None).await.unwrap_err();
         assert_eq!((r.status.as_u16(), r.by.as_str()), (403, "b"));
         let order: Vec<_> = head
             .headers

@@ -7,7 +7,10 @@
 //! its settings (see [`PluginToml`]).
 
 pub mod engine;
+pub mod health;
 pub mod host;
+pub mod manager;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +43,8 @@ pub struct PluginToml {
     pub failure: Option<String>,
     /// `false` leaves the plugin out of the chain.
     pub enabled: Option<bool>,
+    /// Attach to these routes only (by name). Default: every route.
+    pub routes: Option<Vec<String>>,
 }
 
 /// Everything needed to load one plugin.
@@ -63,6 +68,18 @@ pub struct PluginSpec {
     pub cpu_limit: std::time::Duration,
     /// Failure policy.
     pub failure: FailurePolicy,
+    /// The routes it is attached to; `None` for all.
+    pub routes: Option<Arc<[String]>>,
+    /// Its counters and trap history, shared across its versions.
+    pub health: Arc<health::PluginHealth>,
+}
+
+/// A loaded plugin of any ABI: a filter, plus what the admin API reports.
+pub trait LoadedPlugin: HttpFilter {
+    /// The ABI and its version, such as `proxy-wasm 0.2.1`.
+    fn abi(&self) -> String;
+    /// Linear memory in use across its instances, in bytes.
+    fn memory_bytes(&self) -> u64;
 }
 
 /// A plugin that could not be loaded: which file, and why.
@@ -106,8 +123,28 @@ pub fn scan(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Reads a plugin's spec: its file and its optional `.toml`.
-pub fn spec(file: &Path, defaults: &PluginDefaults) -> Result<Option<PluginSpec>, PluginError> {
+/// A plugin's `.toml` beside its file: `Ok(None)` when there is none.
+pub fn read_settings(file: &Path) -> Result<Option<String>, PluginError> {
+    let toml_path = file.with_extension("toml");
+    match std::fs::read_to_string(&toml_path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PluginError {
+            file: toml_path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        }),
+    }
+}
+
+/// Reads a plugin's spec from its file name and the text of its optional `.toml`;
+/// `Ok(None)` when it is disabled. `routes` are the config's route names.
+pub fn spec(
+    file: &Path,
+    settings: Option<&str>,
+    defaults: &PluginDefaults,
+    routes: &[String],
+    health: Arc<health::PluginHealth>,
+) -> Result<Option<PluginSpec>, PluginError> {
     let stem = file
         .file_stem()
         .and_then(|s| s.to_str())
@@ -118,10 +155,9 @@ pub fn spec(file: &Path, defaults: &PluginDefaults) -> Result<Option<PluginSpec>
         file: toml_path.display().to_string(),
         message,
     };
-    let settings: PluginToml = match std::fs::read_to_string(&toml_path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| err(e.to_string().trim().to_string()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => PluginToml::default(),
-        Err(e) => return Err(err(format!("cannot read: {e}"))),
+    let settings: PluginToml = match settings {
+        Some(text) => toml::from_str(text).map_err(|e| err(e.to_string().trim().to_string()))?,
+        None => PluginToml::default(),
     };
     if settings.enabled == Some(false) {
         return Ok(None);
@@ -144,7 +180,23 @@ pub fn spec(file: &Path, defaults: &PluginDefaults) -> Result<Option<PluginSpec>
             )));
         }
     };
+    if let Some(list) = &settings.routes {
+        let unknown: Vec<&String> = list.iter().filter(|r| !routes.contains(r)).collect();
+        if !unknown.is_empty() {
+            return Err(err(format!(
+                "routes: no route named {}; the config's routes are: {}",
+                unknown
+                    .iter()
+                    .map(|r| format!("{r:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                routes.join(", ")
+            )));
+        }
+    }
     Ok(Some(PluginSpec {
+        routes: settings.routes.clone().map(Arc::from),
+        health,
         vm_id: settings.vm_id.clone().unwrap_or_else(|| name.clone()),
         root_id: settings.root_id.clone().unwrap_or_default(),
         name,
@@ -159,36 +211,47 @@ pub fn spec(file: &Path, defaults: &PluginDefaults) -> Result<Option<PluginSpec>
     }))
 }
 
-/// Loads every plugin of `dir` into filters, in chain order, with the errors of those that failed.
-pub fn load_dir(
-    dir: &Path,
-    defaults: &PluginDefaults,
+/// Compiles and starts one plugin from its spec and file bytes, with the ABI
+/// the bytes declare.
+pub fn load(
+    spec: PluginSpec,
+    bytes: &[u8],
     host: &Arc<host::HostServices>,
     workers: usize,
-) -> (Vec<Arc<dyn HttpFilter>>, Vec<PluginError>) {
-    let mut filters: Vec<Arc<dyn HttpFilter>> = Vec::new();
-    let mut errors = Vec::new();
-    for file in scan(dir) {
-        let loaded = spec(&file, defaults).and_then(|s| match s {
-            Some(s) => {
-                crate::abi::proxy_wasm::ProxyWasmPlugin::load(s, host.clone(), workers).map(Some)
-            }
-            None => Ok(None),
-        });
-        match loaded {
-            Ok(Some(p)) => filters.push(p),
-            Ok(None) => {}
-            Err(e) => errors.push(e),
-        }
-    }
-    (filters, errors)
+) -> Result<Arc<dyn LoadedPlugin>, PluginError> {
+    crate::abi::proxy_wasm::ProxyWasmPlugin::load(spec, bytes, host.clone(), workers)
 }
 
 /// Loads every plugin of a config as `run` would, keeping nothing: for `weir validate`.
 pub fn check(config: &crate::config::Config) -> Vec<PluginError> {
     let metrics = Arc::new(crate::telemetry::Metrics::new());
     let host = Arc::new(host::HostServices::new(std::sync::Weak::new(), metrics));
-    load_dir(&config.plugins_dir, &config.plugin_defaults, &host, 1).1
+    let routes: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
+    let mut errors = Vec::new();
+    for file in scan(&config.plugins_dir) {
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(plugin_name)
+            .unwrap_or_default();
+        let health = Arc::new(health::PluginHealth::new(&name, None));
+        let result = read_settings(&file)
+            .and_then(|t| spec(&file, t.as_deref(), &config.plugin_defaults, &routes, health))
+            .and_then(|s| match s {
+                Some(s) => {
+                    let bytes = std::fs::read(&file).map_err(|e| PluginError {
+                        file: file.display().to_string(),
+                        message: format!("cannot read: {e}"),
+                    })?;
+                    load(s, &bytes, &host, 1).map(|_| ())
+                }
+                None => Ok(()),
+            });
+        if let Err(e) = result {
+            errors.push(e);
+        }
+    }
+    errors
 }
 
 #[cfg(test)]

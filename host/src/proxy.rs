@@ -35,6 +35,8 @@ const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 pub struct Shared {
     /// The generation new requests use.
     pub runtime: ArcSwap<Runtime>,
+    /// The filter chain new requests use (the plugin manager swaps it).
+    pub chain: Arc<ArcSwap<crate::filter::FilterChain>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -144,7 +146,7 @@ pub async fn serve(
     let busy = Busy::new(down.clone());
     let rt = shared.runtime.load_full();
     let mut ex = Exchange::default();
-    let mut resp = match handle(&rt, &down, req, &mut ex).await {
+    let mut resp = match handle(&rt, &shared, &down, req, &mut ex).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "request failed");
@@ -180,6 +182,7 @@ pub async fn serve(
 
 async fn handle(
     rt: &Runtime,
+    shared: &Shared,
     down: &Downstream,
     mut req: Request<Incoming>,
     ex: &mut Exchange,
@@ -194,16 +197,40 @@ async fn handle(
     } else {
         body::boxed(Limited::new(incoming, limit as usize))
     };
-    if !rt.chain.is_empty() {
-        let info = Arc::new(crate::filter::StreamInfo {
-            listener: down.listener.name.clone(),
-            peer: down.peer,
-            local: down.local,
-            tls: down.tls,
-            start: std::time::SystemTime::now(),
-        });
-        let mut chain = rt.chain.start(&info);
-        let wants_body = chain.request_headers(&mut head, body.is_end_stream()).await;
+    let started = {
+        let chain = shared.chain.load();
+        (!chain.is_empty()).then(|| {
+            let info = Arc::new(crate::filter::StreamInfo {
+                listener: down.listener.name.clone(),
+                peer: down.peer,
+                local: down.local,
+                tls: down.tls,
+                start: std::time::SystemTime::now(),
+            });
+            (chain.start(&info), chain.by_route())
+        })
+    };
+    if let Some((mut chain, by_route)) = started {
+        let route_of = |head: &http::request::Parts| -> Option<String> {
+            if !by_route {
+                return None;
+            }
+            let host = request_host(head);
+            let view = RequestView {
+                listener: &down.listener.name,
+                method: &head.method,
+                host: strip_port(host),
+                path: head.uri.path(),
+                query: head.uri.query(),
+                headers: &head.headers,
+            };
+            rt.router
+                .find(&view)
+                .map(|i| rt.config.routes[i].name.clone())
+        };
+        let wants_body = chain
+            .request_headers(&mut head, body.is_end_stream(), &route_of)
+            .await;
         let wants_body = match wants_body {
             Ok(w) => w,
             Err(local) => {

@@ -1,12 +1,12 @@
 //! One config generation, built whole and swapped in with one pointer store:
-//! its routes, clusters, filter chain and metric handles. Requests in flight
+//! its routes, clusters and metric handles. (The filter chain is swapped on
+//! its own by the plugin manager.) Requests in flight
 //! keep the generation they started with.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError, ConfigErrors, RouteAction};
-use crate::filter::FilterChain;
 use crate::router::Router;
 use crate::telemetry::{Metrics, RouteStats};
 use crate::upstream::Cluster;
@@ -19,8 +19,6 @@ pub struct Runtime {
     pub router: Router,
     /// Its clusters by name.
     pub clusters: HashMap<String, Arc<Cluster>>,
-    /// The filter chain.
-    pub chain: FilterChain,
     /// Metric handles per route, by route index; the last is for unrouted requests.
     pub route_stats: Vec<RouteStats>,
     /// 1 for the first config, +1 per reload.
@@ -34,7 +32,6 @@ impl Runtime {
         config: Config,
         previous: Option<&Runtime>,
         metrics: &Metrics,
-        chain: FilterChain,
     ) -> Result<Runtime, ConfigErrors> {
         let mut clusters = HashMap::new();
         let mut errors = Vec::new();
@@ -87,7 +84,6 @@ impl Runtime {
             router: Router::new(config.routes.clone()),
             config: Arc::new(config),
             clusters,
-            chain,
             route_stats,
             generation,
         })

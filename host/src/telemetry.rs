@@ -45,6 +45,12 @@ struct PluginLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginOutcomeLabels {
+    plugin: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -54,6 +60,11 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 fn latency_histogram() -> Histogram {
     // 100µs to about 26s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+fn callback_histogram() -> Histogram {
+    // 1µs to about 16ms.
+    Histogram::new(exponential_buckets(0.000001, 2.0, 15))
 }
 
 fn value_histogram() -> Histogram {
@@ -74,6 +85,10 @@ pub struct Metrics {
     plugin_gauges: Family<PluginMetricLabels, Gauge>,
     plugin_histograms: HistogramFamily<PluginMetricLabels>,
     plugin_traps: Family<PluginLabel, Counter>,
+    plugin_callbacks: HistogramFamily<PluginLabel>,
+    plugin_memory: Family<PluginLabel, Gauge>,
+    plugin_reloads: Family<PluginOutcomeLabels, Counter>,
+    plugin_up: Family<PluginLabel, Gauge>,
     /// 1 when the last config reload succeeded, 0 when it failed.
     pub config_last_reload_ok: Gauge,
     /// The generation of the config in use (1 at start, +1 per successful reload).
@@ -132,6 +147,10 @@ impl Metrics {
             plugin_gauges: Family::default(),
             plugin_histograms: Family::new_with_constructor(value_histogram),
             plugin_traps: Family::default(),
+            plugin_callbacks: Family::new_with_constructor(callback_histogram),
+            plugin_memory: Family::default(),
+            plugin_reloads: Family::default(),
+            plugin_up: Family::default(),
             config_last_reload_ok: Gauge::default(),
             config_generation: Gauge::default(),
         };
@@ -199,6 +218,26 @@ impl Metrics {
             "plugin_traps",
             "Plugin traps (panics, limits hit), by plugin",
             m.plugin_traps.clone(),
+        );
+        registry.register(
+            "plugin_callback_duration_seconds",
+            "Time spent in plugin callbacks, by plugin",
+            m.plugin_callbacks.clone(),
+        );
+        registry.register(
+            "plugin_memory_bytes",
+            "Linear memory of a plugin's instances, summed",
+            m.plugin_memory.clone(),
+        );
+        registry.register(
+            "plugin_reloads",
+            "Plugin loads and reloads by plugin and outcome (success, failure)",
+            m.plugin_reloads.clone(),
+        );
+        registry.register(
+            "plugin_up",
+            "1 when a version of the plugin serves, 0 when it failed to load",
+            m.plugin_up.clone(),
         );
         *m.registry.lock().expect("metrics registry lock") = registry;
         m
@@ -306,6 +345,50 @@ impl Metrics {
                 plugin: plugin.to_string(),
             })
             .inc();
+    }
+
+    /// The callback-duration histogram of `plugin`.
+    pub fn plugin_callback_histogram(&self, plugin: &str) -> Histogram {
+        self.plugin_callbacks
+            .get_or_create(&PluginLabel {
+                plugin: plugin.to_string(),
+            })
+            .clone()
+    }
+
+    /// Sets the memory gauge of `plugin`.
+    pub fn plugin_memory(&self, plugin: &str, bytes: u64) {
+        self.plugin_memory
+            .get_or_create(&PluginLabel {
+                plugin: plugin.to_string(),
+            })
+            .set(bytes as i64);
+    }
+
+    /// Counts a load attempt of `plugin`.
+    pub fn plugin_reload(&self, plugin: &str, ok: bool) {
+        self.plugin_reloads
+            .get_or_create(&PluginOutcomeLabels {
+                plugin: plugin.to_string(),
+                outcome: if ok { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// Sets whether `plugin` serves (`None`: it is gone or disabled; its series is removed).
+    pub fn plugin_up(&self, plugin: &str, up: Option<bool>) {
+        let label = PluginLabel {
+            plugin: plugin.to_string(),
+        };
+        match up {
+            Some(up) => {
+                self.plugin_up.get_or_create(&label).set(i64::from(up));
+            }
+            None => {
+                self.plugin_up.remove(&label);
+                self.plugin_memory.remove(&label);
+            }
+        }
     }
 
     /// Counts a config reload.

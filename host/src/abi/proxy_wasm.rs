@@ -24,14 +24,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use wasmtime::{Engine, InstancePre, Linker, Module, Store};
+use wasmtime::{Engine, InstancePre, Linker, Store};
 
 use crate::config::FailurePolicy;
 use crate::filter::{
     Action, FilterFuture, HttpFilter, LocalResponse, LogInfo, StreamFilter, StreamInfo, decided,
 };
 use crate::plugin::host::{CallResponse, HostServices};
-use crate::plugin::{PluginError, PluginSpec, engine};
+use crate::plugin::{LoadedPlugin, PluginError, PluginSpec, engine};
 use vm::{Phase, StreamState, Vm, VmState};
 
 /// The proxy-wasm ABI versions weir runs.
@@ -74,16 +74,16 @@ impl ProxyWasmPlugin {
     /// initialised and configured. The error names the file and the cause.
     pub fn load(
         spec: PluginSpec,
+        bytes: &[u8],
         host: Arc<HostServices>,
         workers: usize,
-    ) -> Result<Arc<dyn HttpFilter>, PluginError> {
+    ) -> Result<Arc<dyn LoadedPlugin>, PluginError> {
         let file = spec.file.display().to_string();
         let err = |message: String| PluginError {
             file: file.clone(),
             message,
         };
-        let bytes = std::fs::read(&spec.file).map_err(|e| err(format!("cannot read: {e}")))?;
-        let (pre, abi) = prepare(engine::engine(), &bytes).map_err(err)?;
+        let (pre, abi) = prepare(engine::engine(), bytes).map_err(err)?;
         let core = Arc::new_cyclic(|weak| {
             let instances = (0..workers.max(1))
                 .map(|i| {
@@ -126,7 +126,7 @@ fn prepare(engine: &Engine, bytes: &[u8]) -> Result<(InstancePre<VmState>, AbiVe
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err("not a WebAssembly module (no \\0asm header)".into());
     }
-    let module = Module::new(engine, bytes)
+    let module = engine::compile(bytes)
         .map_err(|e| format!("invalid WebAssembly module: {}", e.root_cause()))?;
     let abi = module
         .exports()
@@ -294,7 +294,9 @@ impl PluginCore {
         s.current = ctx;
         s.effective = None;
         s.phase = phase;
+        let started = std::time::Instant::now();
         let result = f(vm);
+        self.spec.health.record_callback(started.elapsed());
         let s = vm.store.data_mut();
         s.effective = None;
         s.phase = Phase::Other;
@@ -313,7 +315,17 @@ impl PluginCore {
 
     /// A trap: count it, log it, and replace the instance (Envoy's reload policy).
     fn host_trap(self: &Arc<Self>, vm: &mut Vm, message: &str) {
-        tracing::warn!(plugin.name = %self.spec.name, error = %message, "plugin trapped; replacing its instance");
+        let verdict = self.spec.health.record_trap(std::time::Instant::now());
+        if verdict.log {
+            tracing::warn!(plugin.name = %self.spec.name, error = %message, traps_not_logged = verdict.suppressed, "plugin trapped; replacing its instance");
+        }
+        if let Some(backoff) = verdict.quarantine {
+            tracing::error!(
+                plugin.name = %self.spec.name,
+                backoff = ?backoff,
+                "plugin keeps trapping; quarantined (its failure policy applies to requests until the backoff ends)"
+            );
+        }
         self.host.plugin_trap(&self.spec.name);
         let (index, generation) = (vm.store.data().index, vm.store.data().generation);
         // Wake every request waiting on the old instance: their state is gone.
@@ -589,6 +601,24 @@ fn trap_message(e: &wasmtime::Error) -> String {
     text.lines().next().unwrap_or("trap").to_string()
 }
 
+impl LoadedPlugin for ProxyWasmPlugin {
+    fn abi(&self) -> String {
+        format!("proxy-wasm {}", self.0.abi)
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        (0..self.0.instances.len())
+            .map(|i| {
+                let mut vm = self.0.lock(i);
+                match vm.store.data().memory {
+                    Some(m) => m.data_size(&mut vm.store) as u64,
+                    None => 0,
+                }
+            })
+            .sum()
+    }
+}
+
 impl HttpFilter for ProxyWasmPlugin {
     fn name(&self) -> &str {
         &self.0.spec.name
@@ -832,6 +862,14 @@ impl ProxyWasmStream {
     ) -> Result<(MutexGuard<'c, Vm>, u32, Arc<vm::Exports>), Action> {
         if self.failed {
             return Err(Action::Continue);
+        }
+        if self.ctx.is_none()
+            && let Some(left) = core.spec.health.quarantined(std::time::Instant::now())
+        {
+            return Err(self.failure(&format!(
+                "quarantined after repeated traps, for {:.1}s more",
+                left.as_secs_f64()
+            )));
         }
         let mut vm = core.lock(self.index);
         if let Some(e) = vm.failed.clone() {

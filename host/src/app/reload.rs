@@ -68,8 +68,7 @@ pub async fn reload_now(state: &AppState) {
         Ok(config) => match super::check_files(&config) {
             Ok(()) => {
                 let old = state.shared.runtime.load_full();
-                let chain = old.chain.clone();
-                Runtime::build(config, Some(&old), &metrics, chain)
+                Runtime::build(config, Some(&old), &metrics)
                     .await
                     .map(|rt| (rt, old))
             }
@@ -92,7 +91,22 @@ pub async fn reload_now(state: &AppState) {
                 clusters = rt.config.clusters.len(),
                 "config reloaded"
             );
+            let plugins_changed = state.plugins.update_settings(
+                rt.config.plugins_dir.clone(),
+                rt.config.plugin_defaults.clone(),
+                super::route_names(&rt.config),
+            );
             state.shared.runtime.store(Arc::new(rt));
+            if plugins_changed {
+                tracing::info!("plugin settings changed; reloading the plugins");
+                match &state.plugin_watcher {
+                    Some(w) => w.poke(),
+                    None => {
+                        let m = state.plugins.clone();
+                        let _ = tokio::task::spawn_blocking(move || m.rescan()).await;
+                    }
+                }
+            }
             metrics.reload(true);
             state.set_last_reload(true, None);
         }

@@ -56,6 +56,10 @@ pub struct RawPlugins {
     pub cpu_limit: Option<Duration>,
     /// Default failure policy: `closed` (503 naming the plugin) or `open` (skip it). Default closed.
     pub failure: Option<String>,
+    /// Where compiled plugins are cached by content hash, so a restart skips
+    /// compiling them. Default: `$XDG_CACHE_HOME/weir` (or `~/.cache/weir`);
+    /// `""` turns the disk cache off. Read at start only.
+    pub cache_dir: Option<String>,
 }
 
 /// `[[listener]]`.

@@ -1,13 +1,30 @@
-//! The one wasmtime [`Engine`] every plugin is compiled with, and the epoch
-//! ticker that bounds each callback's CPU time.
+//! The one wasmtime [`Engine`] every plugin is compiled with, its epoch
+//! ticker that bounds each callback's CPU time, and the compiled-module caches:
+//! in memory by content hash (a re-added or reconfigured plugin is not
+//! compiled again) and on disk through wasmtime's cache (a restart skips
+//! compilation).
 
-use std::sync::OnceLock;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use wasmtime::{Config, Engine};
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, Module};
 
 /// One epoch tick: CPU limits are counted in these.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Compiled modules kept in memory beyond those in use.
+const MEMORY_CACHE_ENTRIES: usize = 32;
+
+static CACHE_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Sets the on-disk module cache folder (`None`: no disk cache). Takes effect
+/// only before the engine's first use; returns false when it came too late.
+pub fn set_cache_dir(dir: Option<PathBuf>) -> bool {
+    CACHE_DIR.set(dir).is_ok()
+}
 
 /// The shared engine, with epoch interruption on and its ticker running.
 pub fn engine() -> &'static Engine {
@@ -16,6 +33,20 @@ pub fn engine() -> &'static Engine {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
+        if let Some(Some(dir)) = CACHE_DIR.get() {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            match wasmtime::Cache::new(cache) {
+                Ok(c) => {
+                    config.cache(Some(c));
+                }
+                Err(e) => tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "the compiled-module cache folder is unusable; plugins will be compiled at every start"
+                ),
+            }
+        }
         let engine = Engine::new(&config).expect("the wasmtime configuration is valid");
         let ticker = engine.weak();
         std::thread::Builder::new()
@@ -35,4 +66,50 @@ pub fn engine() -> &'static Engine {
 /// Epoch ticks allowed for a callback limited to `limit`.
 pub fn ticks(limit: Duration) -> u64 {
     (limit.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+}
+
+/// The SHA-256 of a plugin file, in lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Compiles `bytes`, or returns the module compiled earlier from the same bytes.
+pub fn compile(bytes: &[u8]) -> wasmtime::Result<Module> {
+    struct Cache {
+        modules: HashMap<[u8; 32], Module>,
+        order: VecDeque<[u8; 32]>,
+    }
+    static MODULES: OnceLock<Mutex<Cache>> = OnceLock::new();
+    let cache = MODULES.get_or_init(|| {
+        Mutex::new(Cache {
+            modules: HashMap::new(),
+            order: VecDeque::new(),
+        })
+    });
+    let key: [u8; 32] = Sha256::digest(bytes).into();
+    if let Some(m) = cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .modules
+        .get(&key)
+    {
+        return Ok(m.clone());
+    }
+    let module = Module::new(engine(), bytes)?;
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.modules.insert(key, module.clone()).is_none() {
+        c.order.push_back(key);
+    }
+    while c.order.len() > MEMORY_CACHE_ENTRIES {
+        if let Some(old) = c.order.pop_front() {
+            c.modules.remove(&old);
+        }
+    }
+    Ok(module)
 }

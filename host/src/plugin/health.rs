@@ -1,0 +1,251 @@
+//! What the host knows about one plugin's behaviour, across its versions:
+//! callbacks run and their latency, traps, rate-limited trap logs, and
+//! quarantine with backoff for a plugin that keeps trapping.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::histogram::Histogram;
+
+/// This many traps within [`TRAP_WINDOW`] quarantine a plugin.
+pub const QUARANTINE_TRAPS: usize = 5;
+/// The window [`QUARANTINE_TRAPS`] are counted in.
+pub const TRAP_WINDOW: Duration = Duration::from_secs(10);
+/// The first quarantine lasts this long; each one that follows soon after doubles it.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Quarantine never lasts longer than this.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// At most one trap log line per plugin per this period; the others are counted.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Latency buckets: bucket `i` holds durations up to `2^(i/4)` nanoseconds.
+const BUCKETS: usize = 4 * 36;
+
+/// One plugin's counters and trap history. Shared by every version of the
+/// plugin the manager loads, so counts continue across reloads.
+pub struct PluginHealth {
+    name: String,
+    callbacks: AtomicU64,
+    traps: AtomicU64,
+    latency: Box<[AtomicU64]>,
+    histogram: Option<Histogram>,
+    started: Instant,
+    /// Milliseconds since `started` until which the plugin is quarantined (0: not).
+    quarantined_until: AtomicU64,
+    trap_state: Mutex<TrapState>,
+}
+
+#[derive(Default)]
+struct TrapState {
+    recent: std::collections::VecDeque<Instant>,
+    backoff: Option<Duration>,
+    last_quarantine: Option<Instant>,
+    last_log: Option<Instant>,
+    suppressed: u64,
+}
+
+/// What to do about a trap that was just recorded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TrapVerdict {
+    /// Log this trap (false: rate-limited, counted instead).
+    pub log: bool,
+    /// Trap lines suppressed since the last one logged.
+    pub suppressed: u64,
+    /// The plugin is now quarantined for this long.
+    pub quarantine: Option<Duration>,
+}
+
+impl std::fmt::Debug for PluginHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHealth")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginHealth {
+    /// Fresh health for `name`; `histogram` receives every callback's duration in seconds.
+    pub fn new(name: &str, histogram: Option<Histogram>) -> PluginHealth {
+        PluginHealth {
+            name: name.to_string(),
+            callbacks: AtomicU64::new(0),
+            traps: AtomicU64::new(0),
+            latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            histogram,
+            started: Instant::now(),
+            quarantined_until: AtomicU64::new(0),
+            trap_state: Mutex::new(TrapState::default()),
+        }
+    }
+
+    /// Records one callback that took `took`.
+    pub fn record_callback(&self, took: Duration) {
+        self.callbacks.fetch_add(1, Ordering::Relaxed);
+        let ns = took.as_nanos().max(1) as f64;
+        let bucket = ((ns.log2() * 4.0).ceil() as usize).min(BUCKETS - 1);
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        if let Some(h) = &self.histogram {
+            h.observe(took.as_secs_f64());
+        }
+    }
+
+    /// Callbacks run so far.
+    pub fn callbacks(&self) -> u64 {
+        self.callbacks.load(Ordering::Relaxed)
+    }
+
+    /// Traps so far.
+    pub fn traps(&self) -> u64 {
+        self.traps.load(Ordering::Relaxed)
+    }
+
+    /// The callback latency below which a fraction `q` of callbacks fall,
+    /// to within one bucket (±19%); `None` before any callback.
+    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = self
+            .latency
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Duration::from_nanos(2f64.powf(i as f64 / 4.0) as u64));
+            }
+        }
+        None
+    }
+
+    /// Records a trap at `now` and decides about logging and quarantine.
+    pub fn record_trap(&self, now: Instant) -> TrapVerdict {
+        self.traps.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.trap_state.lock().unwrap_or_else(|p| p.into_inner());
+        let log = st.last_log.is_none_or(|t| now.duration_since(t) >= LOG_EVERY);
+        let suppressed = if log {
+            st.last_log = Some(now);
+            std::mem::take(&mut st.suppressed)
+        } else {
+            st.suppressed += 1;
+            0
+        };
+        st.recent.push_back(now);
+        while st
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > TRAP_WINDOW)
+        {
+            st.recent.pop_front();
+        }
+        let mut quarantine = None;
+        if st.recent.len() >= QUARANTINE_TRAPS {
+            // Back to back quarantines (the next within MAX_BACKOFF of the last) double.
+            let backoff = match (st.backoff, st.last_quarantine) {
+                (Some(b), Some(at)) if now.duration_since(at) <= b + MAX_BACKOFF => {
+                    (b * 2).min(MAX_BACKOFF)
+                }
+                _ => FIRST_BACKOFF,
+            };
+            st.backoff = Some(backoff);
+            st.last_quarantine = Some(now);
+            st.recent.clear();
+            let until = now + backoff;
+            let ms = until.saturating_duration_since(self.started).as_millis() as u64;
+            self.quarantined_until.store(ms.max(1), Ordering::Release);
+            quarantine = Some(backoff);
+        }
+        TrapVerdict {
+            log,
+            suppressed,
+            quarantine,
+        }
+    }
+
+    /// How much longer the plugin stays quarantined at `now`, if it is.
+    pub fn quarantined(&self, now: Instant) -> Option<Duration> {
+        let until = self.quarantined_until.load(Ordering::Acquire);
+        if until == 0 {
+            return None;
+        }
+        let until = self.started + Duration::from_millis(until);
+        let left = until.saturating_duration_since(now);
+        (!left.is_zero()).then_some(left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traps_quarantine_with_doubling_backoff_and_rate_limited_logs() {
+        let h = PluginHealth::new("p", None);
+        let t0 = Instant::now();
+        let first = h.record_trap(t0);
+        assert_eq!(
+            first,
+            TrapVerdict {
+                log: true,
+                suppressed: 0,
+                quarantine: None
+            }
+        );
+        for i in 1..4 {
+            let v = h.record_trap(t0 + Duration::from_millis(i * 10));
+            assert!(!v.log && v.quarantine.is_none());
+        }
+        let fifth = h.record_trap(t0 + Duration::from_millis(50));
+        assert_eq!(fifth.quarantine, Some(FIRST_BACKOFF));
+        assert!(h.quarantined(t0 + Duration::from_millis(100)).is_some());
+        assert!(h.quarantined(t0 + Duration::from_secs(2)).is_none());
+        // Out of quarantine, five more traps soon after: twice as long.
+        let t1 = t0 + Duration::from_secs(2);
+        let mut last = None;
+        for i in 0..5 {
+            last = h.record_trap(t1 + Duration::from_millis(i)).quarantine;
+        }
+        assert_eq!(last, Some(FIRST_BACKOFF * 2));
+        let logged = h.record_trap(t1 + Duration::from_secs(1));
+        assert!(logged.log);
+        assert_eq!(logged.suppressed, 4, "the traps not logged are counted");
+        assert_eq!(h.traps(), 11);
+    }
+
+    #[test]
+    fn spread_out_traps_never_quarantine() {
+        let h = PluginHealth::new("p", None);
+        let t0 = Instant::now();
+        for i in 0..20 {
+            let v = h.record_trap(t0 + Duration::from_secs(3 * i));
+            assert!(v.quarantine.is_none());
+        }
+    }
+
+    #[test]
+    fn latency_quantiles_come_from_the_buckets() {
+        let h = PluginHealth::new("p", None);
+        assert_eq!(h.latency_quantile(0.5), None);
+        for _ in 0..98 {
+            h.record_callback(Duration::from_micros(2));
+        }
+        h.record_callback(Duration::from_millis(3));
+        h.record_callback(Duration::from_millis(3));
+        let p50 = h.latency_quantile(0.5).unwrap();
+        assert!(
+            p50 >= Duration::from_micros(2) && p50 < Duration::from_nanos(2400),
+            "{p50:?}"
+        );
+        let p99 = h.latency_quantile(0.99).unwrap();
+        assert!(
+            p99 >= Duration::from_millis(3) && p99 < Duration::from_micros(3600),
+            "{p99:?}"
+        );
+        assert_eq!(h.callbacks(), 100);
+    }
+}

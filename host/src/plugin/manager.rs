@@ -1,0 +1,494 @@
+//! The plugin manager: turns the plugins directory into the filter chain, and
+//! keeps doing so as the directory changes.
+//!
+//! A rescan reads every plugin file and its `.toml`; what did not change since
+//! the last attempt is kept as it is. A new or changed plugin is compiled
+//! (or taken from the module cache) and started aside, off the request path;
+//! only a version that loaded and accepted its configuration replaces the one
+//! serving. The chain is then rebuilt and swapped in with one store: requests
+//! in flight keep the filters they started with, and an old version is freed
+//! when its last request ends.
+//!
+//! A failed update leaves the previous version serving. A plugin that never
+//! loaded follows its failure policy: `closed` puts a filter answering 503
+//! (naming it) in its place, `open` leaves it out.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use super::health::PluginHealth;
+use super::host::HostServices;
+use super::{LoadedPlugin, PluginError, engine, plugin_name, read_settings, scan, spec};
+use crate::config::{FailurePolicy, PluginDefaults};
+use crate::filter::{
+    Action, ChainEntry, FilterChain, FilterFuture, HttpFilter, LocalResponse, StreamFilter,
+    StreamInfo, decided,
+};
+use crate::telemetry::Metrics;
+
+/// A file modified this recently that fails to load may still be being
+/// written: it is tried once more after this long before it counts as failed.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// Where a plugin stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PluginState {
+    /// A version is serving (perhaps an older one, when the last update failed).
+    Active,
+    /// No version ever loaded; its failure policy applies.
+    Failed,
+    /// Being written or about to be retried; not in the chain yet.
+    Loading,
+    /// `enabled = false` in its `.toml`.
+    Disabled,
+}
+
+impl PluginState {
+    fn as_str(self) -> &'static str {
+        match self {
+            PluginState::Active => "active",
+            PluginState::Failed => "failed",
+            PluginState::Loading => "loading",
+            PluginState::Disabled => "disabled",
+        }
+    }
+}
+
+/// The version of a plugin that serves.
+#[derive(Clone)]
+struct Active {
+    plugin: Arc<dyn LoadedPlugin>,
+    sha256: String,
+    vm_id: String,
+    since: SystemTime,
+    routes: Option<Arc<[String]>>,
+}
+
+/// One plugin file and what became of it.
+struct Slot {
+    file_name: String,
+    name: String,
+    path: PathBuf,
+    health: Arc<PluginHealth>,
+    /// The (sha256 of the .wasm, .toml text) last tried, loaded or not.
+    attempted: Option<(String, Option<String>)>,
+    /// A version that failed right after being written, tried once more later.
+    deferred: Option<(String, Option<String>)>,
+    active: Option<Active>,
+    state: PluginState,
+    last_error: Option<(String, SystemTime)>,
+    failure: FailurePolicy,
+}
+
+/// What a rescan did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RescanReport {
+    /// Plugins newly loaded or replaced.
+    pub loaded: Vec<String>,
+    /// Plugins that failed to load this time.
+    pub failed: Vec<String>,
+    /// Plugins gone from the directory.
+    pub removed: Vec<String>,
+    /// Whether a file looked half-written and a retry is due.
+    pub retry_due: bool,
+}
+
+struct Settings {
+    dir: PathBuf,
+    defaults: PluginDefaults,
+    routes: Vec<String>,
+}
+
+/// Owns the plugins and the chain they make.
+pub struct PluginManager {
+    host: Arc<HostServices>,
+    metrics: Arc<Metrics>,
+    workers: usize,
+    settings: Mutex<Settings>,
+    slots: Mutex<Vec<Slot>>,
+    chain: Arc<ArcSwap<FilterChain>>,
+}
+
+impl PluginManager {
+    /// A manager for `dir`, with nothing loaded yet.
+    pub fn new(
+        dir: PathBuf,
+        defaults: PluginDefaults,
+        routes: Vec<String>,
+        host: Arc<HostServices>,
+        metrics: Arc<Metrics>,
+        workers: usize,
+        chain: Arc<ArcSwap<FilterChain>>,
+    ) -> PluginManager {
+        PluginManager {
+            host,
+            metrics,
+            workers: workers.max(1),
+            settings: Mutex::new(Settings {
+                dir,
+                defaults,
+                routes,
+            }),
+            slots: Mutex::new(Vec::new()),
+            chain,
+        }
+    }
+
+    /// The chain new requests use.
+    pub fn chain(&self) -> &ArcSwap<FilterChain> {
+        &self.chain
+    }
+
+    /// The plugins directory.
+    pub fn dir(&self) -> PathBuf {
+        self.settings().dir.clone()
+    }
+
+    fn settings(&self) -> std::sync::MutexGuard<'_, Settings> {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes new settings from a reloaded config. Returns true when they
+    /// differ, in which case every plugin is loaded again at the next rescan.
+    pub fn update_settings(
+        &self,
+        dir: PathBuf,
+        defaults: PluginDefaults,
+        routes: Vec<String>,
+    ) -> bool {
+        let mut s = self.settings();
+        let changed = s.dir != dir
+            || s.routes != routes
+            || s.defaults.memory_limit != defaults.memory_limit
+            || s.defaults.cpu_limit != defaults.cpu_limit
+            || s.defaults.failure != defaults.failure;
+        if changed {
+            *s = Settings {
+                dir,
+                defaults,
+                routes,
+            };
+            drop(s);
+            for slot in self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+                slot.attempted = None;
+            }
+        }
+        changed
+    }
+
+    /// Reads the directory and brings the chain up to date with it. Blocking:
+    /// compiles and starts plugins; call it off the async workers.
+    pub fn rescan(&self) -> RescanReport {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let (dir, defaults, routes) = {
+            let s = self.settings();
+            (s.dir.clone(), s.defaults.clone(), s.routes.clone())
+        };
+        let mut report = RescanReport::default();
+        let mut old: Vec<Slot> = std::mem::take(&mut *slots);
+        for path in scan(&dir) {
+            let file_name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let mut slot = match old.iter().position(|s| s.file_name == file_name) {
+                Some(i) => old.swap_remove(i),
+                None => {
+                    let name = plugin_name(
+                        path.file_stem()
+                            .and_then(|s| s.to_str())
+                            .unwrap_or_default(),
+                    );
+                    Slot {
+                        health: Arc::new(PluginHealth::new(
+                            &name,
+                            Some(self.metrics.plugin_callback_histogram(&name)),
+                        )),
+                        file_name,
+                        name,
+                        path: path.clone(),
+                        attempted: None,
+                        deferred: None,
+                        active: None,
+                        state: PluginState::Loading,
+                        last_error: None,
+                        failure: defaults.failure,
+                    }
+                }
+            };
+            self.refresh(&mut slot, &defaults, &routes, &mut report);
+            slots.push(slot);
+        }
+        for gone in old {
+            tracing::info!(plugin.name = %gone.name, file = %gone.path.display(), "plugin removed");
+            self.metrics.plugin_up(&gone.name, None);
+            report.removed.push(gone.name);
+        }
+        self.chain.store(Arc::new(build_chain(&slots)));
+        report
+    }
+
+    /// Brings one slot up to date with its files.
+    fn refresh(
+        &self,
+        slot: &mut Slot,
+        defaults: &PluginDefaults,
+        routes: &[String],
+        report: &mut RescanReport,
+    ) {
+        let before = stamp(&slot.path);
+        let bytes = match std::fs::read(&slot.path) {
+            Ok(b) => b,
+            Err(e) => {
+                // Gone between the scan and the read: the next event rescans.
+                tracing::debug!(file = %slot.path.display(), error = %e, "plugin file unreadable");
+                return;
+            }
+        };
+        let settings = read_settings(&slot.path);
+        let sha = engine::sha256_hex(&bytes);
+        let key = (sha.clone(), settings.as_ref().ok().cloned().flatten());
+        if slot.attempted.as_ref() == Some(&key) && settings.is_ok() {
+            return;
+        }
+        let result = settings.and_then(|text| {
+            if let Some(text) = text.as_deref() {
+                // Its failure policy applies even if the rest fails to load.
+                if let Ok(t) = toml::from_str::<toml::Table>(text) {
+                    slot.failure = match t.get("failure").and_then(|v| v.as_str()) {
+                        Some("open") => FailurePolicy::Open,
+                        Some("closed") => FailurePolicy::Closed,
+                        _ => defaults.failure,
+                    };
+                }
+            } else {
+                slot.failure = defaults.failure;
+            }
+            let spec = spec(
+                &slot.path,
+                text.as_deref(),
+                defaults,
+                routes,
+                slot.health.clone(),
+            )?;
+            match spec {
+                None => Ok(None),
+                Some(spec) => {
+                    let (vm_id, routes) = (spec.vm_id.clone(), spec.routes.clone());
+                    super::load(spec, &bytes, &self.host, self.workers)
+                        .map(|plugin| Some((plugin, vm_id, routes)))
+                }
+            }
+        });
+        if stamp(&slot.path) != before {
+            // Written to while it loaded: whatever loaded is not what is there now.
+            tracing::debug!(file = %slot.path.display(), "plugin file changed while loading; waiting for the write to finish");
+            report.retry_due = true;
+            return;
+        }
+        match result {
+            Ok(Some((plugin, vm_id, routes))) => {
+                tracing::info!(
+                    plugin.name = %slot.name,
+                    file = %slot.path.display(),
+                    sha256 = %sha,
+                    replaced = slot.active.is_some(),
+                    "plugin version serving"
+                );
+                slot.active = Some(Active {
+                    plugin,
+                    sha256: sha,
+                    vm_id,
+                    since: SystemTime::now(),
+                    routes,
+                });
+                slot.state = PluginState::Active;
+                self.metrics.plugin_reload(&slot.name, true);
+                self.metrics.plugin_up(&slot.name, Some(true));
+                report.loaded.push(slot.name.clone());
+            }
+            Ok(None) => {
+                tracing::info!(plugin.name = %slot.name, "plugin disabled by its .toml");
+                slot.active = None;
+                slot.state = PluginState::Disabled;
+                self.metrics.plugin_up(&slot.name, None);
+            }
+            Err(e) => {
+                let fresh = before
+                    .and_then(|(_, m)| m.elapsed().ok())
+                    .is_some_and(|age| age < SETTLE);
+                if fresh && slot.deferred.as_ref() != Some(&key) {
+                    // Perhaps caught mid-write (a writer pausing longer than the
+                    // debounce): one more try once it has settled.
+                    tracing::debug!(file = %slot.path.display(), error = %e, "plugin failed to load right after a write; trying again shortly");
+                    slot.deferred = Some(key);
+                    if slot.active.is_none() {
+                        slot.state = PluginState::Loading;
+                    }
+                    report.retry_due = true;
+                    return;
+                }
+                self.fail(slot, &e);
+                report.failed.push(slot.name.clone());
+            }
+        }
+        slot.attempted = Some(key);
+    }
+
+    fn fail(&self, slot: &mut Slot, e: &PluginError) {
+        self.metrics.plugin_reload(&slot.name, false);
+        if slot.active.is_some() {
+            tracing::error!(plugin.name = %slot.name, error = %e, "plugin update failed; the previous version keeps serving");
+        } else {
+            tracing::error!(
+                plugin.name = %slot.name,
+                error = %e,
+                policy = ?slot.failure,
+                "plugin failed to load; its failure policy applies to the requests it would see"
+            );
+            slot.state = PluginState::Failed;
+            self.metrics.plugin_up(&slot.name, Some(false));
+        }
+        slot.last_error = Some((e.to_string(), SystemTime::now()));
+    }
+
+    /// The plugins in chain order, as the admin API's `GET /plugins` shows them.
+    pub fn status(&self) -> Value {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let list: Vec<Value> = slots
+            .iter()
+            .map(|s| {
+                let a = s.active.as_ref();
+                let quarantined = s.health.quarantined(now);
+                let memory = a.map(|a| a.plugin.memory_bytes());
+                if let Some(m) = memory {
+                    self.metrics.plugin_memory(&s.name, m);
+                }
+                json!({
+                    "name": s.name,
+                    "file": s.path.display().to_string(),
+                    "sha256": a.map(|a| a.sha256.clone()),
+                    "abi": a.map(|a| a.plugin.abi()),
+                    "vm_id": a.map(|a| a.vm_id.clone()),
+                    "state": if quarantined.is_some() { "quarantined" } else { s.state.as_str() },
+                    "quarantined_for_seconds": quarantined.map(|d| d.as_secs_f64()),
+                    "failure": match s.failure { FailurePolicy::Closed => "closed", FailurePolicy::Open => "open" },
+                    "routes": a.and_then(|a| a.routes.as_ref().map(|r| r.to_vec())),
+                    "serving_since": a.map(|a| rfc3339(a.since)),
+                    "last_error": s.last_error.as_ref().map(|(e, _)| e.clone()),
+                    "last_error_at": s.last_error.as_ref().map(|(_, t)| rfc3339(*t)),
+                    "callbacks": s.health.callbacks(),
+                    "traps": s.health.traps(),
+                    "callback_latency_p50_us": s.health.latency_quantile(0.5).map(|d| d.as_secs_f64() * 1e6),
+                    "callback_latency_p99_us": s.health.latency_quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
+                    "memory_bytes": memory,
+                })
+            })
+            .collect();
+        json!({ "dir": self.dir().display().to_string(), "plugins": list })
+    }
+
+    /// Updates the plugin memory gauges (before a metrics scrape).
+    pub fn refresh_metrics(&self) {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for s in slots.iter() {
+            if let Some(a) = &s.active {
+                self.metrics.plugin_memory(&s.name, a.plugin.memory_bytes());
+            }
+        }
+    }
+
+    /// The last load error of every plugin that has one.
+    pub fn errors(&self) -> Vec<String> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|s| s.last_error.as_ref().map(|(e, _)| e.clone()))
+            .collect()
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Size and modification time: enough to tell a file written since.
+fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+fn build_chain(slots: &[Slot]) -> FilterChain {
+    let entries = slots
+        .iter()
+        .filter_map(|s| match (&s.active, s.state, s.failure) {
+            (Some(a), _, _) => Some(ChainEntry {
+                filter: a.plugin.clone(),
+                routes: a.routes.clone(),
+            }),
+            (None, PluginState::Failed, FailurePolicy::Closed) => Some(ChainEntry {
+                filter: Arc::new(NotLoaded {
+                    name: s.name.clone(),
+                    error: s
+                        .last_error
+                        .as_ref()
+                        .map(|(e, _)| e.clone())
+                        .unwrap_or_default(),
+                }),
+                routes: None,
+            }),
+            _ => None,
+        })
+        .collect();
+    FilterChain::with_entries(entries)
+}
+
+/// Stands in the chain for a plugin that never loaded, with `failure = "closed"`:
+/// the requests it would have seen are refused, so a broken auth plugin never
+/// opens the door.
+struct NotLoaded {
+    name: String,
+    error: String,
+}
+
+impl HttpFilter for NotLoaded {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn new_stream(&self, _info: &Arc<StreamInfo>) -> Box<dyn StreamFilter> {
+        Box::new(NotLoadedStream(LocalResponse {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            )],
+            body: Bytes::from(format!(
+                "plugin {:?} is not loaded (failure = closed): {}\n",
+                self.name, self.error
+            )),
+            by: self.name.clone(),
+        }))
+    }
+}
+
+struct NotLoadedStream(LocalResponse);
+
+impl StreamFilter for NotLoadedStream {
+    fn on_request_headers<'a>(
+        &'a mut self,
+        _head: &'a mut http::request::Parts,
+        _end_of_stream: bool,
+    ) -> FilterFuture<'a> {
+        decided(Action::Respond(self.0.clone()))
+    }
+}
