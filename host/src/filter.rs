@@ -408,7 +408,10 @@ mod tests {
         ]);
         let mut s = chain.start(&info());
         let (mut head, ()) = http::Request::new(()).into_parts();
-        let r = s.request_headers(&mut head, true, &|_| None).await.unwrap_err();
+        let r = s
+            .request_headers(&mut head, true, &|_| None)
+            .await
+            .unwrap_err();
         assert_eq!((r.status.as_u16(), r.by.as_str()), (403, "b"));
         let order: Vec<_> = head
             .headers

@@ -236,7 +236,15 @@ pub fn check(config: &crate::config::Config) -> Vec<PluginError> {
             .unwrap_or_default();
         let health = Arc::new(health::PluginHealth::new(&name, None));
         let result = read_settings(&file)
-            .and_then(|t| spec(&file, t.as_deref(), &config.plugin_defaults, &routes, health))
+            .and_then(|t| {
+                spec(
+                    &file,
+                    t.as_deref(),
+                    &config.plugin_defaults,
+                    &routes,
+                    health,
+                )
+            })
             .and_then(|s| match s {
                 Some(s) => {
                     let bytes = std::fs::read(&file).map_err(|e| PluginError {

@@ -592,10 +592,15 @@ fn trap_message(e: &wasmtime::Error) -> String {
             other => other.to_string(),
         };
     }
-    let text = format!("{e:#}");
-    if text.contains("memory") && text.contains("limit")
-        || text.contains("forcing a memory growth failure")
+    if let Some(limit) = e
+        .chain()
+        .map(|c| c.to_string())
+        .find(|m| m.starts_with("memory limit exceeded"))
     {
+        return limit;
+    }
+    let text = format!("{e:#}");
+    if text.contains("forcing a memory growth failure") {
         return "memory limit exceeded".to_string();
     }
     text.lines().next().unwrap_or("trap").to_string()

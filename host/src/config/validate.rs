@@ -159,14 +159,14 @@ impl Validator<'_> {
             }
         };
         let plugin_cache_dir = match raw.plugins.cache_dir.as_deref() {
-                Some("") => None,
-                Some(dir) => Some(self.path(dir)),
-                None => std::env::var_os("XDG_CACHE_HOME")
-                    .filter(|d| !d.is_empty())
-                    .map(PathBuf::from)
-                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                    .map(|d| d.join("weir")),
-            };
+            Some("") => None,
+            Some(dir) => Some(self.path(dir)),
+            None => std::env::var_os("XDG_CACHE_HOME")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|d| d.join("weir")),
+        };
         let plugin_defaults = PluginDefaults {
             memory_limit: raw.plugins.memory_limit.unwrap_or(Size::mib(64)).bytes(),
             cpu_limit: raw

@@ -127,7 +127,9 @@ impl PluginHealth {
     pub fn record_trap(&self, now: Instant) -> TrapVerdict {
         self.traps.fetch_add(1, Ordering::Relaxed);
         let mut st = self.trap_state.lock().unwrap_or_else(|p| p.into_inner());
-        let log = st.last_log.is_none_or(|t| now.duration_since(t) >= LOG_EVERY);
+        let log = st
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= LOG_EVERY);
         let suppressed = if log {
             st.last_log = Some(now);
             std::mem::take(&mut st.suppressed)

@@ -113,6 +113,7 @@ pub struct PluginManager {
     settings: Mutex<Settings>,
     slots: Mutex<Vec<Slot>>,
     chain: Arc<ArcSwap<FilterChain>>,
+    scanned: std::sync::atomic::AtomicBool,
 }
 
 impl PluginManager {
@@ -137,6 +138,7 @@ impl PluginManager {
             }),
             slots: Mutex::new(Vec::new()),
             chain,
+            scanned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -175,7 +177,12 @@ impl PluginManager {
                 routes,
             };
             drop(s);
-            for slot in self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+            for slot in self
+                .slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter_mut()
+            {
                 slot.attempted = None;
             }
         }
@@ -191,6 +198,8 @@ impl PluginManager {
             (s.dir.clone(), s.defaults.clone(), s.routes.clone())
         };
         let mut report = RescanReport::default();
+        // At start nothing is being written by weir's own deployment: load or fail now.
+        let initial = !self.scanned.swap(true, std::sync::atomic::Ordering::AcqRel);
         let mut old: Vec<Slot> = std::mem::take(&mut *slots);
         for path in scan(&dir) {
             let file_name = path
@@ -223,7 +232,7 @@ impl PluginManager {
                     }
                 }
             };
-            self.refresh(&mut slot, &defaults, &routes, &mut report);
+            self.refresh(&mut slot, &defaults, &routes, initial, &mut report);
             slots.push(slot);
         }
         for gone in old {
@@ -241,6 +250,7 @@ impl PluginManager {
         slot: &mut Slot,
         defaults: &PluginDefaults,
         routes: &[String],
+        initial: bool,
         report: &mut RescanReport,
     ) {
         let before = stamp(&slot.path);
@@ -321,10 +331,14 @@ impl PluginManager {
                 self.metrics.plugin_up(&slot.name, None);
             }
             Err(e) => {
+                // What a file caught mid-write looks like: too short for a
+                // header, or a module that ends early.
+                let partial =
+                    bytes.len() < 8 || e.message.starts_with("invalid WebAssembly module");
                 let fresh = before
                     .and_then(|(_, m)| m.elapsed().ok())
                     .is_some_and(|age| age < SETTLE);
-                if fresh && slot.deferred.as_ref() != Some(&key) {
+                if partial && fresh && !initial && slot.deferred.as_ref() != Some(&key) {
                     // Perhaps caught mid-write (a writer pausing longer than the
                     // debounce): one more try once it has settled.
                     tracing::debug!(file = %slot.path.display(), error = %e, "plugin failed to load right after a write; trying again shortly");

@@ -87,6 +87,8 @@ pub struct VmState {
     pub generation: u64,
     /// Memory limits.
     pub limits: StoreLimits,
+    /// The linear-memory limit, in bytes.
+    pub memory_limit: u64,
     /// The module's memory.
     pub memory: Option<Memory>,
     /// The module's allocator.
@@ -141,6 +143,12 @@ impl ResourceLimiter for VmState {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.memory_limit {
+            wasmtime::bail!(
+                "memory limit exceeded: the plugin asked for {desired} bytes of linear memory; its memory_limit is {} bytes",
+                self.memory_limit
+            );
+        }
         self.limits.memory_growing(current, desired, maximum)
     }
 
@@ -210,11 +218,13 @@ pub fn new_state(
         abi,
         index,
         generation,
+        memory_limit,
         limits: StoreLimitsBuilder::new()
             .memory_size(memory_limit as usize)
             .trap_on_grow_failure(true)
             .instances(1)
             .tables(4)
+            .table_elements(100_000)
             .build(),
         memory: None,
         malloc: None,

@@ -216,6 +216,12 @@ impl HttpContext for Stream {
                 Action::Continue
             }
             "/panic" => panic!("pw-test panics on purpose"),
+            "/grow" => {
+                // A memory bomb: far past any sane per-plugin limit.
+                let bomb = vec![7u8; 512 << 20];
+                self.set_http_request_header("x-bomb", Some(&bomb.len().to_string()));
+                Action::Continue
+            }
             "/loop" => {
                 #[allow(clippy::empty_loop)]
                 loop {}

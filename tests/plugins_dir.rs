@@ -1,0 +1,543 @@
+//! The plugins folder as weir's control surface: the real binary, the real
+//! watcher, a real folder, and clients sending requests while plugins are
+//! added, replaced, renamed, removed and broken.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Upstream, Weir, free_port, test_filter};
+
+/// A proxy-wasm module that adds `name: value` to every response.
+fn header_module(name: &str, value: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "{name}")
+  (data (i32.const 256) "{value}")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 16) (i32.const {nl}) (i32.const 256) (i32.const {vl})))
+    i32.const 0))"#,
+        nl = name.len(),
+        vl = value.len()
+    );
+    wat::parse_str(text).unwrap()
+}
+
+/// weir with `app` behind its one route and an empty plugins folder.
+async fn weir_with_plugins(up: &Upstream, files: &[(&str, Vec<u8>)]) -> (Weir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(plugins.join(name), bytes).unwrap();
+    }
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[plugins]\ncache_dir = \"\"\n[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        up.addr
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
+    (w, plugins)
+}
+
+async fn plugins_status(w: &Weir) -> Value {
+    reqwest::get(w.admin_url("/plugins"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn plugin<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+}
+
+/// Polls `probe` until it holds, for at most `within`; returns how long it took.
+async fn until<F, Fut>(within: Duration, what: &str, mut probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if probe().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn header_of(c: &reqwest::Client, url: &str, name: &str) -> Option<String> {
+    let r = c.get(url).send().await.ok()?;
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap_or_default().to_string())
+}
+
+/// Writes a file as an editor or `cp` would: in place, in two steps with a pause.
+fn write_in_place(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let half = bytes.len() / 2;
+    f.write_all(&bytes[..half]).unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    f.write_all(&bytes[half..]).unwrap();
+}
+
+/// Writes a file as deployment tools do: a temporary name, then a rename.
+fn write_then_rename(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("wasm.tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_swaps_add_rename_remove_under_load_fail_no_request() {
+    let up = Upstream::start("app").await;
+    let (w, plugins) = weir_with_plugins(
+        &up,
+        &[("10-version.wasm", header_module("x-version", "v0"))],
+    )
+    .await;
+    let url = w.url("/load");
+
+    // Clients sending without pause, counting anything but 200.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, sent, failed, url) = (stop.clone(), sent.clone(), failed.clone(), url.clone());
+        clients.push(tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            let mut last_error = None;
+            while !stop.load(Ordering::Relaxed) {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.bytes().await;
+                    }
+                    Ok(r) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        last_error = Some(format!(
+                            "{} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        ));
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        last_error = Some(e.to_string());
+                    }
+                }
+            }
+            last_error
+        }));
+    }
+
+    let c = reqwest::Client::new();
+    let file = plugins.join("10-version.wasm");
+    let mut slowest = Duration::ZERO;
+    for i in 1..=50 {
+        let v = format!("v{i}");
+        let bytes = header_module("x-version", &v);
+        if i % 2 == 0 {
+            write_in_place(&file, &bytes);
+        } else {
+            write_then_rename(&file, &bytes);
+        }
+        let took = until(
+            Duration::from_secs(1),
+            &format!("swap to {v} visible"),
+            || {
+                let (c, url, v) = (&c, &url, v.clone());
+                async move { header_of(c, url, "x-version").await.as_deref() == Some(v.as_str()) }
+            },
+        )
+        .await;
+        slowest = slowest.max(took);
+    }
+
+    // Add a second plugin, rename it, remove it.
+    let extra = plugins.join("20-extra.wasm");
+    write_then_rename(&extra, &header_module("x-extra", "yes"));
+    until(Duration::from_secs(1), "added plugin visible", || async {
+        header_of(&c, &url, "x-extra").await.as_deref() == Some("yes")
+    })
+    .await;
+    std::fs::rename(&extra, plugins.join("30-renamed.wasm")).unwrap();
+    until(Duration::from_secs(1), "renamed plugin listed", || async {
+        let s = plugins_status(&w).await;
+        plugin(&s, "renamed").is_some() && plugin(&s, "extra").is_none()
+    })
+    .await;
+    assert_eq!(header_of(&c, &url, "x-extra").await.as_deref(), Some("yes"));
+    std::fs::remove_file(plugins.join("30-renamed.wasm")).unwrap();
+    until(Duration::from_secs(1), "removed plugin gone", || async {
+        header_of(&c, &url, "x-extra").await.is_none()
+    })
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for c in clients {
+        if let Some(e) = c.await.unwrap() {
+            errors.push(e);
+        }
+    }
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(sent > 500, "the clients kept sending: {sent}");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed: {errors:?}");
+    eprintln!("50 swaps, {sent} requests, none failed; slowest swap visible after {slowest:?}");
+
+    let s = plugins_status(&w).await;
+    let p = plugin(&s, "version").unwrap();
+    assert_eq!(p["state"], "active");
+    assert_eq!(p["abi"], "proxy-wasm 0.2.1");
+    assert_eq!(p["sha256"].as_str().unwrap().len(), 64);
+    assert!(p["callbacks"].as_u64().unwrap() > 0);
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_plugin_reloads_total{plugin=\"version\",outcome=\"success\"} 51"),
+        "one load at start, one per swap: {m}"
+    );
+    assert!(m.contains("weir_plugin_callback_duration_seconds_count{plugin=\"version\"}"));
+}
+
+#[tokio::test]
+async fn a_failed_update_keeps_the_previous_version_serving_with_the_error_shown() {
+    let up = Upstream::start("app").await;
+    let good = std::fs::read(test_filter("pw-test")).unwrap();
+    let (w, plugins) = weir_with_plugins(&up, &[("10-probe.wasm", good.clone())]).await;
+    let file = plugins.join("10-probe.wasm");
+    let c = reqwest::Client::new();
+    let serving = || async {
+        let r = c.get(w.url("/ok")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the previous version keeps serving");
+        assert_eq!(r.headers()["x-pw-plugin"], "probe");
+    };
+    serving().await;
+
+    let unknown_import = wat::parse_str(
+        r#"(module (import "env" "proxy_foo" (func (param i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+          (func (export "proxy_abi_version_0_2_1")))"#,
+    )
+    .unwrap();
+    let cases: Vec<(&str, Vec<u8>, Option<&str>, &str)> = vec![
+        (
+            "garbage",
+            b"these are not the bytes you are looking for".to_vec(),
+            None,
+            "10-probe.wasm: not a WebAssembly module",
+        ),
+        (
+            "truncated",
+            good[..good.len() / 3].to_vec(),
+            None,
+            "10-probe.wasm: invalid WebAssembly module",
+        ),
+        (
+            "unknown import",
+            unknown_import,
+            None,
+            "imports env.proxy_foo, which weir does not provide",
+        ),
+        (
+            "configure false",
+            good.clone(),
+            Some("config_raw = \"reject\"\n"),
+            "proxy_on_configure returned false",
+        ),
+        (
+            "invalid toml",
+            good.clone(),
+            Some("config_raw = \n"),
+            "10-probe.toml: TOML parse error",
+        ),
+    ];
+    for (what, bytes, toml, expected) in cases {
+        let before = plugins_status(&w).await;
+        let errors_before = plugin(&before, "probe").unwrap()["last_error_at"].clone();
+        match toml {
+            Some(t) => std::fs::write(plugins.join("10-probe.toml"), t).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(plugins.join("10-probe.toml"));
+            }
+        }
+        write_then_rename(&file, &bytes);
+        until(
+            Duration::from_secs(5),
+            &format!("{what}: error shown"),
+            || async {
+                let s = plugins_status(&w).await;
+                let p = plugin(&s, "probe").unwrap();
+                p["last_error_at"] != errors_before
+                    && p["last_error"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(expected)
+            },
+        )
+        .await;
+        let s = plugins_status(&w).await;
+        let p = plugin(&s, "probe").unwrap();
+        assert_eq!(p["state"], "active", "{what}: {p}");
+        let error = p["last_error"].as_str().unwrap();
+        assert!(error.contains(expected), "{what}: {error}");
+        serving().await;
+    }
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_plugin_reloads_total{plugin=\"probe\",outcome=\"failure\"} 5"),
+        "{m}"
+    );
+    assert!(
+        w.logs()
+            .contains("plugin update failed; the previous version keeps serving")
+    );
+
+    // A change to the .toml alone reconfigures the plugin.
+    std::fs::write(&file, &good).unwrap();
+    std::fs::write(plugins.join("10-probe.toml"), "config_raw = \"tag-2\"\n").unwrap();
+    until(Duration::from_secs(2), "reconfigured", || async {
+        let r = c.get(w.url("/ok")).send().await.unwrap();
+        let v: Value = r.json().await.unwrap();
+        v["headers"]["x-pw-seen"] == "tag-2"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_plugin_that_never_loaded_follows_its_failure_policy() {
+    let up = Upstream::start("app").await;
+    let (w, plugins) = weir_with_plugins(
+        &up,
+        &[
+            ("10-authn.wasm", b"\0asm\x01\0\0\0garbage".to_vec()),
+            ("20-version.wasm", header_module("x-version", "v1")),
+        ],
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let r = c.get(w.url("/x")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "closed: a broken auth plugin never opens the door"
+    );
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("plugin \"authn\" is not loaded (failure = closed)")
+            && body.contains("10-authn.wasm: invalid WebAssembly module"),
+        "{body}"
+    );
+    assert_eq!(
+        reqwest::get(w.admin_url("/ready")).await.unwrap().status(),
+        200,
+        "weir started and serves"
+    );
+    let s = plugins_status(&w).await;
+    assert_eq!(plugin(&s, "authn").unwrap()["state"], "failed");
+    assert_eq!(plugin(&s, "version").unwrap()["state"], "active");
+    let m = w.metrics().await;
+    assert!(m.contains("weir_plugin_up{plugin=\"authn\"} 0"), "{m}");
+    assert!(m.contains("weir_plugin_up{plugin=\"version\"} 1"), "{m}");
+
+    // Open: skipped, the rest of the chain runs.
+    std::fs::write(plugins.join("10-authn.toml"), "failure = \"open\"\n").unwrap();
+    until(Duration::from_secs(2), "open policy applied", || async {
+        let r = c.get(w.url("/x")).send().await.unwrap();
+        r.status() == 200 && r.headers().get("x-version").is_some()
+    })
+    .await;
+
+    // Fixed: it loads on its next change.
+    std::fs::remove_file(plugins.join("10-authn.toml")).unwrap();
+    write_then_rename(
+        &plugins.join("10-authn.wasm"),
+        &header_module("x-authn", "ok"),
+    );
+    until(Duration::from_secs(2), "fixed plugin serving", || async {
+        header_of(&c, &w.url("/x"), "x-authn").await.as_deref() == Some("ok")
+    })
+    .await;
+    assert_eq!(
+        plugin(&plugins_status(&w).await, "authn").unwrap()["state"],
+        "active"
+    );
+}
+
+#[tokio::test]
+async fn runaway_plugins_are_stopped_and_quarantined_and_the_process_lives() {
+    let up = Upstream::start("app").await;
+    let (w, plugins) = weir_with_plugins(&up, &[]).await;
+    std::fs::copy(test_filter("pw-test"), plugins.join("10-pw.wasm")).unwrap();
+    std::fs::write(
+        plugins.join("10-pw.toml"),
+        "cpu_limit = \"20ms\"\nmemory_limit = \"32MiB\"\n",
+    )
+    .unwrap();
+    let c = reqwest::Client::new();
+    // Compiling pw-test takes a while in a debug build of weir.
+    until(Duration::from_secs(10), "plugin loaded", || async {
+        header_of(&c, &w.url("/ok"), "x-pw-plugin").await.is_some()
+    })
+    .await;
+
+    let r = c.get(w.url("/grow")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("plugin \"pw\" failed: memory limit exceeded: the plugin asked for")
+            && body.contains("its memory_limit is 33554432 bytes"),
+        "{body}"
+    );
+    assert_eq!(c.get(w.url("/ok")).send().await.unwrap().status(), 200);
+
+    let r = c.get(w.url("/loop")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("CPU time limit per callback exceeded")
+    );
+    assert_eq!(c.get(w.url("/ok")).send().await.unwrap().status(), 200);
+
+    // Three more traps make five within ten seconds: quarantine.
+    for _ in 0..3 {
+        let r = c.get(w.url("/panic")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+    }
+    let r = c.get(w.url("/ok")).send().await.unwrap();
+    assert_eq!(r.status(), 503, "quarantined: its failure policy applies");
+    let body = r.text().await.unwrap();
+    assert!(body.contains("quarantined after repeated traps"), "{body}");
+    let s = plugins_status(&w).await;
+    let p = plugin(&s, "pw").unwrap();
+    assert_eq!(p["state"], "quarantined");
+    assert_eq!(p["traps"], 5);
+    assert!(p["memory_bytes"].as_u64().unwrap() > 0);
+    assert!(p["callback_latency_p99_us"].as_f64().unwrap() > 0.0);
+    // The first quarantine lasts a second; then the plugin serves again.
+    until(Duration::from_secs(3), "out of quarantine", || async {
+        c.get(w.url("/ok")).send().await.unwrap().status() == 200
+    })
+    .await;
+    let logs = w.logs();
+    assert!(
+        logs.contains("plugin keeps trapping; quarantined"),
+        "{logs}"
+    );
+    assert!(
+        logs.matches("plugin trapped; replacing its instance")
+            .count()
+            < 5,
+        "trap log lines are rate-limited"
+    );
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_plugin_traps_total{plugin=\"pw\"} 5"),
+        "{m}"
+    );
+    assert!(m.contains("weir_plugin_memory_bytes{plugin=\"pw\"}"), "{m}");
+}
+
+#[tokio::test]
+async fn plugins_attach_to_named_routes_only() {
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::write(plugins.join("10-tag.wasm"), header_module("x-tag", "api")).unwrap();
+    std::fs::write(plugins.join("10-tag.toml"), "routes = [\"api\"]\n").unwrap();
+    std::fs::write(plugins.join("20-bad.wasm"), header_module("x-bad", "1")).unwrap();
+    std::fs::write(plugins.join("20-bad.toml"), "routes = [\"apj\"]\n").unwrap();
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"api\"\nmatch = {{ prefix = \"/api\" }}\ncluster = \"app\"\n[[route]]\nname = \"web\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        up.addr
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
+    let c = reqwest::Client::new();
+    // 20-bad names a route that does not exist: it never loads and, closed, refuses.
+    let r = c.get(w.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("routes: no route named \"apj\"; the config's routes are: api, web")
+    );
+    std::fs::remove_file(plugins.join("20-bad.wasm")).unwrap();
+    until(Duration::from_secs(2), "bad plugin removed", || async {
+        c.get(w.url("/api/x")).send().await.unwrap().status() == 200
+    })
+    .await;
+    assert_eq!(
+        header_of(&c, &w.url("/api/x"), "x-tag").await.as_deref(),
+        Some("api")
+    );
+    assert_eq!(header_of(&c, &w.url("/web"), "x-tag").await, None);
+}
+
+#[tokio::test]
+async fn post_plugins_reload_rescans_and_reports() {
+    let up = Upstream::start("app").await;
+    let (w, plugins) = weir_with_plugins(&up, &[]).await;
+    std::fs::write(plugins.join("10-a.wasm"), header_module("x-a", "1")).unwrap();
+    let r: Value = reqwest::Client::new()
+        .post(w.admin_url("/plugins/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The watcher may have been first; either way the plugin is active now.
+    assert_eq!(plugin(&r, "a").unwrap()["state"], "active", "{r}");
+    assert!(r["reload"].is_object());
+    let c = reqwest::Client::new();
+    assert_eq!(
+        header_of(&c, &w.url("/"), "x-a").await.as_deref(),
+        Some("1")
+    );
+    // Hidden files, editor leftovers and other files are not plugins.
+    for name in [
+        ".10-hidden.wasm",
+        "10-a.wasm~",
+        "notes.txt",
+        "10-a.wasm.swp",
+    ] {
+        std::fs::write(plugins.join(name), b"junk").unwrap();
+    }
+    std::fs::create_dir(plugins.join("next.wasm")).unwrap();
+    let r: Value = reqwest::Client::new()
+        .post(w.admin_url("/plugins/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["plugins"].as_array().unwrap().len(), 1, "{r}");
+}
