@@ -44,13 +44,7 @@ const ENDPOINTS: &str =
 
 /// Rescans the plugins folder now and answers what changed and where every plugin stands.
 async fn reload_plugins(state: &Arc<AppState>) -> Response<Body> {
-    let m = state.plugins.clone();
-    let Ok(report) = tokio::task::spawn_blocking(move || m.rescan()).await else {
-        return text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the plugin rescan did not finish; see the log\n".into(),
-        );
-    };
+    let report = state.plugins.rescan_now().await;
     let mut doc = state.plugins.status();
     doc["reload"] = json!({
         "loaded": report.loaded,

@@ -109,6 +109,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     if !crate::plugin::engine::set_cache_dir(config.plugin_cache_dir.clone()) {
         tracing::debug!("the plugin engine was already started; its module cache folder stays");
     }
+    // Started here, so that its epoch ticker runs at normal priority (threads
+    // inherit the priority of the thread that starts them; plugins load on a
+    // low-priority one).
+    crate::plugin::engine::engine();
     let metrics = Arc::new(Metrics::new());
     let runtime = Runtime::build(config.clone(), None, &metrics).await?;
     let chain = Arc::new(ArcSwap::from_pointee(crate::filter::FilterChain::default()));
@@ -131,10 +135,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         workers,
         chain,
     ));
-    let manager = plugins.clone();
-    let report = tokio::task::spawn_blocking(move || manager.rescan())
-        .await
-        .context("loading plugins")?;
+    let report = plugins.rescan_now().await;
     if !report.failed.is_empty() {
         tracing::error!(
             failed = ?report.failed,
@@ -225,8 +226,7 @@ async fn wait_for_signal(state: &Arc<AppState>) {
             _ = int.recv() => return,
             _ = hup.recv() => {
                 reload::reload_now(state).await;
-                let m = state.plugins.clone();
-                let _ = tokio::task::spawn_blocking(move || m.rescan()).await;
+                state.plugins.rescan_now().await;
             }
         }
     }

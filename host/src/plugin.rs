@@ -80,6 +80,8 @@ pub trait LoadedPlugin: HttpFilter {
     fn abi(&self) -> String;
     /// Linear memory in use across its instances, in bytes.
     fn memory_bytes(&self) -> u64;
+    /// Where its compiled module came from.
+    fn module_origin(&self) -> engine::ModuleOrigin;
 }
 
 /// A plugin that could not be loaded: which file, and why.

@@ -62,6 +62,7 @@ pub struct PluginCore {
     /// Host services.
     pub host: Arc<HostServices>,
     abi: AbiVersion,
+    origin: engine::ModuleOrigin,
     pre: InstancePre<VmState>,
     instances: Vec<Mutex<Vm>>,
 }
@@ -83,7 +84,7 @@ impl ProxyWasmPlugin {
             file: file.clone(),
             message,
         };
-        let (pre, abi) = prepare(engine::engine(), bytes).map_err(err)?;
+        let (pre, abi, origin) = prepare(engine::engine(), bytes).map_err(err)?;
         let core = Arc::new_cyclic(|weak| {
             let instances = (0..workers.max(1))
                 .map(|i| {
@@ -108,6 +109,7 @@ impl ProxyWasmPlugin {
                 spec,
                 host,
                 abi,
+                origin,
                 pre,
                 instances,
             }
@@ -116,17 +118,20 @@ impl ProxyWasmPlugin {
             let fresh = core.start_instance(i, 0).map_err(err)?;
             *core.lock(i) = fresh;
         }
-        tracing::info!(plugin.name = %core.spec.name, abi = %abi, instances = core.instances.len(), "plugin loaded");
+        tracing::info!(plugin.name = %core.spec.name, abi = %abi, instances = core.instances.len(), module = origin.as_str(), "plugin loaded");
         Ok(Arc::new(ProxyWasmPlugin(core)))
     }
 }
 
 /// Compiles a module and checks what it declares and imports.
-fn prepare(engine: &Engine, bytes: &[u8]) -> Result<(InstancePre<VmState>, AbiVersion), String> {
+fn prepare(
+    engine: &Engine,
+    bytes: &[u8],
+) -> Result<(InstancePre<VmState>, AbiVersion, engine::ModuleOrigin), String> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err("not a WebAssembly module (no \\0asm header)".into());
     }
-    let module = engine::compile(bytes)
+    let (module, origin) = engine::compile(bytes)
         .map_err(|e| format!("invalid WebAssembly module: {}", e.root_cause()))?;
     let abi = module
         .exports()
@@ -170,7 +175,7 @@ fn prepare(engine: &Engine, bytes: &[u8]) -> Result<(InstancePre<VmState>, AbiVe
     let pre = linker
         .instantiate_pre(&module)
         .map_err(|e| format!("linking: {}", e.root_cause()))?;
-    Ok((pre, abi))
+    Ok((pre, abi, origin))
 }
 
 fn empty_exports() -> vm::Exports {
@@ -609,6 +614,10 @@ fn trap_message(e: &wasmtime::Error) -> String {
 impl LoadedPlugin for ProxyWasmPlugin {
     fn abi(&self) -> String {
         format!("proxy-wasm {}", self.0.abi)
+    }
+
+    fn module_origin(&self) -> engine::ModuleOrigin {
+        self.0.origin
     }
 
     fn memory_bytes(&self) -> u64 {
@@ -1053,6 +1062,18 @@ impl StreamFilter for ProxyWasmStream {
             return;
         }
         vm.store.data_mut().streams.remove(&ctx);
+    }
+}
+
+impl Drop for PluginCore {
+    fn drop(&mut self) {
+        for vm in &mut self.instances {
+            let vm = vm.get_mut().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = vm.store.data_mut().tick_task.take() {
+                t.abort();
+            }
+        }
+        tracing::info!(plugin.name = %self.spec.name, file = %self.spec.file.display(), "plugin version released: its last request ended");
     }
 }
 

@@ -102,8 +102,7 @@ pub async fn reload_now(state: &AppState) {
                 match &state.plugin_watcher {
                     Some(w) => w.poke(),
                     None => {
-                        let m = state.plugins.clone();
-                        let _ = tokio::task::spawn_blocking(move || m.rescan()).await;
+                        state.plugins.rescan_now().await;
                     }
                 }
             }

@@ -19,6 +19,29 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 const MEMORY_CACHE_ENTRIES: usize = 32;
 
 static CACHE_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+static DISK_CACHE: OnceLock<wasmtime::Cache> = OnceLock::new();
+
+/// Where a compiled module came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleOrigin {
+    /// Compiled now.
+    Compiled,
+    /// The in-memory cache (the same bytes were loaded before in this process).
+    Memory,
+    /// The on-disk cache (compiled by an earlier run).
+    Disk,
+}
+
+impl ModuleOrigin {
+    /// As the admin API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleOrigin::Compiled => "compiled",
+            ModuleOrigin::Memory => "memory cache",
+            ModuleOrigin::Disk => "disk cache",
+        }
+    }
+}
 
 /// Sets the on-disk module cache folder (`None`: no disk cache). Takes effect
 /// only before the engine's first use; returns false when it came too late.
@@ -38,6 +61,7 @@ pub fn engine() -> &'static Engine {
             cache.with_directory(dir);
             match wasmtime::Cache::new(cache) {
                 Ok(c) => {
+                    let _ = DISK_CACHE.set(c.clone());
                     config.cache(Some(c));
                 }
                 Err(e) => tracing::warn!(
@@ -79,8 +103,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Compiles `bytes`, or returns the module compiled earlier from the same bytes.
-pub fn compile(bytes: &[u8]) -> wasmtime::Result<Module> {
+/// Compiles `bytes`, or returns the module compiled earlier from the same
+/// bytes (in this process, or by an earlier run through the disk cache).
+pub fn compile(bytes: &[u8]) -> wasmtime::Result<(Module, ModuleOrigin)> {
     struct Cache {
         modules: HashMap<[u8; 32], Module>,
         order: VecDeque<[u8; 32]>,
@@ -99,9 +124,15 @@ pub fn compile(bytes: &[u8]) -> wasmtime::Result<Module> {
         .modules
         .get(&key)
     {
-        return Ok(m.clone());
+        return Ok((m.clone(), ModuleOrigin::Memory));
     }
-    let module = Module::new(engine(), bytes)?;
+    let engine = engine();
+    let hits = DISK_CACHE.get().map(|c| c.cache_hits());
+    let module = Module::new(engine, bytes)?;
+    let origin = match (hits, DISK_CACHE.get().map(|c| c.cache_hits())) {
+        (Some(before), Some(after)) if after > before => ModuleOrigin::Disk,
+        _ => ModuleOrigin::Compiled,
+    };
     let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
     if c.modules.insert(key, module.clone()).is_none() {
         c.order.push_back(key);
@@ -111,5 +142,5 @@ pub fn compile(bytes: &[u8]) -> wasmtime::Result<Module> {
             c.modules.remove(&old);
         }
     }
-    Ok(module)
+    Ok((module, origin))
 }

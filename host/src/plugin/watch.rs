@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::manager::PluginManager;
 
 /// Quiet time after the last event before a rescan.
-pub const DEBOUNCE: Duration = Duration::from_millis(40);
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// A handle on the watcher task: ask it to rescan.
 #[derive(Clone)]
@@ -83,10 +83,7 @@ pub fn spawn(manager: Arc<PluginManager>) -> anyhow::Result<PluginWatcher> {
             if watched.as_deref() != Some(dir.as_path()) || !dir.is_dir() {
                 watched = watch_dir(&mut watcher, &dir, watched.take());
             }
-            let m = manager.clone();
-            let Ok(report) = tokio::task::spawn_blocking(move || m.rescan()).await else {
-                continue;
-            };
+            let report = manager.rescan_now().await;
             if report.retry_due {
                 let tx = tx.clone();
                 tokio::spawn(async move {

@@ -1,0 +1,341 @@
+//! The plugin reload bench: how long from a plugin file written into the
+//! plugins folder to its new version answering requests, and what reloading
+//! every second does to latency under load.
+//!
+//! ```text
+//! cargo run --release -p weir-benches --bin reload_bench -- [--trials 15] [--load-seconds 60] [--reload-cached]
+//! ```
+//!
+//! Runs a release weir (built first) on 127.0.0.1 with the built-in echo route
+//! and one plugin that adds `x-version` to responses. For a small (about 100 KB)
+//! and a large (about 2 MB) plugin it writes new versions (write-then-rename,
+//! as deployment tools do) and polls on a keep-alive connection until the new
+//! value shows: "cold" versions are new bytes (compiled), "cached" ones were
+//! loaded before (taken from the module cache). It prints the median, min and
+//! max of each. Then, if wrk is installed, it runs wrk twice for
+//! `--load-seconds` (32 connections, 2 threads): once without reloads, once
+//! with a new version of the small plugin every second (with --reload-cached:
+//! one of two versions, alternately, so no compilation), and prints p50, p99
+//! and the non-2xx count of both. Everything stays on loopback and is bounded
+//! in time.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 18_401;
+const ADMIN: u16 = 18_491;
+
+/// A proxy-wasm module adding `x-version: <version>` to responses, padded with
+/// `fillers` compute functions so that it is realistically big to compile.
+fn module(version: &str, fillers: usize) -> Vec<u8> {
+    let mut text = format!(
+        r#"(module
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "x-version")
+  (data (i32.const 256) "{version}")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 16) (i32.const 9) (i32.const 256) (i32.const {len})))
+    i32.const 0)
+"#,
+        len = version.len()
+    );
+    for i in 0..fillers {
+        // A loop with arithmetic and memory traffic: code the compiler must work on.
+        text.push_str(&format!(
+            "(func $f{i} (param $n i32) (result i32) (local $acc i32) (local $j i32)
+  (block $done (loop $next
+    (br_if $done (i32.ge_u (local.get $j) (local.get $n)))
+    (local.set $acc (i32.add (i32.mul (local.get $acc) (i32.const {m})) (local.get $j)))
+    (local.set $acc (i32.xor (local.get $acc) (i32.shr_u (local.get $acc) (i32.const 13))))
+    (i32.store (i32.and (local.get $j) (i32.const 4092)) (local.get $acc))
+    (local.set $acc (i32.add (local.get $acc) (i32.load (i32.and (local.get $acc) (i32.const 4092)))))
+    (local.set $j (i32.add (local.get $j) (i32.const 1)))
+    (br $next)))
+  (local.get $acc))\n",
+            m = 31 + i % 97
+        ));
+    }
+    text.push(')');
+    wat::parse_str(text).expect("the generated module is valid")
+}
+
+/// How many filler functions make a module of about `bytes`.
+fn fillers_for(bytes: usize) -> usize {
+    let one = module("v", 1).len();
+    let ten = module("v", 11).len();
+    let per = (ten - one) / 10;
+    bytes.saturating_sub(one) / per
+}
+
+fn write_then_rename(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("wasm.tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A keep-alive HTTP/1.1 client for one header.
+struct Probe {
+    reader: BufReader<TcpStream>,
+}
+
+impl Probe {
+    fn connect() -> Probe {
+        let s = TcpStream::connect(("127.0.0.1", PORT)).expect("weir listens");
+        s.set_nodelay(true).unwrap();
+        Probe {
+            reader: BufReader::new(s),
+        }
+    }
+
+    /// The `x-version` header of one GET /.
+    fn version(&mut self) -> Option<String> {
+        self.reader
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n")
+            .ok()?;
+        let (mut version, mut length) = (None, 0usize);
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).ok()?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("x-version:") {
+                version = Some(v.trim().to_string());
+            } else if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).ok()?;
+        version
+    }
+}
+
+/// Writes `bytes` as the plugin and returns how long until `version` answers.
+fn swap(file: &Path, bytes: &[u8], version: &str, probe: &mut Probe) -> Duration {
+    write_then_rename(file, bytes);
+    let written = Instant::now();
+    loop {
+        if probe.version().as_deref() == Some(version) {
+            return written.elapsed();
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(30),
+            "version {version} never served"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn summary(label: &str, mut times: Vec<Duration>) {
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{label:<28} median {:>8.1} ms   min {:>8.1} ms   max {:>8.1} ms   ({} trials)",
+        ms(times[times.len() / 2]),
+        ms(times[0]),
+        ms(times[times.len() - 1]),
+        times.len()
+    );
+}
+
+struct Weir(Child);
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_weir(root: &Path, dir: &Path) -> Weir {
+    let config = dir.join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{ADMIN}\"\n[server]\nworkers = 1\n[plugins]\ncache_dir = \"{}\"\n[[listener]]\nname = \"bench\"\nlisten = \"127.0.0.1:{PORT}\"\n[[route]]\nname = \"echo\"\necho = true\n",
+            dir.join("cache").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(root.join("target/release/weir"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting weir");
+    let weir = Weir(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", ADMIN)).is_err() {
+        assert!(Instant::now() < deadline, "weir did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    weir
+}
+
+/// wrk's p50 and p99 (ms), requests, and non-2xx responses plus socket errors.
+fn wrk(seconds: u64) -> (f64, f64, u64, u64) {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency"])
+        .arg(format!("http://127.0.0.1:{PORT}/"))
+        .output()
+        .expect("running wrk");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let ms = |prefix: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in wrk output:\n{text}"));
+        let v = line.split_whitespace().nth(1).unwrap();
+        let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap());
+        let n: f64 = num.parse().unwrap();
+        match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            _ => n,
+        }
+    };
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let bad: u64 = text
+        .lines()
+        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .flat_map(|l| {
+            l.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    (ms("50%"), ms("99%"), requests, bad)
+}
+
+fn main() {
+    let mut trials = 15usize;
+    let mut load_seconds = 60u64;
+    let mut reload_cached = false;
+    let mut rounds = 1;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--trials" => trials = args.next().and_then(|v| v.parse().ok()).unwrap_or(trials),
+            "--load-seconds" => {
+                load_seconds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(load_seconds)
+            }
+            "--reload-cached" => reload_cached = true,
+            "--rounds" => rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(rounds),
+            other => panic!("unknown argument {other}; see the file's doc comment"),
+        }
+    }
+    let root: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = Command::new("cargo")
+        .args(["build", "--release", "-p", "weir"])
+        .current_dir(&root)
+        .status()
+        .expect("running cargo");
+    assert!(built.success(), "building weir failed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let file = plugins.join("10-version.wasm");
+    std::fs::write(&file, module("start", 0)).unwrap();
+    let _weir = start_weir(&root, dir.path());
+    let mut probe = Probe::connect();
+    assert_eq!(probe.version().as_deref(), Some("start"));
+
+    let sizes: &[(&str, usize)] = if trials == 0 {
+        &[]
+    } else {
+        &[("small", 100 * 1024), ("large", 2 * 1024 * 1024)]
+    };
+    for &(label, size) in sizes {
+        let fillers = fillers_for(size);
+        let kb = module("x", fillers).len() / 1024;
+        let mut cold = Vec::new();
+        for i in 0..trials {
+            let v = format!("{label}-cold-{i}");
+            cold.push(swap(&file, &module(&v, fillers), &v, &mut probe));
+        }
+        summary(&format!("{label} ({kb} KB), cold"), cold);
+        // Two versions seen before, alternately: both in the module cache.
+        let a = module(&format!("{label}-cold-0"), fillers);
+        let b = module(&format!("{label}-cold-1"), fillers);
+        let mut cached = Vec::new();
+        for i in 0..trials {
+            let (bytes, v) = if i % 2 == 0 {
+                (&a, format!("{label}-cold-0"))
+            } else {
+                (&b, format!("{label}-cold-1"))
+            };
+            cached.push(swap(&file, bytes, &v, &mut probe));
+        }
+        summary(&format!("{label} ({kb} KB), cached"), cached);
+    }
+
+    if Command::new("wrk").arg("--version").output().is_err() {
+        println!("wrk is not installed (apt-get install wrk): skipping the load part");
+        return;
+    }
+    std::fs::write(&file, module("steady", fillers_for(100 * 1024))).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 1..rounds {
+        let (p50, p99, n, bad) = wrk(load_seconds);
+        println!(
+            "wrk {load_seconds}s, no reloads:      p50 {p50:.3} ms  p99 {p99:.3} ms  {n} requests, {bad} non-2xx or errors"
+        );
+    }
+    let (p50, p99, n, bad) = wrk(load_seconds);
+    println!(
+        "wrk {load_seconds}s, no reloads:      p50 {p50:.3} ms  p99 {p99:.3} ms  {n} requests, {bad} non-2xx or errors"
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reloader = {
+        let (stop, file) = (stop.clone(), file.clone());
+        let cached = reload_cached;
+        // Made beforehand: generating modules here would take CPU from the run.
+        let fillers = fillers_for(100 * 1024);
+        let versions: Vec<Vec<u8>> = (0..if cached { 2 } else { load_seconds + 5 })
+            .map(|v| module(&format!("load-{v}"), fillers))
+            .collect();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                write_then_rename(&file, &versions[n % versions.len()]);
+                n += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            n
+        })
+    };
+    let (p50r, p99r, nr, badr) = wrk(load_seconds);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reloads = reloader.join().unwrap();
+    println!(
+        "wrk {load_seconds}s, reload every 1s:  p50 {p50r:.3} ms  p99 {p99r:.3} ms  {nr} requests, {badr} non-2xx or errors ({reloads} reloads)"
+    );
+    println!(
+        "p99 with reloads / without: x{:.2}; req/s with / without: x{:.2}",
+        p99r / p99,
+        nr as f64 / n as f64
+    );
+}
