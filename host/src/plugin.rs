@@ -221,7 +221,11 @@ pub fn load(
     host: &Arc<host::HostServices>,
     workers: usize,
 ) -> Result<Arc<dyn LoadedPlugin>, PluginError> {
-    crate::abi::proxy_wasm::ProxyWasmPlugin::load(spec, bytes, host.clone(), workers)
+    if crate::abi::component::is_component(bytes) {
+        crate::abi::component::ComponentPlugin::load(spec, bytes, host.clone(), workers)
+    } else {
+        crate::abi::proxy_wasm::ProxyWasmPlugin::load(spec, bytes, host.clone(), workers)
+    }
 }
 
 /// Loads every plugin of a config as `run` would, keeping nothing: for `weir validate`.

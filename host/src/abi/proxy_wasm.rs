@@ -1089,10 +1089,4 @@ impl Drop for ProxyWasmStream {
     }
 }
 
-fn empty_request() -> http::request::Parts {
-    http::Request::new(()).into_parts().0
-}
-
-fn empty_response() -> http::response::Parts {
-    http::Response::new(()).into_parts().0
-}
+use crate::abi::{empty_request, empty_response};

@@ -103,6 +103,32 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         })
 }
 
+/// Compiles a component, or returns the one compiled earlier from the same bytes.
+pub fn compile_component(
+    bytes: &[u8],
+) -> wasmtime::Result<(wasmtime::component::Component, ModuleOrigin)> {
+    static COMPONENTS: OnceLock<Mutex<HashMap<[u8; 32], wasmtime::component::Component>>> =
+        OnceLock::new();
+    let cache = COMPONENTS.get_or_init(Default::default);
+    let key: [u8; 32] = Sha256::digest(bytes).into();
+    if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok((c.clone(), ModuleOrigin::Memory));
+    }
+    let engine = engine();
+    let hits = DISK_CACHE.get().map(|c| c.cache_hits());
+    let component = wasmtime::component::Component::new(engine, bytes)?;
+    let origin = match (hits, DISK_CACHE.get().map(|c| c.cache_hits())) {
+        (Some(before), Some(after)) if after > before => ModuleOrigin::Disk,
+        _ => ModuleOrigin::Compiled,
+    };
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.len() >= MEMORY_CACHE_ENTRIES {
+        c.clear();
+    }
+    c.insert(key, component.clone());
+    Ok((component, origin))
+}
+
 /// Compiles `bytes`, or returns the module compiled earlier from the same
 /// bytes (in this process, or by an earlier run through the disk cache).
 pub fn compile(bytes: &[u8]) -> wasmtime::Result<(Module, ModuleOrigin)> {

@@ -255,30 +255,6 @@ fn set_request_pseudo(
         return Err(Status::BadArgument);
     }
     let text = std::str::from_utf8(value).map_err(|_| Status::BadArgument)?;
-    match key {
-        b":path" => {
-            let pq: http::uri::PathAndQuery = text.parse().map_err(|_| Status::BadArgument)?;
-            let mut parts = p.uri.clone().into_parts();
-            parts.path_and_query = Some(pq);
-            p.uri = http::Uri::from_parts(parts).map_err(|_| Status::BadArgument)?;
-        }
-        b":authority" => {
-            let authority: http::uri::Authority = text.parse().map_err(|_| Status::BadArgument)?;
-            if p.uri.authority().is_some() {
-                let mut parts = p.uri.clone().into_parts();
-                parts.authority = Some(authority);
-                p.uri = http::Uri::from_parts(parts).map_err(|_| Status::BadArgument)?;
-            }
-            p.headers.insert(
-                http::header::HOST,
-                HeaderValue::from_str(text).map_err(|_| Status::BadArgument)?,
-            );
-        }
-        b":method" => {
-            p.method = http::Method::from_bytes(value).map_err(|_| Status::BadArgument)?
-        }
-        b":scheme" => {}
-        _ => return Err(Status::BadArgument),
-    }
-    Ok(())
+    let pseudo = std::str::from_utf8(&key[1..]).map_err(|_| Status::BadArgument)?;
+    crate::abi::set_request_pseudo(p, pseudo, text).map_err(|_| Status::BadArgument)
 }

@@ -1,0 +1,923 @@
+//! The host side of weir's own plugin ABI: components of the
+//! `weir:filter@0.1.0` world (wit/filter.wit), run beside proxy-wasm modules
+//! in the same chain.
+//!
+//! Instance model, as for proxy-wasm: one instance per worker thread, behind
+//! a mutex held only for a callback; a request keeps the instance it started
+//! on, and names itself to the guest by a stream id. WASI 0.2 is linked with
+//! nothing behind it (no folders, environment, arguments or sockets) so that
+//! components built with Rust's standard library load.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::FailurePolicy;
+use crate::filter::{
+    Action, BodyAction, BodyFilter, FilterFuture, HttpFilter, LocalResponse, LogInfo,
+    StreamFilter, StreamInfo, decided,
+};
+use crate::plugin::host::{HostServices, MetricKind, PluginMetric};
+use crate::plugin::{LoadedPlugin, PluginError, PluginSpec, engine};
+
+/// Bindings generated from wit/filter.wit (documented there).
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+    });
+}
+
+use bindings::weir::filter::types as wit;
+use bindings::{Plugin, PluginPre, weir};
+
+/// The package and version of the world weir runs.
+pub const WORLD: &str = "weir:filter@0.1.0";
+/// The export every plugin component must have.
+const FILTER_EXPORT: &str = "weir:filter/filter@0.1.0";
+
+/// Whether `bytes` hold a component (rather than a core module): the two
+/// share the `\0asm` magic and differ in the version and layer fields.
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && &bytes[..4] == b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+/// What the current callback may touch.
+#[derive(Default)]
+struct Current {
+    request: Option<http::request::Parts>,
+    response: Option<http::response::Parts>,
+    info: Option<Arc<StreamInfo>>,
+}
+
+/// The store's data: WASI with nothing granted, limits, and the current message.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    memory_limit: u64,
+    plugin: Arc<str>,
+    vm_id: Arc<str>,
+    host: Arc<HostServices>,
+    current: Current,
+    metrics: std::collections::HashMap<(String, u8), PluginMetric>,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for State {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.memory_limit {
+            wasmtime::bail!(
+                "memory limit exceeded: the plugin asked for {desired} bytes of linear memory; its memory_limit is {} bytes",
+                self.memory_limit
+            );
+        }
+        self.limits.memory_growing(current, desired, maximum)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+fn header_list<'a>(map: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>) -> Vec<wit::Header> {
+    map.map(|(k, v)| wit::Header {
+        name: k.as_str().to_string(),
+        value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    })
+    .collect()
+}
+
+impl wit::Host for State {}
+
+impl weir::filter::http::Host for State {
+    fn get_header(&mut self, which: wit::Direction, name: String) -> Option<String> {
+        let name = name.to_ascii_lowercase();
+        match which {
+            wit::Direction::Request => {
+                let r = self.current.request.as_ref()?;
+                match name.as_str() {
+                    ":method" => Some(r.method.to_string()),
+                    ":path" => Some(
+                        r.uri
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .to_string(),
+                    ),
+                    ":authority" => r
+                        .uri
+                        .authority()
+                        .map(|a| a.to_string())
+                        .or_else(|| header_text(&r.headers, "host")),
+                    ":scheme" => Some(
+                        r.uri
+                            .scheme_str()
+                            .unwrap_or(if self.current.info.as_ref().is_some_and(|i| i.tls) {
+                                "https"
+                            } else {
+                                "http"
+                            })
+                            .to_string(),
+                    ),
+                    _ => header_text(&r.headers, &name),
+                }
+            }
+            wit::Direction::Response => {
+                let r = self.current.response.as_ref()?;
+                match name.as_str() {
+                    ":status" => Some(r.status.as_u16().to_string()),
+                    _ => header_text(&r.headers, &name),
+                }
+            }
+        }
+    }
+
+    fn get_headers(&mut self, which: wit::Direction) -> Vec<wit::Header> {
+        let mut out = Vec::new();
+        let pseudo: &[&str] = match which {
+            wit::Direction::Request => &[":method", ":path", ":authority", ":scheme"],
+            wit::Direction::Response => &[":status"],
+        };
+        for p in pseudo {
+            if let Some(v) = self.get_header(which, (*p).to_string()) {
+                out.push(wit::Header {
+                    name: (*p).to_string(),
+                    value: v,
+                });
+            }
+        }
+        match which {
+            wit::Direction::Request => {
+                if let Some(r) = &self.current.request {
+                    out.extend(header_list(r.headers.iter()));
+                }
+            }
+            wit::Direction::Response => {
+                if let Some(r) = &self.current.response {
+                    out.extend(header_list(r.headers.iter()));
+                }
+            }
+        }
+        out
+    }
+
+    fn set_header(
+        &mut self,
+        which: wit::Direction,
+        name: String,
+        value: Option<String>,
+    ) -> Result<(), String> {
+        self.change(which, &name, value, false)
+    }
+
+    fn add_header(&mut self, which: wit::Direction, name: String, value: String) -> Result<(), String> {
+        self.change(which, &name, Some(value), true)
+    }
+}
+
+fn header_text(map: &http::HeaderMap, name: &str) -> Option<String> {
+    map.get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+impl State {
+    fn change(
+        &mut self,
+        which: wit::Direction,
+        name: &str,
+        value: Option<String>,
+        add: bool,
+    ) -> Result<(), String> {
+        let name = name.to_ascii_lowercase();
+        let not_current = || format!("no {which:?} is current in this callback").to_lowercase();
+        if let Some(pseudo) = name.strip_prefix(':') {
+            let value = value.ok_or_else(|| format!("the pseudo-header :{pseudo} cannot be removed"))?;
+            return match which {
+                wit::Direction::Request => {
+                    let r = self.current.request.as_mut().ok_or_else(not_current)?;
+                    crate::abi::set_request_pseudo(r, pseudo, &value)
+                }
+                wit::Direction::Response => {
+                    let r = self.current.response.as_mut().ok_or_else(not_current)?;
+                    if pseudo != "status" {
+                        return Err(format!("responses have no pseudo-header :{pseudo}"));
+                    }
+                    r.status = value
+                        .parse::<u16>()
+                        .ok()
+                        .and_then(|s| StatusCode::from_u16(s).ok())
+                        .ok_or_else(|| format!(":status {value:?} is not an HTTP status"))?;
+                    Ok(())
+                }
+            };
+        }
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("{name:?} is not a valid header name"))?;
+        let headers = match which {
+            wit::Direction::Request => {
+                &mut self.current.request.as_mut().ok_or_else(not_current)?.headers
+            }
+            wit::Direction::Response => {
+                &mut self.current.response.as_mut().ok_or_else(not_current)?.headers
+            }
+        };
+        match value {
+            None => {
+                headers.remove(&header);
+            }
+            Some(v) => {
+                let v = HeaderValue::from_str(&v)
+                    .map_err(|_| format!("the value for {name} is not a valid header value"))?;
+                if add {
+                    headers.append(header, v);
+                } else {
+                    headers.insert(header, v);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl weir::filter::attributes::Host for State {
+    fn get(&mut self, name: String) -> Option<String> {
+        let info = self.current.info.clone();
+        let req = self.current.request.as_ref();
+        match name.as_str() {
+            "plugin_name" => Some(self.plugin.to_string()),
+            "plugin_vm_id" => Some(self.vm_id.to_string()),
+            "request.path" => req.map(|r| {
+                r.uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string()
+            }),
+            "request.url_path" => req.map(|r| r.uri.path().to_string()),
+            "request.method" => req.map(|r| r.method.to_string()),
+            "request.host" => req.and_then(|r| {
+                r.uri
+                    .authority()
+                    .map(|a| a.to_string())
+                    .or_else(|| header_text(&r.headers, "host"))
+            }),
+            "request.scheme" => info.map(|i| if i.tls { "https" } else { "http" }.to_string()),
+            "request.id" => req.and_then(|r| header_text(&r.headers, "x-request-id")),
+            "request.protocol" => req.map(|r| format!("{:?}", r.version)),
+            "source.address" => info.map(|i| i.peer.to_string()),
+            "source.port" => info.map(|i| i.peer.port().to_string()),
+            "destination.address" => info.map(|i| i.local.to_string()),
+            "destination.port" => info.map(|i| i.local.port().to_string()),
+            "connection.mtls" => info.map(|_| "false".to_string()),
+            "response.code" => self
+                .current
+                .response
+                .as_ref()
+                .map(|r| r.status.as_u16().to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl weir::filter::log::Host for State {
+    fn write(&mut self, level: wit::Level, message: String) {
+        let plugin = &*self.plugin;
+        match level {
+            wit::Level::Trace => tracing::trace!(plugin.name = plugin, "{message}"),
+            wit::Level::Debug => tracing::debug!(plugin.name = plugin, "{message}"),
+            wit::Level::Info => tracing::info!(plugin.name = plugin, "{message}"),
+            wit::Level::Warn => tracing::warn!(plugin.name = plugin, "{message}"),
+            wit::Level::Error => tracing::error!(plugin.name = plugin, "{message}"),
+        }
+    }
+
+    fn enabled(&mut self, level: wit::Level) -> bool {
+        match level {
+            wit::Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+            wit::Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            wit::Level::Info => tracing::enabled!(tracing::Level::INFO),
+            wit::Level::Warn => tracing::enabled!(tracing::Level::WARN),
+            wit::Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        }
+    }
+}
+
+impl State {
+    fn metric(&mut self, name: &str, kind: MetricKind) -> PluginMetric {
+        let key = (name.to_string(), kind as u8);
+        if let Some(m) = self.metrics.get(&key) {
+            return m.clone();
+        }
+        let m = self.host.define_metric(&self.plugin, name, kind);
+        self.metrics.insert(key, m.clone());
+        m
+    }
+}
+
+impl weir::filter::metrics::Host for State {
+    fn counter_add(&mut self, name: String, delta: u64) {
+        if let PluginMetric::Counter(c) = self.metric(&name, MetricKind::Counter) {
+            c.inc_by(delta);
+        }
+    }
+
+    fn gauge_set(&mut self, name: String, value: i64) {
+        if let PluginMetric::Gauge(g) = self.metric(&name, MetricKind::Gauge) {
+            g.set(value);
+        }
+    }
+
+    fn histogram_record(&mut self, name: String, value: u64) {
+        if let PluginMetric::Histogram(h) = self.metric(&name, MetricKind::Histogram) {
+            h.observe(value as f64);
+        }
+    }
+}
+
+impl weir::filter::shared_data::Host for State {
+    fn get(&mut self, key: String) -> Option<weir::filter::shared_data::Versioned> {
+        self.host
+            .get_data(&self.vm_id, key.as_bytes())
+            .map(|(v, version)| weir::filter::shared_data::Versioned {
+                value: v.to_vec(),
+                version,
+            })
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, version: Option<u32>) -> Result<(), String> {
+        self.host
+            .set_data(&self.vm_id, key.as_bytes(), Bytes::from(value), version.unwrap_or(0))
+            .map_err(|_| format!("shared data {key:?} changed since version {}: read it again and retry", version.unwrap_or(0)))
+    }
+}
+
+impl weir::filter::outbound::Host for State {
+    fn call(
+        &mut self,
+        req: weir::filter::outbound::Request,
+    ) -> Result<weir::filter::outbound::Response, String> {
+        Err(format!(
+            "outbound calls from components are not implemented yet (call to cluster {:?}); a proxy-wasm plugin's http_call works today",
+            req.cluster
+        ))
+    }
+}
+
+impl weir::filter::env::Host for State {
+    fn now_nanos(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+
+    fn random_bytes(&mut self, len: u32) -> Vec<u8> {
+        let mut out = vec![0u8; len.min(1 << 20) as usize];
+        rand::fill(&mut out[..]);
+        out
+    }
+}
+
+/// One instance: its store and the plugin's exports.
+struct Instance {
+    store: Store<State>,
+    bindings: Plugin,
+    /// Why the instance is unusable, when it is.
+    failed: Option<String>,
+}
+
+/// A loaded component plugin.
+pub struct ComponentCore {
+    spec: PluginSpec,
+    host: Arc<HostServices>,
+    pre: PluginPre<State>,
+    origin: engine::ModuleOrigin,
+    instances: Vec<Mutex<Instance>>,
+    next_stream: AtomicU64,
+}
+
+/// The filter a component plugin contributes to the chain.
+pub struct ComponentPlugin(Arc<ComponentCore>);
+
+impl ComponentPlugin {
+    /// Compiles, links and configures a component: `workers` instances.
+    pub fn load(
+        spec: PluginSpec,
+        bytes: &[u8],
+        host: Arc<HostServices>,
+        workers: usize,
+    ) -> Result<Arc<dyn LoadedPlugin>, PluginError> {
+        let file = spec.file.display().to_string();
+        let err = |message: String| PluginError {
+            file: file.clone(),
+            message,
+        };
+        let (component, origin) = engine::compile_component(bytes)
+            .map_err(|e| err(format!("invalid component: {}", e.root_cause())))?;
+        check_world(&component).map_err(&err)?;
+        let mut linker: Linker<State> = Linker::new(engine::engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| err(format!("linking WASI: {e}")))?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| err(format!("linking: {e}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| err(format!("linking: {}", e.root_cause())))?;
+        let pre = PluginPre::new(pre).map_err(|e| err(format!("{}", e.root_cause())))?;
+        let mut core = ComponentCore {
+            spec,
+            host,
+            pre,
+            origin,
+            instances: Vec::new(),
+            next_stream: AtomicU64::new(1),
+        };
+        for _ in 0..workers.max(1) {
+            let inst = core.start_instance().map_err(&err)?;
+            core.instances.push(Mutex::new(inst));
+        }
+        tracing::info!(plugin.name = %core.spec.name, abi = WORLD, instances = core.instances.len(), module = origin.as_str(), "plugin loaded");
+        Ok(Arc::new(ComponentPlugin(Arc::new(core))))
+    }
+}
+
+/// Refuses components of another world or version, naming what they target.
+fn check_world(component: &Component) -> Result<(), String> {
+    let ty = component.component_type();
+    let engine = engine::engine();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    if exports.iter().any(|e| e == FILTER_EXPORT) {
+        return Ok(());
+    }
+    if let Some(other) = exports.iter().find(|e| e.starts_with("weir:filter/filter@")) {
+        let version = other.rsplit('@').next().unwrap_or("?");
+        return Err(format!(
+            "targets weir:filter@{version}; this weir runs {WORLD} (rebuild the plugin against weir-sdk for {WORLD})"
+        ));
+    }
+    Err(format!(
+        "is a component but not a weir plugin: it exports {} and not {FILTER_EXPORT}",
+        if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        }
+    ))
+}
+
+impl ComponentCore {
+    fn lock(&self, i: usize) -> MutexGuard<'_, Instance> {
+        self.instances[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start_instance(&self) -> Result<Instance, String> {
+        let state = State {
+            wasi: wasmtime_wasi::WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.spec.memory_limit as usize)
+                .trap_on_grow_failure(true)
+                .instances(16)
+                .tables(16)
+                .table_elements(100_000)
+                .build(),
+            memory_limit: self.spec.memory_limit,
+            plugin: self.spec.name.clone().into(),
+            vm_id: self.spec.vm_id.clone().into(),
+            host: self.host.clone(),
+            current: Current::default(),
+            metrics: Default::default(),
+        };
+        let mut store = Store::new(engine::engine(), state);
+        store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
+        store.set_epoch_deadline(engine::ticks(self.spec.cpu_limit.max(Duration::from_secs(1))));
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("instantiation failed: {}", trap_message(&e)))?;
+        let filter = bindings.weir_filter_filter();
+        if let Some(schema) = filter
+            .call_config_schema(&mut store)
+            .map_err(|e| format!("config-schema trapped: {}", trap_message(&e)))?
+            && !schema.trim().is_empty()
+        {
+            tracing::debug!(plugin.name = %self.spec.name, "the plugin exports a configuration schema");
+        }
+        filter
+            .call_configure(&mut store, &self.spec.config)
+            .map_err(|e| format!("configure trapped: {}", trap_message(&e)))?
+            .map_err(|m| format!("configure refused the configuration: {m}"))?;
+        Ok(Instance {
+            store,
+            bindings,
+            failed: None,
+        })
+    }
+
+    /// Runs one callback with the CPU limit; a trap replaces the instance.
+    fn call<R>(
+        &self,
+        inst: &mut Instance,
+        f: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
+    ) -> Result<R, String> {
+        inst.store.set_epoch_deadline(engine::ticks(self.spec.cpu_limit));
+        let started = std::time::Instant::now();
+        let result = f(inst);
+        self.spec.health.record_callback(started.elapsed());
+        match result {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let message = trap_message(&e);
+                let verdict = self.spec.health.record_trap(std::time::Instant::now());
+                if verdict.log {
+                    tracing::warn!(plugin.name = %self.spec.name, error = %message, traps_not_logged = verdict.suppressed, "plugin trapped; replacing its instance");
+                }
+                if let Some(backoff) = verdict.quarantine {
+                    tracing::error!(plugin.name = %self.spec.name, backoff = ?backoff, "plugin keeps trapping; quarantined (its failure policy applies to requests until the backoff ends)");
+                }
+                self.host.plugin_trap(&self.spec.name);
+                match self.start_instance() {
+                    Ok(fresh) => *inst = fresh,
+                    Err(e) => inst.failed = Some(e),
+                }
+                Err(message)
+            }
+        }
+    }
+}
+
+fn trap_message(e: &wasmtime::Error) -> String {
+    if let Some(limit) = e
+        .chain()
+        .map(|c| c.to_string())
+        .find(|m| m.starts_with("memory limit exceeded"))
+    {
+        return limit;
+    }
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => "CPU time limit per callback exceeded".to_string(),
+            wasmtime::Trap::UnreachableCodeReached => {
+                "unreachable executed (a panic in the plugin)".to_string()
+            }
+            other => other.to_string(),
+        };
+    }
+    format!("{e:#}").lines().next().unwrap_or("trap").to_string()
+}
+
+impl LoadedPlugin for ComponentPlugin {
+    fn abi(&self) -> String {
+        format!("component {WORLD}")
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        // Components keep their memories inside; report none rather than guess.
+        0
+    }
+
+    fn module_origin(&self) -> engine::ModuleOrigin {
+        self.0.origin
+    }
+}
+
+impl HttpFilter for ComponentPlugin {
+    fn name(&self) -> &str {
+        &self.0.spec.name
+    }
+
+    fn new_stream(&self, info: &Arc<StreamInfo>) -> Box<dyn StreamFilter> {
+        let n = self.0.instances.len();
+        let index = if n == 1 {
+            0
+        } else {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::thread::current().id().hash(&mut h);
+            (h.finish() as usize) % n
+        };
+        Box::new(ComponentStream {
+            core: self.0.clone(),
+            index,
+            id: self.0.next_stream.fetch_add(1, Ordering::Relaxed),
+            info: info.clone(),
+            failed: false,
+            started: false,
+        })
+    }
+}
+
+/// One request's view of a component plugin.
+struct ComponentStream {
+    core: Arc<ComponentCore>,
+    index: usize,
+    id: u64,
+    info: Arc<StreamInfo>,
+    failed: bool,
+    started: bool,
+}
+
+impl ComponentStream {
+    fn failure(&mut self, message: &str) -> Action {
+        self.failed = true;
+        match self.core.spec.failure {
+            FailurePolicy::Open => Action::Continue,
+            FailurePolicy::Closed => Action::Respond(LocalResponse {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                headers: vec![(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                )],
+                body: Bytes::from(format!("plugin {:?} failed: {message}\n", self.core.spec.name)),
+                by: self.core.spec.name.clone(),
+            }),
+        }
+    }
+
+    fn enter(&mut self) -> Result<MutexGuard<'_, Instance>, Action> {
+        if self.failed {
+            return Err(Action::Continue);
+        }
+        if !self.started
+            && let Some(left) = self.core.spec.health.quarantined(std::time::Instant::now())
+        {
+            return Err(self.failure(&format!(
+                "quarantined after repeated traps, for {:.1}s more",
+                left.as_secs_f64()
+            )));
+        }
+        self.started = true;
+        let core = self.core.clone();
+        let inst = core.lock(self.index);
+        if let Some(e) = inst.failed.clone() {
+            drop(inst);
+            return Err(self.failure(&e));
+        }
+        drop(inst);
+        Ok(self.core.lock(self.index))
+    }
+}
+
+fn local(r: wit::LocalResponse, by: &str) -> Action {
+    let headers = r
+        .headers
+        .into_iter()
+        .filter_map(|h| {
+            Some((
+                HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                HeaderValue::from_str(&h.value).ok()?,
+            ))
+        })
+        .collect();
+    Action::Respond(LocalResponse {
+        status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        headers,
+        body: Bytes::from(r.body),
+        by: by.to_string(),
+    })
+}
+
+fn action(a: wit::Action, by: &str) -> Action {
+    match a {
+        wit::Action::Continue => Action::Continue,
+        wit::Action::StopAndBuffer => Action::StopAndBuffer,
+        wit::Action::Respond(r) => local(r, by),
+    }
+}
+
+impl StreamFilter for ComponentStream {
+    fn on_request_headers<'a>(
+        &'a mut self,
+        head: &'a mut http::request::Parts,
+        eos: bool,
+    ) -> FilterFuture<'a> {
+        let core = self.core.clone();
+        let (id, info) = (self.id, self.info.clone());
+        let result = {
+            let mut inst = match self.enter() {
+                Ok(i) => i,
+                Err(a) => return decided(a),
+            };
+            inst.store.data_mut().current = Current {
+                request: Some(std::mem::replace(head, crate::abi::empty_request())),
+                response: None,
+                info: Some(info),
+            };
+            let r = core.call(&mut inst, |i| {
+                i.bindings
+                    .weir_filter_filter()
+                    .call_on_request_headers(&mut i.store, id, eos)
+            });
+            let back = std::mem::take(&mut inst.store.data_mut().current);
+            if let Some(p) = back.request {
+                *head = p;
+            }
+            r
+        };
+        decided(match result {
+            Ok(a) => action(a, &core.spec.name),
+            Err(m) => self.failure(&m),
+        })
+    }
+
+    fn on_request_body<'a>(&'a mut self, body: &'a mut Bytes, eos: bool) -> FilterFuture<'a> {
+        decided(self.whole_body(wit::Direction::Request, body, eos))
+    }
+
+    fn on_response_headers<'a>(
+        &'a mut self,
+        head: &'a mut http::response::Parts,
+        eos: bool,
+    ) -> FilterFuture<'a> {
+        let core = self.core.clone();
+        let (id, info) = (self.id, self.info.clone());
+        let result = {
+            let mut inst = match self.enter() {
+                Ok(i) => i,
+                Err(a) => return decided(a),
+            };
+            inst.store.data_mut().current = Current {
+                request: None,
+                response: Some(std::mem::replace(head, crate::abi::empty_response())),
+                info: Some(info),
+            };
+            let r = core.call(&mut inst, |i| {
+                i.bindings
+                    .weir_filter_filter()
+                    .call_on_response_headers(&mut i.store, id, eos)
+            });
+            let back = std::mem::take(&mut inst.store.data_mut().current);
+            if let Some(p) = back.response {
+                *head = p;
+            }
+            r
+        };
+        decided(match result {
+            Ok(a) => action(a, &core.spec.name),
+            Err(m) => self.failure(&m),
+        })
+    }
+
+    fn on_response_body<'a>(&'a mut self, body: &'a mut Bytes, eos: bool) -> FilterFuture<'a> {
+        decided(self.whole_body(wit::Direction::Response, body, eos))
+    }
+
+    fn request_body_filter(&mut self) -> Option<Box<dyn BodyFilter>> {
+        (!self.failed).then(|| {
+            Box::new(ComponentBody {
+                core: self.core.clone(),
+                index: self.index,
+                id: self.id,
+                dir: wit::Direction::Request,
+                info: self.info.clone(),
+            }) as Box<dyn BodyFilter>
+        })
+    }
+
+    fn response_body_filter(&mut self) -> Option<Box<dyn BodyFilter>> {
+        (!self.failed).then(|| {
+            Box::new(ComponentBody {
+                core: self.core.clone(),
+                index: self.index,
+                id: self.id,
+                dir: wit::Direction::Response,
+                info: self.info.clone(),
+            }) as Box<dyn BodyFilter>
+        })
+    }
+
+    fn on_log(&mut self, _info: &LogInfo) {
+        if !self.started {
+            return;
+        }
+        let core = self.core.clone();
+        let id = self.id;
+        let mut inst = core.lock(self.index);
+        if inst.failed.is_some() {
+            return;
+        }
+        let _ = core.call(&mut inst, |i| {
+            i.bindings.weir_filter_filter().call_on_done(&mut i.store, id)
+        });
+    }
+}
+
+impl ComponentStream {
+    /// A whole body (after stop-and-buffer) through the body callback.
+    fn whole_body(&mut self, dir: wit::Direction, body: &mut Bytes, eos: bool) -> Action {
+        let core = self.core.clone();
+        let (id, info) = (self.id, self.info.clone());
+        let result = {
+            let mut inst = match self.enter() {
+                Ok(i) => i,
+                Err(a) => return a,
+            };
+            call_body(&core, &mut inst, dir, id, info, body, eos)
+        };
+        match result {
+            Ok((wit::BodyAction::Respond(r), _)) => local(r, &core.spec.name),
+            Ok(_) => Action::Continue,
+            Err(m) => self.failure(&m),
+        }
+    }
+}
+
+/// Calls a body callback with `body`, replacing it with what the plugin returned.
+fn call_body(
+    core: &ComponentCore,
+    inst: &mut Instance,
+    dir: wit::Direction,
+    id: u64,
+    info: Arc<StreamInfo>,
+    body: &mut Bytes,
+    eos: bool,
+) -> Result<(wit::BodyAction, ()), String> {
+    inst.store.data_mut().current = Current {
+        request: None,
+        response: None,
+        info: Some(info),
+    };
+    let chunk = body.to_vec();
+    let r = core.call(inst, |i| {
+        let f = i.bindings.weir_filter_filter();
+        match dir {
+            wit::Direction::Request => f.call_on_request_body(&mut i.store, id, &chunk, eos),
+            wit::Direction::Response => f.call_on_response_body(&mut i.store, id, &chunk, eos),
+        }
+    });
+    inst.store.data_mut().current = Current::default();
+    let (a, bytes) = r?;
+    if !matches!(a, wit::BodyAction::Buffer) {
+        *body = Bytes::from(bytes);
+    }
+    Ok((a, ()))
+}
+
+/// A component's view of a streaming body.
+struct ComponentBody {
+    core: Arc<ComponentCore>,
+    index: usize,
+    id: u64,
+    dir: wit::Direction,
+    info: Arc<StreamInfo>,
+}
+
+impl BodyFilter for ComponentBody {
+    fn on_data(&mut self, data: &mut Bytes, eos: bool) -> Result<BodyAction, String> {
+        let core = self.core.clone();
+        let mut inst = core.lock(self.index);
+        if let Some(e) = inst.failed.clone() {
+            return match core.spec.failure {
+                FailurePolicy::Open => Ok(BodyAction::Continue),
+                FailurePolicy::Closed => Err(format!("plugin {:?} failed: {e}", core.spec.name)),
+            };
+        }
+        match call_body(&core, &mut inst, self.dir, self.id, self.info.clone(), data, eos) {
+            Ok((wit::BodyAction::Continue, ())) => Ok(BodyAction::Continue),
+            Ok((wit::BodyAction::Buffer, ())) => Ok(BodyAction::Buffer),
+            Ok((wit::BodyAction::Respond(_), ())) => Err(format!(
+                "plugin {:?} answered locally from a streaming body callback, after the head went on; the stream is reset",
+                core.spec.name
+            )),
+            Err(m) => match core.spec.failure {
+                FailurePolicy::Open => Ok(BodyAction::Continue),
+                FailurePolicy::Closed => Err(format!("plugin {:?} failed: {m}", core.spec.name)),
+            },
+        }
+    }
+}
