@@ -20,8 +20,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::FailurePolicy;
 use crate::filter::{
-    Action, BodyAction, BodyFilter, FilterFuture, HttpFilter, LocalResponse, LogInfo,
-    StreamFilter, StreamInfo, decided,
+    Action, BodyAction, BodyFilter, FilterFuture, HttpFilter, LocalResponse, LogInfo, StreamFilter,
+    StreamInfo, decided,
 };
 use crate::plugin::host::{HostServices, MetricKind, PluginMetric};
 use crate::plugin::{LoadedPlugin, PluginError, PluginSpec, engine};
@@ -117,7 +117,9 @@ impl wasmtime::ResourceLimiter for State {
     }
 }
 
-fn header_list<'a>(map: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>) -> Vec<wit::Header> {
+fn header_list<'a>(
+    map: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) -> Vec<wit::Header> {
     map.map(|(k, v)| wit::Header {
         name: k.as_str().to_string(),
         value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
@@ -207,7 +209,12 @@ impl weir::filter::http::Host for State {
         self.change(which, &name, value, false)
     }
 
-    fn add_header(&mut self, which: wit::Direction, name: String, value: String) -> Result<(), String> {
+    fn add_header(
+        &mut self,
+        which: wit::Direction,
+        name: String,
+        value: String,
+    ) -> Result<(), String> {
         self.change(which, &name, Some(value), true)
     }
 }
@@ -228,7 +235,8 @@ impl State {
         let name = name.to_ascii_lowercase();
         let not_current = || format!("no {which:?} is current in this callback").to_lowercase();
         if let Some(pseudo) = name.strip_prefix(':') {
-            let value = value.ok_or_else(|| format!("the pseudo-header :{pseudo} cannot be removed"))?;
+            let value =
+                value.ok_or_else(|| format!("the pseudo-header :{pseudo} cannot be removed"))?;
             return match which {
                 wit::Direction::Request => {
                     let r = self.current.request.as_mut().ok_or_else(not_current)?;
@@ -252,10 +260,20 @@ impl State {
             .map_err(|_| format!("{name:?} is not a valid header name"))?;
         let headers = match which {
             wit::Direction::Request => {
-                &mut self.current.request.as_mut().ok_or_else(not_current)?.headers
+                &mut self
+                    .current
+                    .request
+                    .as_mut()
+                    .ok_or_else(not_current)?
+                    .headers
             }
             wit::Direction::Response => {
-                &mut self.current.response.as_mut().ok_or_else(not_current)?.headers
+                &mut self
+                    .current
+                    .response
+                    .as_mut()
+                    .ok_or_else(not_current)?
+                    .headers
             }
         };
         match value {
@@ -382,8 +400,18 @@ impl weir::filter::shared_data::Host for State {
 
     fn set(&mut self, key: String, value: Vec<u8>, version: Option<u32>) -> Result<(), String> {
         self.host
-            .set_data(&self.vm_id, key.as_bytes(), Bytes::from(value), version.unwrap_or(0))
-            .map_err(|_| format!("shared data {key:?} changed since version {}: read it again and retry", version.unwrap_or(0)))
+            .set_data(
+                &self.vm_id,
+                key.as_bytes(),
+                Bytes::from(value),
+                version.unwrap_or(0),
+            )
+            .map_err(|_| {
+                format!(
+                    "shared data {key:?} changed since version {}: read it again and retry",
+                    version.unwrap_or(0)
+                )
+            })
     }
 }
 
@@ -484,7 +512,10 @@ fn check_world(component: &Component) -> Result<(), String> {
     if exports.iter().any(|e| e == FILTER_EXPORT) {
         return Ok(());
     }
-    if let Some(other) = exports.iter().find(|e| e.starts_with("weir:filter/filter@")) {
+    if let Some(other) = exports
+        .iter()
+        .find(|e| e.starts_with("weir:filter/filter@"))
+    {
         let version = other.rsplit('@').next().unwrap_or("?");
         return Err(format!(
             "targets weir:filter@{version}; this weir runs {WORLD} (rebuild the plugin against weir-sdk for {WORLD})"
@@ -525,7 +556,9 @@ impl ComponentCore {
         };
         let mut store = Store::new(engine::engine(), state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
-        store.set_epoch_deadline(engine::ticks(self.spec.cpu_limit.max(Duration::from_secs(1))));
+        store.set_epoch_deadline(engine::ticks(
+            self.spec.cpu_limit.max(Duration::from_secs(1)),
+        ));
         let bindings = self
             .pre
             .instantiate(&mut store)
@@ -555,7 +588,8 @@ impl ComponentCore {
         inst: &mut Instance,
         f: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
     ) -> Result<R, String> {
-        inst.store.set_epoch_deadline(engine::ticks(self.spec.cpu_limit));
+        inst.store
+            .set_epoch_deadline(engine::ticks(self.spec.cpu_limit));
         let started = std::time::Instant::now();
         let result = f(inst);
         self.spec.health.record_callback(started.elapsed());
@@ -598,7 +632,11 @@ fn trap_message(e: &wasmtime::Error) -> String {
             other => other.to_string(),
         };
     }
-    format!("{e:#}").lines().next().unwrap_or("trap").to_string()
+    format!("{e:#}")
+        .lines()
+        .next()
+        .unwrap_or("trap")
+        .to_string()
 }
 
 impl LoadedPlugin for ComponentPlugin {
@@ -663,7 +701,10 @@ impl ComponentStream {
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; charset=utf-8"),
                 )],
-                body: Bytes::from(format!("plugin {:?} failed: {message}\n", self.core.spec.name)),
+                body: Bytes::from(format!(
+                    "plugin {:?} failed: {message}\n",
+                    self.core.spec.name
+                )),
                 by: self.core.spec.name.clone(),
             }),
         }
@@ -832,7 +873,9 @@ impl StreamFilter for ComponentStream {
             return;
         }
         let _ = core.call(&mut inst, |i| {
-            i.bindings.weir_filter_filter().call_on_done(&mut i.store, id)
+            i.bindings
+                .weir_filter_filter()
+                .call_on_done(&mut i.store, id)
         });
     }
 }
@@ -907,7 +950,15 @@ impl BodyFilter for ComponentBody {
                 FailurePolicy::Closed => Err(format!("plugin {:?} failed: {e}", core.spec.name)),
             };
         }
-        match call_body(&core, &mut inst, self.dir, self.id, self.info.clone(), data, eos) {
+        match call_body(
+            &core,
+            &mut inst,
+            self.dir,
+            self.id,
+            self.info.clone(),
+            data,
+            eos,
+        ) {
             Ok((wit::BodyAction::Continue, ())) => Ok(BodyAction::Continue),
             Ok((wit::BodyAction::Buffer, ())) => Ok(BodyAction::Buffer),
             Ok((wit::BodyAction::Respond(_), ())) => Err(format!(

@@ -1,0 +1,177 @@
+//! The host API as the SDK sees it: weir's imports in a component, the test
+//! harness's in-memory host in native unit tests.
+
+/// Which message a header call is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Request,
+    Response,
+}
+
+#[cfg(target_arch = "wasm32")]
+mod imp {
+    use super::Dir;
+    use crate::__private::bindings::weir::filter::{
+        attributes, env, http, log, metrics, shared_data, types,
+    };
+
+    fn dir(d: Dir) -> types::Direction {
+        match d {
+            Dir::Request => types::Direction::Request,
+            Dir::Response => types::Direction::Response,
+        }
+    }
+
+    pub fn get_header(d: Dir, name: &str) -> Option<String> {
+        http::get_header(dir(d), name)
+    }
+    pub fn get_headers(d: Dir) -> Vec<(String, String)> {
+        http::get_headers(dir(d))
+            .into_iter()
+            .map(|h| (h.name, h.value))
+            .collect()
+    }
+    pub fn set_header(d: Dir, name: &str, value: Option<&str>) -> Result<(), String> {
+        http::set_header(dir(d), name, value)
+    }
+    pub fn add_header(d: Dir, name: &str, value: &str) -> Result<(), String> {
+        http::add_header(dir(d), name, value)
+    }
+    pub fn attribute(name: &str) -> Option<String> {
+        attributes::get(name)
+    }
+    pub fn log(level: u8, message: &str) {
+        let level = match level {
+            0 => types::Level::Debug,
+            1 => types::Level::Info,
+            2 => types::Level::Warn,
+            _ => types::Level::Error,
+        };
+        log::write(level, message)
+    }
+    pub fn counter_add(name: &str, delta: u64) {
+        metrics::counter_add(name, delta)
+    }
+    pub fn gauge_set(name: &str, value: i64) {
+        metrics::gauge_set(name, value)
+    }
+    pub fn histogram_record(name: &str, value: u64) {
+        metrics::histogram_record(name, value)
+    }
+    pub fn shared_get(key: &str) -> Option<(Vec<u8>, u32)> {
+        shared_data::get(key).map(|v| (v.value, v.version))
+    }
+    pub fn shared_set(key: &str, value: &[u8], version: Option<u32>) -> Result<(), String> {
+        shared_data::set(key, value, version)
+    }
+    pub fn now_nanos() -> u64 {
+        env::now_nanos()
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod imp {
+    use super::Dir;
+    use crate::testing::with_host;
+
+    pub fn get_header(d: Dir, name: &str) -> Option<String> {
+        with_host(|h| h.get_header(d, name))
+    }
+    pub fn get_headers(d: Dir) -> Vec<(String, String)> {
+        with_host(|h| h.get_headers(d))
+    }
+    pub fn set_header(d: Dir, name: &str, value: Option<&str>) -> Result<(), String> {
+        with_host(|h| h.set_header(d, name, value, false))
+    }
+    pub fn add_header(d: Dir, name: &str, value: &str) -> Result<(), String> {
+        with_host(|h| h.set_header(d, name, Some(value), true))
+    }
+    pub fn attribute(name: &str) -> Option<String> {
+        with_host(|h| h.attributes.get(name).cloned())
+    }
+    pub fn log(level: u8, message: &str) {
+        with_host(|h| h.logs.push((level, message.to_string())))
+    }
+    pub fn counter_add(name: &str, delta: u64) {
+        with_host(|h| *h.counters.entry(name.to_string()).or_default() += delta)
+    }
+    pub fn gauge_set(name: &str, value: i64) {
+        with_host(|h| {
+            h.gauges.insert(name.to_string(), value);
+        })
+    }
+    pub fn histogram_record(name: &str, value: u64) {
+        with_host(|h| {
+            h.histograms
+                .entry(name.to_string())
+                .or_default()
+                .push(value)
+        })
+    }
+    pub fn shared_get(key: &str) -> Option<(Vec<u8>, u32)> {
+        with_host(|h| h.shared.get(key).cloned())
+    }
+    pub fn shared_set(key: &str, value: &[u8], version: Option<u32>) -> Result<(), String> {
+        with_host(|h| h.shared_set(key, value, version))
+    }
+    pub fn now_nanos() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+}
+
+pub(crate) use imp::{add_header, attribute, get_header, get_headers, set_header};
+
+/// Logging into weir's log, tagged with the plugin's name.
+pub mod log {
+    /// Logs at debug level.
+    pub fn debug(message: &str) {
+        super::imp::log(0, message)
+    }
+    /// Logs at info level.
+    pub fn info(message: &str) {
+        super::imp::log(1, message)
+    }
+    /// Logs at warn level.
+    pub fn warn(message: &str) {
+        super::imp::log(2, message)
+    }
+    /// Logs at error level.
+    pub fn error(message: &str) {
+        super::imp::log(3, message)
+    }
+}
+
+/// Metrics on weir's /metrics, labelled with the plugin's name.
+pub mod metrics {
+    /// Adds `delta` to counter `name`.
+    pub fn counter_add(name: &str, delta: u64) {
+        super::imp::counter_add(name, delta)
+    }
+    /// Sets gauge `name`.
+    pub fn gauge_set(name: &str, value: i64) {
+        super::imp::gauge_set(name, value)
+    }
+    /// Records `value` in histogram `name`.
+    pub fn histogram_record(name: &str, value: u64) {
+        super::imp::histogram_record(name, value)
+    }
+}
+
+/// Data shared by every instance of plugins with the same vm_id, with
+/// compare-and-swap, and the clock.
+pub mod shared {
+    /// The value of `key` and its version.
+    pub fn get(key: &str) -> Option<(Vec<u8>, u32)> {
+        super::imp::shared_get(key)
+    }
+    /// Writes `key`; with `version`, only if nobody wrote since that version.
+    pub fn set(key: &str, value: &[u8], version: Option<u32>) -> Result<(), String> {
+        super::imp::shared_set(key, value, version)
+    }
+    /// Wall-clock time in nanoseconds since the Unix epoch.
+    pub fn now_nanos() -> u64 {
+        super::imp::now_nanos()
+    }
+}

@@ -1,0 +1,329 @@
+//! Run a filter in a plain `cargo test`, with no proxy and no Wasm.
+//!
+//! [`Harness`] configures the filter as weir would, feeds it requests and
+//! responses built with [`get`], [`post`] and [`response`], and shows what
+//! came out: the action, the headers and body as changed, metrics, logs and
+//! shared data. The filter runs through the same code as in the component;
+//! only the host behind the SDK's calls is an in-memory one.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+use crate::host::Dir;
+use crate::{Action, BodyAction, Filter, LocalResponse};
+
+/// The in-memory host behind the SDK's calls in native tests.
+#[derive(Default, Debug)]
+pub struct TestHost {
+    request: Vec<(String, String)>,
+    response: Vec<(String, String)>,
+    pub(crate) attributes: HashMap<String, String>,
+    pub(crate) logs: Vec<(u8, String)>,
+    pub(crate) counters: HashMap<String, u64>,
+    pub(crate) gauges: HashMap<String, i64>,
+    pub(crate) histograms: HashMap<String, Vec<u64>>,
+    pub(crate) shared: HashMap<String, (Vec<u8>, u32)>,
+    version: u32,
+}
+
+thread_local! {
+    static HOST: RefCell<Option<TestHost>> = const { RefCell::new(None) };
+}
+
+pub(crate) fn with_host<R>(f: impl FnOnce(&mut TestHost) -> R) -> R {
+    HOST.with(|h| {
+        let mut h = h.borrow_mut();
+        let host = h.as_mut().expect(
+            "weir-sdk: no host here; natively, run filters through weir_sdk::testing::Harness",
+        );
+        f(host)
+    })
+}
+
+impl TestHost {
+    fn map(&mut self, d: Dir) -> &mut Vec<(String, String)> {
+        match d {
+            Dir::Request => &mut self.request,
+            Dir::Response => &mut self.response,
+        }
+    }
+
+    pub(crate) fn get_header(&mut self, d: Dir, name: &str) -> Option<String> {
+        let name = name.to_ascii_lowercase();
+        self.map(d)
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub(crate) fn get_headers(&mut self, d: Dir) -> Vec<(String, String)> {
+        self.map(d).clone()
+    }
+
+    pub(crate) fn set_header(
+        &mut self,
+        d: Dir,
+        name: &str,
+        value: Option<&str>,
+        add: bool,
+    ) -> Result<(), String> {
+        let name = name.to_ascii_lowercase();
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace()) {
+            return Err(format!("{name:?} is not a valid header name"));
+        }
+        let map = self.map(d);
+        match value {
+            None if name.starts_with(':') => {
+                return Err(format!("the pseudo-header {name} cannot be removed"));
+            }
+            None => map.retain(|(k, _)| *k != name),
+            Some(v) if add => map.push((name, v.to_string())),
+            Some(v) => {
+                map.retain(|(k, _)| *k != name);
+                map.push((name, v.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn shared_set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        version: Option<u32>,
+    ) -> Result<(), String> {
+        if let (Some(want), Some((_, have))) = (version, self.shared.get(key))
+            && want != *have
+        {
+            return Err(format!("shared data {key:?} changed since version {want}"));
+        }
+        self.version += 1;
+        self.shared
+            .insert(key.to_string(), (value.to_vec(), self.version));
+        Ok(())
+    }
+}
+
+/// A request to feed a filter.
+#[derive(Clone, Debug)]
+pub struct TestRequest {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// A `GET` of `path`, with authority `example.com`.
+pub fn get(path: &str) -> TestRequest {
+    TestRequest {
+        headers: vec![
+            (":method".into(), "GET".into()),
+            (":path".into(), path.into()),
+            (":authority".into(), "example.com".into()),
+            (":scheme".into(), "http".into()),
+        ],
+        body: Vec::new(),
+    }
+}
+
+/// A `POST` of `body` to `path`.
+pub fn post(path: &str, body: impl Into<Vec<u8>>) -> TestRequest {
+    let mut r = get(path);
+    r.headers[0].1 = "POST".into();
+    r.body = body.into();
+    r
+}
+
+impl TestRequest {
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> TestRequest {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+}
+
+/// A response to feed a filter.
+#[derive(Clone, Debug)]
+pub struct TestResponse {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// A response with `status` and `body`.
+pub fn response(status: u16, body: impl Into<Vec<u8>>) -> TestResponse {
+    TestResponse {
+        headers: vec![(":status".into(), status.to_string())],
+        body: body.into(),
+    }
+}
+
+impl TestResponse {
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> TestResponse {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+}
+
+/// What came out of one phase.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The filter's decision on the head.
+    pub action: Action,
+    /// The headers as the filter left them, pseudo-headers included.
+    pub headers: Vec<(String, String)>,
+    /// The body as the filter left it.
+    pub body: Vec<u8>,
+}
+
+impl Outcome {
+    /// A header's value after the filter ran.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The local response, if the filter answered.
+    pub fn local(&self) -> Option<&LocalResponse> {
+        match &self.action {
+            Action::Respond(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Runs one filter natively.
+pub struct Harness<F: Filter> {
+    next: u64,
+    _filter: PhantomData<F>,
+}
+
+impl<F: Filter> Harness<F> {
+    /// Configures the filter with `config` (JSON, as weir hands over a
+    /// plugin's `[config]` table). The error is what weir would show.
+    pub fn new(config: &str) -> Result<Harness<F>, String> {
+        crate::__private::reset();
+        HOST.with(|h| *h.borrow_mut() = Some(TestHost::default()));
+        crate::__private::configure::<F>(config.as_bytes())?;
+        Ok(Harness {
+            next: 1,
+            _filter: PhantomData,
+        })
+    }
+
+    /// Sets an attribute the filter can read (`source.address`, ...).
+    pub fn attribute(&mut self, name: &str, value: &str) -> &mut Self {
+        with_host(|h| {
+            h.attributes.insert(name.to_string(), value.to_string());
+        });
+        self
+    }
+
+    /// The request phases (head, then the body if there is one), then done.
+    pub fn request(&mut self, req: TestRequest) -> Outcome {
+        let id = self.start();
+        let out = self.request_phase(id, req);
+        crate::__private::done::<F>(id);
+        out
+    }
+
+    /// A whole exchange: the request phases, then (unless the filter
+    /// answered) the response phases, then done.
+    pub fn exchange(&mut self, req: TestRequest, resp: TestResponse) -> (Outcome, Option<Outcome>) {
+        let id = self.start();
+        let request = self.request_phase(id, req);
+        let response = match request.action {
+            Action::Respond(_) => None,
+            _ => Some(self.response_phase(id, resp)),
+        };
+        crate::__private::done::<F>(id);
+        (request, response)
+    }
+
+    fn start(&mut self) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        id
+    }
+
+    fn request_phase(&mut self, id: u64, req: TestRequest) -> Outcome {
+        with_host(|h| h.request = req.headers);
+        let eos = req.body.is_empty();
+        let mut action = crate::__private::request_headers::<F>(id, eos);
+        let mut body = req.body;
+        if !matches!(action, Action::Respond(_)) && !body.is_empty() {
+            let (a, b) = crate::__private::body::<F>(id, body, true, true);
+            body = b;
+            if let BodyAction::Respond(r) = a {
+                action = Action::Respond(r);
+            }
+        }
+        Outcome {
+            action,
+            headers: with_host(|h| h.request.clone()),
+            body,
+        }
+    }
+
+    fn response_phase(&mut self, id: u64, resp: TestResponse) -> Outcome {
+        with_host(|h| h.response = resp.headers);
+        let eos = resp.body.is_empty();
+        let mut action = crate::__private::response_headers::<F>(id, eos);
+        let mut body = resp.body;
+        if !matches!(action, Action::Respond(_)) && !body.is_empty() {
+            let (a, b) = crate::__private::body::<F>(id, body, true, false);
+            body = b;
+            if let BodyAction::Respond(r) = a {
+                action = Action::Respond(r);
+            }
+        }
+        Outcome {
+            action,
+            headers: with_host(|h| h.response.clone()),
+            body,
+        }
+    }
+
+    /// Streams `chunks` through the response-body callback as weir would,
+    /// returning what is passed on (buffered bytes are offered again with
+    /// the next chunk, and passed on at the end).
+    pub fn response_body_stream(&mut self, chunks: &[&[u8]]) -> Vec<u8> {
+        let id = self.start();
+        let mut out = Vec::new();
+        let mut held: Vec<u8> = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let eos = i + 1 == chunks.len();
+            held.extend_from_slice(chunk);
+            let (a, bytes) = crate::__private::body::<F>(id, std::mem::take(&mut held), eos, false);
+            match a {
+                BodyAction::Buffer if !eos => held = bytes,
+                _ => out.extend_from_slice(&bytes),
+            }
+        }
+        crate::__private::done::<F>(id);
+        out
+    }
+
+    /// A counter's value.
+    pub fn counter(&self, name: &str) -> u64 {
+        with_host(|h| h.counters.get(name).copied().unwrap_or(0))
+    }
+
+    /// A gauge's value.
+    pub fn gauge(&self, name: &str) -> Option<i64> {
+        with_host(|h| h.gauges.get(name).copied())
+    }
+
+    /// The lines logged so far, with their level (0 debug, 1 info, 2 warn, 3 error).
+    pub fn logs(&self) -> Vec<(u8, String)> {
+        with_host(|h| h.logs.clone())
+    }
+
+    /// A shared-data value.
+    pub fn shared(&self, key: &str) -> Option<Vec<u8>> {
+        with_host(|h| h.shared.get(key).map(|(v, _)| v.clone()))
+    }
+}

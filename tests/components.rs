@@ -1,0 +1,182 @@
+//! Component plugins of the weir:filter world, built with the SDK, through
+//! the real weir binary: beside proxy-wasm modules in one chain, configured
+//! from their .toml, refused clearly when they are not weir plugins.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::{Upstream, Weir, free_port, sdk_plugin, test_filter};
+
+const CONFIG: &str = r#"[config]
+request_set = { "x-gateway" = "weir" }
+request_remove = ["x-internal"]
+response_set = { "x-served-by" = "weir-sdk" }
+require = "x-api-version"
+"#;
+
+async fn weir_with(files: &[(&str, &Path, Option<&str>)], up: &Upstream) -> Weir {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for (name, file, toml) in files {
+        std::fs::copy(file, plugins.join(format!("{name}.wasm"))).unwrap();
+        if let Some(t) = toml {
+            std::fs::write(plugins.join(format!("{name}.toml")), t).unwrap();
+        }
+    }
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        up.addr
+    );
+    Weir::start_in(dir, admin, port, &config).await
+}
+
+#[tokio::test]
+async fn an_sdk_component_runs_beside_a_proxy_wasm_module_in_one_chain() {
+    let up = Upstream::start("app").await;
+    let component = sdk_plugin("header-rewrite");
+    let pw = test_filter("pw-test");
+    let w = weir_with(
+        &[
+            ("10-pw", pw.as_path(), Some("config_raw = \"tag\"\n")),
+            ("20-rewrite", component.as_path(), Some(CONFIG)),
+        ],
+        &up,
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let r = c
+        .get(w.url("/hello"))
+        .header("x-api-version", "2")
+        .header("x-internal", "secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-served-by"], "weir-sdk");
+    assert_eq!(
+        r.headers()["x-pw-plugin"],
+        "pw",
+        "the proxy-wasm plugin ran too"
+    );
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["headers"]["x-gateway"], "weir", "set by the component");
+    assert_eq!(
+        v["headers"]["x-pw-seen"], "tag",
+        "set by the proxy-wasm module"
+    );
+    assert!(
+        v["headers"].get("x-internal").is_none(),
+        "removed by the component"
+    );
+
+    let r = c.get(w.url("/hello")).send().await.unwrap();
+    assert_eq!(r.status(), 400, "answered locally by the component");
+    assert_eq!(r.text().await.unwrap(), "missing header x-api-version\n");
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_plugin_counter_total{plugin=\"rewrite\",name=\"rejected\"} 1"),
+        "{m}"
+    );
+    let s: serde_json::Value = reqwest::get(w.admin_url("/plugins"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["plugins"][1]["abi"], "component weir:filter@0.1.0", "{s}");
+    assert_eq!(s["plugins"][0]["abi"], "proxy-wasm 0.2.1", "{s}");
+}
+
+/// `weir validate` with one plugin file; its exit code and stderr.
+fn validate(bytes: &[u8], toml: Option<&str>) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::write(plugins.join("30-c.wasm"), bytes).unwrap();
+    if let Some(t) = toml {
+        std::fs::write(plugins.join("30-c.toml"), t).unwrap();
+    }
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\n[[route]]\nname = \"e\"\necho = true\n").unwrap();
+    let out = std::process::Command::new(support::weir_bin())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn components_of_other_worlds_and_bad_configurations_are_refused_by_name() {
+    let empty = wat::parse_str("(component)").unwrap();
+    let (code, err) = validate(&empty, None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("30-c.wasm: is a component but not a weir plugin: it exports nothing and not weir:filter/filter@0.1.0"),
+        "{err}"
+    );
+    let future = wat::parse_str(
+        r#"(component
+             (component $c)
+             (instance $i (instantiate $c))
+             (export "weir:filter/filter@0.2.0" (instance $i)))"#,
+    )
+    .unwrap();
+    let (_, err) = validate(&future, None);
+    assert!(
+        err.contains("targets weir:filter@0.2.0; this weir runs weir:filter@0.1.0"),
+        "{err}"
+    );
+    let component = std::fs::read(sdk_plugin("header-rewrite")).unwrap();
+    let (code, err) = validate(&component, Some("[config]\nrequest_sett = {}\n"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("configure refused the configuration: invalid configuration: unknown field `request_sett`"),
+        "{err}"
+    );
+    let (code, err) = validate(&component, Some(CONFIG));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test]
+async fn components_hot_reload_like_any_plugin() {
+    let up = Upstream::start("app").await;
+    let w = weir_with(&[], &up).await;
+    let plugins = w.dir.path().join("plugins");
+    std::fs::write(plugins.join("20-rewrite.toml"), CONFIG).unwrap();
+    std::fs::copy(
+        sdk_plugin("header-rewrite"),
+        plugins.join("20-rewrite.wasm"),
+    )
+    .unwrap();
+    let c = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    loop {
+        let r = c.get(w.url("/")).send().await.unwrap();
+        if r.status() == 400 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "component never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(plugins.join("20-rewrite.wasm")).unwrap();
+    let start = std::time::Instant::now();
+    while c.get(w.url("/")).send().await.unwrap().status() != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "component never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
