@@ -201,3 +201,100 @@ async fn run_without_config_serves_the_echo_gateway() {
     assert!(v["headers"]["x-request-id"].is_string());
     drop(w);
 }
+
+/// `weir plugin new`, then what its README says: test, build, drop in, serve.
+#[tokio::test]
+async fn plugin_new_scaffolds_a_crate_that_tests_builds_and_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, out, err) = weir(&[
+        "plugin",
+        "new",
+        "hello-test",
+        "--path",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("created"), "{out}");
+    let krate = tmp.path().join("hello-test");
+    // The repository's lock pins the same dependency versions the workspace built.
+    std::fs::copy(repo("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = std::path::Path::new(&repo("target")).join("scaffold");
+    let run = |args: &[&str]| {
+        let out = Command::new(&cargo)
+            .args(args)
+            .arg("--target-dir")
+            .arg(&target)
+            .current_dir(&krate)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cargo {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let tested = run(&["test"]);
+    assert!(
+        tested.contains("test tests::adds_the_header ... ok"),
+        "{tested}"
+    );
+    run(&["build", "--release", "--target", "wasm32-wasip2"]);
+    let wasm = target.join("wasm32-wasip2/release/hello_test.wasm");
+
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(&wasm, plugins.join("50-hello-test.wasm")).unwrap();
+    std::fs::write(
+        plugins.join("50-hello-test.toml"),
+        "[config]\nvalue = \"scaffolded\"\n",
+    )
+    .unwrap();
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[route]]\nname = \"echo\"\necho = true\n",
+        support::base_config(admin, port)
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
+    let v: serde_json::Value = reqwest::get(w.url("/"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["headers"]["x-hello-test"], "scaffolded", "{v}");
+
+    let (code, _, err) = weir(&[
+        "plugin",
+        "new",
+        "hello-test",
+        "--path",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"), "{err}");
+}
+
+#[test]
+fn plugin_describe_names_the_abi_and_imports() {
+    let wasm = support::test_filter("pw-test");
+    let (code, out, err) = weir(&["plugin", "describe", wasm.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("abi: proxy-wasm 0.2.1"), "{out}");
+    assert!(out.contains("env.proxy_log"), "{out}");
+    let component = support::sdk_plugin("header-rewrite");
+    let (code, out, err) = weir(&["plugin", "describe", component.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("abi: component weir:filter@0.1.0 (world plugin)"),
+        "{out}"
+    );
+    assert!(out.contains("weir:filter/http@0.1.0"), "{out}");
+    let (code, _, err) = weir(&["plugin", "describe", "/nonexistent.wasm"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent.wasm: cannot read"), "{err}");
+}

@@ -1,4 +1,4 @@
-//! The command line: `weir run`, `weir validate`, `weir --version`.
+//! The command line: `weir run`, `weir validate`, `weir plugin new|describe`, `weir --version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,33 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Write and inspect plugins.
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+/// `weir plugin` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Create a filter crate on the weir SDK: a working filter, a test, a README.
+    New {
+        /// The plugin's name (lowercase, digits, '-').
+        name: String,
+        /// The folder to create it in (default: the current one).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// The weir-sdk crate to depend on (default: the SDK beside this weir's source).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Print what a plugin file is: its ABI and version, exports, imports and configuration schema.
+    Describe {
+        /// The .wasm file.
+        file: PathBuf,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -50,6 +77,41 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(config),
+        Command::Plugin {
+            command: PluginCommand::New { name, path, sdk },
+        } => {
+            let Some(sdk) = sdk.or_else(crate::scaffold::default_sdk) else {
+                eprintln!(
+                    "weir: where is weir-sdk? pass --sdk PATH (the sdk/ folder of weir's source)"
+                );
+                return ExitCode::FAILURE;
+            };
+            match crate::scaffold::new_plugin(&name, &path.unwrap_or_else(|| ".".into()), &sdk) {
+                Ok(dir) => {
+                    println!(
+                        "created {}: cd there, then `cargo test` and `cargo build --release --target wasm32-wasip2` (see its README)",
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("weir: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Plugin {
+            command: PluginCommand::Describe { file },
+        } => match crate::plugin::describe(&file) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weir: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -27,5 +27,6 @@ pub mod plugin;
 pub mod proxy;
 pub mod router;
 pub mod runtime;
+pub mod scaffold;
 pub mod telemetry;
 pub mod upstream;

@@ -228,6 +228,27 @@ pub fn load(
     }
 }
 
+/// What a plugin file is, for `weir plugin describe`: ABI and version,
+/// exports, imports and configuration schema, as text.
+pub fn describe(file: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+    let text = if crate::abi::component::is_component(&bytes) {
+        crate::abi::component::describe(&bytes)
+    } else {
+        crate::abi::proxy_wasm::describe(&bytes)
+    };
+    text.map(|t| {
+        format!(
+            "file: {}
+sha256: {}
+{t}",
+            file.display(),
+            engine::sha256_hex(&bytes)
+        )
+    })
+    .map_err(|e| format!("{}: {e}", file.display()))
+}
+
 /// Loads every plugin of a config as `run` would, keeping nothing: for `weir validate`.
 pub fn check(config: &crate::config::Config) -> Vec<PluginError> {
     let metrics = Arc::new(crate::telemetry::Metrics::new());

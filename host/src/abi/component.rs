@@ -504,6 +504,52 @@ impl ComponentPlugin {
     }
 }
 
+/// Describes a component: its world, imports, exports and configuration schema.
+pub fn describe(bytes: &[u8]) -> Result<String, String> {
+    let (component, _) = engine::compile_component(bytes)
+        .map_err(|e| format!("invalid component: {}", e.root_cause()))?;
+    check_world(&component)?;
+    let engine = engine::engine();
+    let ty = component.component_type();
+    let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let mut linker: Linker<State> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
+    Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+        .map_err(|e| format!("linking: {e}"))?;
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let state = State {
+        wasi: wasmtime_wasi::WasiCtxBuilder::new().build(),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new().build(),
+        memory_limit: 64 << 20,
+        plugin: "describe".into(),
+        vm_id: "describe".into(),
+        host: Arc::new(HostServices::new(std::sync::Weak::new(), metrics)),
+        current: Current::default(),
+        metrics: Default::default(),
+    };
+    let mut store = Store::new(engine, state);
+    store.set_epoch_deadline(engine::ticks(Duration::from_secs(1)));
+    let bindings = Plugin::instantiate(&mut store, &component, &linker)
+        .map_err(|e| format!("instantiation failed: {}", e.root_cause()))?;
+    let schema = bindings
+        .weir_filter_filter()
+        .call_config_schema(&mut store)
+        .map_err(|e| format!("config-schema trapped: {}", trap_message(&e)))?;
+    Ok(format!(
+        "abi: component {WORLD} (world plugin)
+exports: {}
+imports ({}): {}
+configuration schema: {}
+",
+        exports.join(", "),
+        imports.len(),
+        imports.join(", "),
+        schema.unwrap_or_else(|| "none exported".into())
+    ))
+}
+
 /// Refuses components of another world or version, naming what they target.
 fn check_world(component: &Component) -> Result<(), String> {
     let ty = component.component_type();

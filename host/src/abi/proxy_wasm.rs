@@ -123,6 +123,31 @@ impl ProxyWasmPlugin {
     }
 }
 
+/// Describes a proxy-wasm module: ABI, the callbacks it exports, its imports.
+pub fn describe(bytes: &[u8]) -> Result<String, String> {
+    let (pre, abi, _) = prepare(engine::engine(), bytes)?;
+    let module = pre.module();
+    let callbacks: Vec<&str> = module
+        .exports()
+        .map(|e| e.name())
+        .filter(|n| n.starts_with("proxy_on_"))
+        .collect();
+    let imports: Vec<String> = module
+        .imports()
+        .map(|i| format!("{}.{}", i.module(), i.name()))
+        .collect();
+    Ok(format!(
+        "abi: proxy-wasm {abi}
+callbacks: {}
+imports ({}): {}
+configuration schema: none (proxy-wasm plugins cannot declare one; weir:filter components can)
+",
+        callbacks.join(", "),
+        imports.len(),
+        imports.join(", ")
+    ))
+}
+
 /// Compiles a module and checks what it declares and imports.
 fn prepare(
     engine: &Engine,
