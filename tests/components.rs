@@ -180,3 +180,24 @@ async fn components_hot_reload_like_any_plugin() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_streaming_body_transform_rewrites_responses_through_weir() {
+    let up = Upstream::start("app").await;
+    let component = sdk_plugin("body-replace");
+    let w = weir_with(
+        &[(
+            "30-replace",
+            component.as_path(),
+            Some("[config]\nfrom = \"colour\"\nto = \"color\"\n"),
+        )],
+        &up,
+    )
+    .await;
+    let r = reqwest::get(w.url("/the-colour-of-colours")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-length").is_none());
+    let text = r.text().await.unwrap();
+    assert!(text.contains("/the-color-of-colors"), "{text}");
+    assert!(!text.contains("colour"), "{text}");
+}
