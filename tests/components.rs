@@ -201,3 +201,105 @@ async fn a_streaming_body_transform_rewrites_responses_through_weir() {
     assert!(text.contains("/the-color-of-colors"), "{text}");
     assert!(!text.contains("colour"), "{text}");
 }
+
+#[tokio::test]
+async fn a_component_that_traps_loops_or_grows_fails_only_its_request() {
+    let up = Upstream::start("app").await;
+    let component = sdk_plugin("misbehave-test");
+    let w = weir_with(
+        &[(
+            "10-bad",
+            component.as_path(),
+            Some("cpu_limit = \"20ms\"\nmemory_limit = \"32MiB\"\n"),
+        )],
+        &up,
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let ok = || async {
+        let r = c.get(w.url("/fine")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the next request is served normally");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["headers"]["x-misbehave"], "no");
+    };
+    ok().await;
+    for (path, cause) in [
+        ("/panic", "unreachable executed (a panic in the plugin)"),
+        ("/loop", "CPU time limit per callback exceeded"),
+        ("/grow", "memory limit exceeded: the plugin asked for"),
+        (
+            "/print",
+            "writing to stdout or stderr from a component is not supported yet",
+        ),
+    ] {
+        let r = c.get(w.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 503, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.starts_with("plugin \"bad\" failed: ") && body.contains(cause),
+            "{path}: {body}"
+        );
+        ok().await;
+    }
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_plugin_traps_total{plugin=\"bad\"} 4"),
+        "{m}"
+    );
+    assert!(
+        w.logs().contains("panic: panicked at"),
+        "the SDK routes a panic's message to weir's log"
+    );
+}
+
+/// The upstream's view of a request and what the client got, minus what
+/// differs by nature between two weirs (request ids, ports, dates).
+async fn observe(w: &Weir, path: &str) -> (u16, Option<String>, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .get(w.url(path))
+        .header("x-client", "1")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let tag = r
+        .headers()
+        .get("x-pw-plugin")
+        .map(|v| v.to_str().unwrap().to_string());
+    let mut v: serde_json::Value = r.json().await.unwrap();
+    let headers = v["headers"].as_object_mut().unwrap();
+    for volatile in ["x-request-id", "host", "x-forwarded-host"] {
+        headers.remove(volatile);
+    }
+    (status, tag, v["headers"].take())
+}
+
+#[tokio::test]
+async fn one_filter_logic_in_both_abis_looks_the_same_through_weir() {
+    // pw-test tags every request `x-pw-seen: <config>` and every response
+    // `x-pw-plugin: <plugin name>`; header-rewrite, configured to, does the same.
+    let up = Upstream::start("app").await;
+    let pw = test_filter("pw-test");
+    let sdk = sdk_plugin("header-rewrite");
+    let proxy_wasm = weir_with(
+        &[("10-same", pw.as_path(), Some("config_raw = \"tag\"\n"))],
+        &up,
+    )
+    .await;
+    let component = weir_with(
+        &[(
+            "10-same",
+            sdk.as_path(),
+            Some("[config]\nrequest_set = { \"x-pw-seen\" = \"tag\" }\nresponse_set = { \"x-pw-plugin\" = \"same\" }\n"),
+        )],
+        &up,
+    )
+    .await;
+    for path in ["/", "/a/b", "/search?q=weir&page=2"] {
+        let a = observe(&proxy_wasm, path).await;
+        let b = observe(&component, path).await;
+        assert_eq!(a, b, "{path}: proxy-wasm and component differ");
+        assert_eq!(a.1.as_deref(), Some("same"));
+        assert_eq!(a.2["x-pw-seen"], "tag");
+    }
+}

@@ -16,7 +16,7 @@ use std::sync::Arc;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use weir::filter::{HttpFilter, StreamInfo};
+use weir::filter::StreamInfo;
 use weir::plugin::host::HostServices;
 
 #[path = "../../tests/wasm/build_filters.rs"]

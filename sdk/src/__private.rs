@@ -39,6 +39,12 @@ fn with<F: Filter, R>(f: impl FnOnce(&mut Runtime<F>) -> R) -> Option<R> {
 
 /// Parses the configuration and builds the filter.
 pub fn configure<F: Filter>(config: &[u8]) -> Result<(), String> {
+    // A panic's message goes to weir's log (the plugin then traps and weir
+    // fails only the request in flight), not to stderr.
+    #[cfg(target_arch = "wasm32")]
+    std::panic::set_hook(Box::new(|info| {
+        crate::log::error(&format!("panic: {info}"))
+    }));
     let text: &[u8] = if config.iter().all(|b| b.is_ascii_whitespace()) {
         b"{}"
     } else {

@@ -637,7 +637,21 @@ impl ComponentCore {
         inst.store
             .set_epoch_deadline(engine::ticks(self.spec.cpu_limit));
         let started = std::time::Instant::now();
-        let result = f(inst);
+        // A WASI host call that cannot run on a proxy worker (a blocking
+        // stream write: stdout or stderr) panics inside wasmtime-wasi; that
+        // panic comes back here and is handled as a trap of this plugin.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inst)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a host panic");
+                Err(wasmtime::Error::msg(format!(
+                    "a WASI call of the plugin failed in the host ({}); writing to stdout or stderr from a component is not supported yet: log through weir_sdk::log",
+                    what.lines().next().unwrap_or(what)
+                )))
+            });
         self.spec.health.record_callback(started.elapsed());
         match result {
             Ok(r) => Ok(r),
