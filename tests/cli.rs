@@ -294,6 +294,10 @@ fn plugin_describe_names_the_abi_and_imports() {
         "{out}"
     );
     assert!(out.contains("weir:filter/http@0.1.0"), "{out}");
+    assert!(
+        out.contains("configuration schema (JSON Schema): {") && out.contains("\"request_set\""),
+        "the schema the SDK derived from the config type: {out}"
+    );
     let (code, _, err) = weir(&["plugin", "describe", "/nonexistent.wasm"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent.wasm: cannot read"), "{err}");

@@ -136,12 +136,23 @@ fn components_of_other_worlds_and_bad_configurations_are_refused_by_name() {
         "{err}"
     );
     let component = std::fs::read(sdk_plugin("header-rewrite")).unwrap();
-    let (code, err) = validate(&component, Some("[config]\nrequest_sett = {}\n"));
+    // Checked against the schema the SDK derives, every error with its field,
+    // before the plugin's code runs.
+    let (code, err) = validate(
+        &component,
+        Some("[config]\nrequest_sett = {}\nrequest_set = { \"x-a\" = 5 }\nrequire = [\"x\"]\n"),
+    );
     assert_eq!(code, 1);
     assert!(
-        err.contains("configure refused the configuration: invalid configuration: unknown field `request_sett`"),
+        err.contains("[config] does not match the plugin's configuration schema (3 errors)"),
         "{err}"
     );
+    assert!(
+        err.contains("config.request_set.x-a: 5 is not of type \"string\""),
+        "{err}"
+    );
+    assert!(err.contains("config.require: "), "{err}");
+    assert!(err.contains("request_sett"), "{err}");
     let (code, err) = validate(&component, Some(CONFIG));
     assert_eq!(code, 0, "{err}");
 }

@@ -82,8 +82,9 @@ strip = true
 use serde::Deserialize;
 use weir_sdk::{{Action, Filter, Request}};
 
-/// The plugin's `[config]` table.
-#[derive(Deserialize)]
+/// The plugin's `[config]` table (weir checks it against this type's schema).
+#[derive(Deserialize, weir_sdk::JsonSchema)]
+#[schemars(crate = "weir_sdk::schemars")]
 #[serde(deny_unknown_fields)]
 pub struct Config {{
     /// The value of the `x-{name}` request header.

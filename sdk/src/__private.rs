@@ -68,6 +68,11 @@ pub fn configure<F: Filter>(config: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The JSON Schema of the filter's configuration.
+pub fn config_schema<F: Filter>() -> Option<String> {
+    serde_json::to_string(&schemars::schema_for!(F::Config)).ok()
+}
+
 fn unconfigured() -> Action {
     Action::Respond(
         crate::LocalResponse::new(500).body("weir-sdk: the filter was called before configure\n"),

@@ -15,7 +15,8 @@
 //!     value: String,
 //! }
 //!
-//! #[derive(serde::Deserialize)]
+//! #[derive(serde::Deserialize, weir_sdk::JsonSchema)]
+//! #[schemars(crate = "weir_sdk::schemars")]
 //! pub struct Config {
 //!     value: String,
 //! }
@@ -61,6 +62,9 @@ pub mod __private;
 use serde::de::DeserializeOwned;
 
 pub use host::{log, metrics, shared};
+/// Derive [`JsonSchema`] on a filter's configuration type; the SDK exports
+/// the schema, and weir checks a plugin's `[config]` against it at load.
+pub use schemars::{self, JsonSchema};
 
 /// What a filter decides after a request or response head.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,9 +132,11 @@ impl LocalResponse {
 /// A filter. Every callback has a default that lets the request through.
 pub trait Filter: Sized + 'static {
     /// The configuration, from the plugin's `[config]` table (as JSON).
-    /// A configuration that does not deserialize refuses the plugin, with
-    /// serde's message naming the field.
-    type Config: DeserializeOwned;
+    /// Its JSON Schema (derived with `#[derive(JsonSchema)]`) is exported, so
+    /// weir reports every mismatch with its field at load, on reload and in
+    /// `weir validate`, before the plugin runs; a configuration that then
+    /// does not deserialize refuses the plugin with serde's message.
+    type Config: DeserializeOwned + JsonSchema;
     /// Per-request state: made with `Default` when a request starts,
     /// dropped when it ends. `()` when the filter needs none.
     type State: Default;
@@ -295,7 +301,7 @@ macro_rules! export_filter {
                     $crate::__private::configure::<__WeirFilter>(&config)
                 }
                 fn config_schema() -> Option<String> {
-                    None
+                    $crate::__private::config_schema::<__WeirFilter>()
                 }
                 fn on_request_headers(id: u64, eos: bool) -> t::Action {
                     $crate::__private::wit_action($crate::__private::request_headers::<__WeirFilter>(id, eos))

@@ -538,11 +538,7 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
         .call_config_schema(&mut store)
         .map_err(|e| format!("config-schema trapped: {}", trap_message(&e)))?;
     Ok(format!(
-        "abi: component {WORLD} (world plugin)
-exports: {}
-imports ({}): {}
-configuration schema: {}
-",
+        "abi: component {WORLD} (world plugin)\nexports: {}\nimports ({}): {}\nconfiguration schema (JSON Schema): {}\n",
         exports.join(", "),
         imports.len(),
         imports.join(", "),
@@ -615,7 +611,7 @@ impl ComponentCore {
             .map_err(|e| format!("config-schema trapped: {}", trap_message(&e)))?
             && !schema.trim().is_empty()
         {
-            tracing::debug!(plugin.name = %self.spec.name, "the plugin exports a configuration schema");
+            check_config(&schema, &self.spec.config)?;
         }
         filter
             .call_configure(&mut store, &self.spec.config)
@@ -673,6 +669,47 @@ impl ComponentCore {
             }
         }
     }
+}
+
+/// Checks a plugin's configuration against the JSON Schema it exports,
+/// naming every mismatch with its field (`config.request_set.x: ...`).
+fn check_config(schema: &str, config: &[u8]) -> Result<(), String> {
+    let schema: serde_json::Value = serde_json::from_str(schema)
+        .map_err(|e| format!("the plugin exports a configuration schema that is not JSON: {e}"))?;
+    let validator = jsonschema::validator_for(&schema)
+        .map_err(|e| format!("the plugin exports an invalid configuration schema: {e}"))?;
+    let candidates: Vec<serde_json::Value> = if config.iter().all(u8::is_ascii_whitespace) {
+        // No configuration: an empty table, or none at all.
+        vec![serde_json::json!({}), serde_json::Value::Null]
+    } else {
+        vec![serde_json::from_slice(config).map_err(|e| {
+            format!("the plugin declares a JSON configuration schema, but its configuration is not JSON (use [config], not config_raw): {e}")
+        })?]
+    };
+    let mut errors = Vec::new();
+    for instance in &candidates {
+        errors = validator
+            .iter_errors(instance)
+            .map(|e| {
+                let pointer = e.instance_path().to_string();
+                let field: String = pointer
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| format!(".{}", s.replace("~1", "/").replace("~0", "~")))
+                    .collect();
+                format!("config{field}: {e}")
+            })
+            .collect();
+        if errors.is_empty() {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "[config] does not match the plugin's configuration schema ({} error{}): {}",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" },
+        errors.join("; ")
+    ))
 }
 
 fn trap_message(e: &wasmtime::Error) -> String {

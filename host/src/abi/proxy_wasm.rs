@@ -137,11 +137,7 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
         .map(|i| format!("{}.{}", i.module(), i.name()))
         .collect();
     Ok(format!(
-        "abi: proxy-wasm {abi}
-callbacks: {}
-imports ({}): {}
-configuration schema: none (proxy-wasm plugins cannot declare one; weir:filter components can)
-",
+        "abi: proxy-wasm {abi}\ncallbacks: {}\nimports ({}): {}\nconfiguration schema: none (proxy-wasm plugins cannot declare one; weir:filter components can)\n",
         callbacks.join(", "),
         imports.len(),
         imports.join(", ")

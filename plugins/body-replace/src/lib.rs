@@ -14,7 +14,8 @@ use serde::Deserialize;
 use weir_sdk::{Action, BodyAction, Filter, Response};
 
 /// The configuration.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, weir_sdk::JsonSchema)]
+#[schemars(crate = "weir_sdk::schemars")]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The text to find (not empty).

@@ -17,7 +17,8 @@ use serde::Deserialize;
 use weir_sdk::{Action, Filter, LocalResponse, Request, Response};
 
 /// The configuration.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, weir_sdk::JsonSchema)]
+#[schemars(crate = "weir_sdk::schemars")]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Request headers to set.
