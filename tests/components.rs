@@ -89,6 +89,10 @@ async fn an_sdk_component_runs_beside_a_proxy_wasm_module_in_one_chain() {
         .await
         .unwrap();
     assert_eq!(s["plugins"][1]["abi"], "component weir:filter@0.1.0", "{s}");
+    assert!(
+        s["plugins"][1]["memory_bytes"].as_u64().unwrap() >= 65536,
+        "a component's linear memory is counted: {s}"
+    );
     assert_eq!(s["plugins"][0]["abi"], "proxy-wasm 0.2.1", "{s}");
 }
 

@@ -63,6 +63,8 @@ pub struct State {
     table: ResourceTable,
     limits: StoreLimits,
     memory_limit: u64,
+    /// Linear memory the instance holds, in bytes (as its memories grew).
+    memory_now: u64,
     plugin: Arc<str>,
     vm_id: Arc<str>,
     host: Arc<HostServices>,
@@ -92,7 +94,11 @@ impl wasmtime::ResourceLimiter for State {
                 self.memory_limit
             );
         }
-        self.limits.memory_growing(current, desired, maximum)
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_now += desired.saturating_sub(current) as u64;
+        }
+        Ok(allowed)
     }
 
     fn table_growing(
@@ -523,6 +529,7 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
         table: ResourceTable::new(),
         limits: StoreLimitsBuilder::new().build(),
         memory_limit: 64 << 20,
+        memory_now: 0,
         plugin: "describe".into(),
         vm_id: "describe".into(),
         host: Arc::new(HostServices::new(std::sync::Weak::new(), metrics)),
@@ -590,6 +597,7 @@ impl ComponentCore {
                 .table_elements(100_000)
                 .build(),
             memory_limit: self.spec.memory_limit,
+            memory_now: 0,
             plugin: self.spec.name.clone().into(),
             vm_id: self.spec.vm_id.clone().into(),
             host: self.host.clone(),
@@ -742,8 +750,9 @@ impl LoadedPlugin for ComponentPlugin {
     }
 
     fn memory_bytes(&self) -> u64 {
-        // Components keep their memories inside; report none rather than guess.
-        0
+        (0..self.0.instances.len())
+            .map(|i| self.0.lock(i).store.data().memory_now)
+            .sum()
     }
 
     fn module_origin(&self) -> engine::ModuleOrigin {
