@@ -47,6 +47,77 @@ pub fn set_request_pseudo(
     Ok(())
 }
 
+/// The instance a request starting on this thread uses, out of `n` (one
+/// per worker): requests of one worker thread share its instance.
+pub fn worker_index(n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::thread::current().id().hash(&mut h);
+    (h.finish() as usize) % n
+}
+
+/// What a request gets when plugin `name` failed on it: skipped (open) or
+/// 503 naming the plugin and the cause (closed).
+pub fn failure_action(
+    policy: crate::config::FailurePolicy,
+    name: &str,
+    message: &str,
+) -> crate::filter::Action {
+    match policy {
+        crate::config::FailurePolicy::Open => crate::filter::Action::Continue,
+        crate::config::FailurePolicy::Closed => {
+            crate::filter::Action::Respond(crate::filter::LocalResponse {
+                status: http::StatusCode::SERVICE_UNAVAILABLE,
+                headers: vec![(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                )],
+                body: bytes::Bytes::from(format!("plugin {name:?} failed: {message}\n")),
+                by: name.to_string(),
+            })
+        }
+    }
+}
+
+/// Refuses linear-memory growth past a plugin's `memory_limit`, naming both.
+pub fn check_memory_growth(desired: usize, limit: u64) -> wasmtime::Result<()> {
+    if desired as u64 > limit {
+        wasmtime::bail!(
+            "memory limit exceeded: the plugin asked for {desired} bytes of linear memory; its memory_limit is {limit} bytes"
+        );
+    }
+    Ok(())
+}
+
+/// A trap as the operator should read it.
+pub fn trap_message(e: &wasmtime::Error) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => "CPU time limit per callback exceeded".to_string(),
+            wasmtime::Trap::UnreachableCodeReached => {
+                "unreachable executed (a panic in the plugin)".to_string()
+            }
+            wasmtime::Trap::MemoryOutOfBounds => "out-of-bounds memory access".to_string(),
+            other => other.to_string(),
+        };
+    }
+    if let Some(limit) = e
+        .chain()
+        .map(|c| c.to_string())
+        .find(|m| m.starts_with("memory limit exceeded"))
+    {
+        return limit;
+    }
+    let text = format!("{e:#}");
+    if text.contains("forcing a memory growth failure") {
+        return "memory limit exceeded".to_string();
+    }
+    text.lines().next().unwrap_or("trap").to_string()
+}
+
 /// An empty request head, left in place while a plugin holds the real one.
 pub fn empty_request() -> http::request::Parts {
     http::Request::new(()).into_parts().0

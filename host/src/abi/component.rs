@@ -18,6 +18,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::abi::trap_message;
 use crate::config::FailurePolicy;
 use crate::filter::{
     Action, BodyAction, BodyFilter, FilterFuture, HttpFilter, LocalResponse, LogInfo, StreamFilter,
@@ -88,12 +89,7 @@ impl wasmtime::ResourceLimiter for State {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.memory_limit {
-            wasmtime::bail!(
-                "memory limit exceeded: the plugin asked for {desired} bytes of linear memory; its memory_limit is {} bytes",
-                self.memory_limit
-            );
-        }
+        crate::abi::check_memory_growth(desired, self.memory_limit)?;
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
         if allowed {
             self.memory_now += desired.saturating_sub(current) as u64;
@@ -661,13 +657,7 @@ impl ComponentCore {
             Ok(r) => Ok(r),
             Err(e) => {
                 let message = trap_message(&e);
-                let verdict = self.spec.health.record_trap(std::time::Instant::now());
-                if verdict.log {
-                    tracing::warn!(plugin.name = %self.spec.name, error = %message, traps_not_logged = verdict.suppressed, "plugin trapped; replacing its instance");
-                }
-                if let Some(backoff) = verdict.quarantine {
-                    tracing::error!(plugin.name = %self.spec.name, backoff = ?backoff, "plugin keeps trapping; quarantined (its failure policy applies to requests until the backoff ends)");
-                }
+                self.spec.health.trapped(&message);
                 self.host.plugin_trap(&self.spec.name);
                 match self.start_instance() {
                     Ok(fresh) => *inst = fresh,
@@ -720,30 +710,6 @@ fn check_config(schema: &str, config: &[u8]) -> Result<(), String> {
     ))
 }
 
-fn trap_message(e: &wasmtime::Error) -> String {
-    if let Some(limit) = e
-        .chain()
-        .map(|c| c.to_string())
-        .find(|m| m.starts_with("memory limit exceeded"))
-    {
-        return limit;
-    }
-    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        return match trap {
-            wasmtime::Trap::Interrupt => "CPU time limit per callback exceeded".to_string(),
-            wasmtime::Trap::UnreachableCodeReached => {
-                "unreachable executed (a panic in the plugin)".to_string()
-            }
-            other => other.to_string(),
-        };
-    }
-    format!("{e:#}")
-        .lines()
-        .next()
-        .unwrap_or("trap")
-        .to_string()
-}
-
 impl LoadedPlugin for ComponentPlugin {
     fn abi(&self) -> String {
         format!("component {WORLD}")
@@ -766,18 +732,9 @@ impl HttpFilter for ComponentPlugin {
     }
 
     fn new_stream(&self, info: &Arc<StreamInfo>) -> Box<dyn StreamFilter> {
-        let n = self.0.instances.len();
-        let index = if n == 1 {
-            0
-        } else {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            std::thread::current().id().hash(&mut h);
-            (h.finish() as usize) % n
-        };
         Box::new(ComponentStream {
             core: self.0.clone(),
-            index,
+            index: crate::abi::worker_index(self.0.instances.len()),
             id: self.0.next_stream.fetch_add(1, Ordering::Relaxed),
             info: info.clone(),
             failed: false,
@@ -799,44 +756,28 @@ struct ComponentStream {
 impl ComponentStream {
     fn failure(&mut self, message: &str) -> Action {
         self.failed = true;
-        match self.core.spec.failure {
-            FailurePolicy::Open => Action::Continue,
-            FailurePolicy::Closed => Action::Respond(LocalResponse {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                headers: vec![(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                )],
-                body: Bytes::from(format!(
-                    "plugin {:?} failed: {message}\n",
-                    self.core.spec.name
-                )),
-                by: self.core.spec.name.clone(),
-            }),
-        }
+        crate::abi::failure_action(self.core.spec.failure, &self.core.spec.name, message)
     }
 
-    fn enter(&mut self) -> Result<MutexGuard<'_, Instance>, Action> {
+    /// The stream's instance, locked once, or the action to take instead.
+    fn enter<'c>(&mut self, core: &'c ComponentCore) -> Result<MutexGuard<'c, Instance>, Action> {
         if self.failed {
             return Err(Action::Continue);
         }
         if !self.started
-            && let Some(left) = self.core.spec.health.quarantined(std::time::Instant::now())
+            && let Some(reason) = core.spec.health.quarantine_reason()
         {
-            return Err(self.failure(&format!(
-                "quarantined after repeated traps, for {:.1}s more",
-                left.as_secs_f64()
-            )));
+            return Err(self.failure(&reason));
         }
         self.started = true;
-        let core = self.core.clone();
         let inst = core.lock(self.index);
-        if let Some(e) = inst.failed.clone() {
-            drop(inst);
-            return Err(self.failure(&e));
+        match inst.failed.clone() {
+            Some(e) => {
+                drop(inst);
+                Err(self.failure(&e))
+            }
+            None => Ok(inst),
         }
-        drop(inst);
-        Ok(self.core.lock(self.index))
     }
 }
 
@@ -876,7 +817,7 @@ impl StreamFilter for ComponentStream {
         let core = self.core.clone();
         let (id, info) = (self.id, self.info.clone());
         let result = {
-            let mut inst = match self.enter() {
+            let mut inst = match self.enter(&core) {
                 Ok(i) => i,
                 Err(a) => return decided(a),
             };
@@ -914,7 +855,7 @@ impl StreamFilter for ComponentStream {
         let core = self.core.clone();
         let (id, info) = (self.id, self.info.clone());
         let result = {
-            let mut inst = match self.enter() {
+            let mut inst = match self.enter(&core) {
                 Ok(i) => i,
                 Err(a) => return decided(a),
             };
@@ -992,7 +933,7 @@ impl ComponentStream {
         let core = self.core.clone();
         let (id, info) = (self.id, self.info.clone());
         let result = {
-            let mut inst = match self.enter() {
+            let mut inst = match self.enter(&core) {
                 Ok(i) => i,
                 Err(a) => return a,
             };
@@ -1037,6 +978,14 @@ fn call_body(
     Ok((a, ()))
 }
 
+/// A failure in a streaming body: skipped (open) or the stream ends (closed).
+fn body_failure(spec: &PluginSpec, message: &str) -> Result<BodyAction, String> {
+    match spec.failure {
+        FailurePolicy::Open => Ok(BodyAction::Continue),
+        FailurePolicy::Closed => Err(format!("plugin {:?} failed: {message}", spec.name)),
+    }
+}
+
 /// A component's view of a streaming body.
 struct ComponentBody {
     core: Arc<ComponentCore>,
@@ -1051,10 +1000,7 @@ impl BodyFilter for ComponentBody {
         let core = self.core.clone();
         let mut inst = core.lock(self.index);
         if let Some(e) = inst.failed.clone() {
-            return match core.spec.failure {
-                FailurePolicy::Open => Ok(BodyAction::Continue),
-                FailurePolicy::Closed => Err(format!("plugin {:?} failed: {e}", core.spec.name)),
-            };
+            return body_failure(&core.spec, &e);
         }
         match call_body(
             &core,
@@ -1071,10 +1017,7 @@ impl BodyFilter for ComponentBody {
                 "plugin {:?} answered locally from a streaming body callback, after the head went on; the stream is reset",
                 core.spec.name
             )),
-            Err(m) => match core.spec.failure {
-                FailurePolicy::Open => Ok(BodyAction::Continue),
-                FailurePolicy::Closed => Err(format!("plugin {:?} failed: {m}", core.spec.name)),
-            },
+            Err(m) => body_failure(&core.spec, &m),
         }
     }
 }

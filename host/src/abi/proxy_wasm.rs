@@ -341,17 +341,7 @@ impl PluginCore {
 
     /// A trap: count it, log it, and replace the instance (Envoy's reload policy).
     fn host_trap(self: &Arc<Self>, vm: &mut Vm, message: &str) {
-        let verdict = self.spec.health.record_trap(std::time::Instant::now());
-        if verdict.log {
-            tracing::warn!(plugin.name = %self.spec.name, error = %message, traps_not_logged = verdict.suppressed, "plugin trapped; replacing its instance");
-        }
-        if let Some(backoff) = verdict.quarantine {
-            tracing::error!(
-                plugin.name = %self.spec.name,
-                backoff = ?backoff,
-                "plugin keeps trapping; quarantined (its failure policy applies to requests until the backoff ends)"
-            );
-        }
+        self.spec.health.trapped(message);
         self.host.plugin_trap(&self.spec.name);
         let (index, generation) = (vm.store.data().index, vm.store.data().generation);
         // Wake every request waiting on the old instance: their state is gone.
@@ -607,31 +597,6 @@ fn grpc_outcome(r: &CallResponse) -> Result<Bytes, (u32, String)> {
         .ok_or((13, "truncated gRPC message".into()))
 }
 
-fn trap_message(e: &wasmtime::Error) -> String {
-    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        return match trap {
-            wasmtime::Trap::Interrupt => "CPU time limit per callback exceeded".to_string(),
-            wasmtime::Trap::UnreachableCodeReached => {
-                "unreachable executed (a panic in the plugin)".to_string()
-            }
-            wasmtime::Trap::MemoryOutOfBounds => "out-of-bounds memory access".to_string(),
-            other => other.to_string(),
-        };
-    }
-    if let Some(limit) = e
-        .chain()
-        .map(|c| c.to_string())
-        .find(|m| m.starts_with("memory limit exceeded"))
-    {
-        return limit;
-    }
-    let text = format!("{e:#}");
-    if text.contains("forcing a memory growth failure") {
-        return "memory limit exceeded".to_string();
-    }
-    text.lines().next().unwrap_or("trap").to_string()
-}
-
 impl LoadedPlugin for ProxyWasmPlugin {
     fn abi(&self) -> String {
         format!("proxy-wasm {}", self.0.abi)
@@ -660,18 +625,9 @@ impl HttpFilter for ProxyWasmPlugin {
     }
 
     fn new_stream(&self, info: &Arc<StreamInfo>) -> Box<dyn StreamFilter> {
-        let n = self.0.instances.len();
-        let index = if n == 1 {
-            0
-        } else {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            std::thread::current().id().hash(&mut h);
-            (h.finish() as usize) % n
-        };
         Box::new(ProxyWasmStream {
             core: self.0.clone(),
-            index,
+            index: crate::abi::worker_index(self.0.instances.len()),
             ctx: None,
             info: info.clone(),
             failed: false,
@@ -730,21 +686,7 @@ impl ProxyWasmStream {
 
     fn failure(&mut self, message: &str) -> Action {
         self.failed = true;
-        match self.core.spec.failure {
-            FailurePolicy::Open => Action::Continue,
-            FailurePolicy::Closed => Action::Respond(LocalResponse {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                headers: vec![(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; charset=utf-8"),
-                )],
-                body: Bytes::from(format!(
-                    "plugin {:?} failed: {message}\n",
-                    self.core.spec.name
-                )),
-                by: self.core.spec.name.clone(),
-            }),
-        }
+        crate::abi::failure_action(self.core.spec.failure, &self.core.spec.name, message)
     }
 
     /// After a callback: decide from the stream's state and the returned code.
@@ -899,12 +841,9 @@ impl ProxyWasmStream {
             return Err(Action::Continue);
         }
         if self.ctx.is_none()
-            && let Some(left) = core.spec.health.quarantined(std::time::Instant::now())
+            && let Some(reason) = core.spec.health.quarantine_reason()
         {
-            return Err(self.failure(&format!(
-                "quarantined after repeated traps, for {:.1}s more",
-                left.as_secs_f64()
-            )));
+            return Err(self.failure(&reason));
         }
         let mut vm = core.lock(self.index);
         if let Some(e) = vm.failed.clone() {
@@ -1110,4 +1049,4 @@ impl Drop for ProxyWasmStream {
     }
 }
 
-use crate::abi::{empty_request, empty_response};
+use crate::abi::{empty_request, empty_response, trap_message};

@@ -169,6 +169,32 @@ impl PluginHealth {
         }
     }
 
+    /// Records a trap now and logs it as the verdict says (rate-limited;
+    /// the start of a quarantine always).
+    pub fn trapped(&self, message: &str) {
+        let verdict = self.record_trap(Instant::now());
+        if verdict.log {
+            tracing::warn!(plugin.name = %self.name, error = %message, traps_not_logged = verdict.suppressed, "plugin trapped; replacing its instance");
+        }
+        if let Some(backoff) = verdict.quarantine {
+            tracing::error!(
+                plugin.name = %self.name,
+                backoff = ?backoff,
+                "plugin keeps trapping; quarantined (its failure policy applies to requests until the backoff ends)"
+            );
+        }
+    }
+
+    /// Why a request must not call the plugin now: it is quarantined.
+    pub fn quarantine_reason(&self) -> Option<String> {
+        self.quarantined(Instant::now()).map(|left| {
+            format!(
+                "quarantined after repeated traps, for {:.1}s more",
+                left.as_secs_f64()
+            )
+        })
+    }
+
     /// How much longer the plugin stays quarantined at `now`, if it is.
     pub fn quarantined(&self, now: Instant) -> Option<Duration> {
         let until = self.quarantined_until.load(Ordering::Acquire);

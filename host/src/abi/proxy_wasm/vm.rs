@@ -143,12 +143,7 @@ impl ResourceLimiter for VmState {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.memory_limit {
-            wasmtime::bail!(
-                "memory limit exceeded: the plugin asked for {desired} bytes of linear memory; its memory_limit is {} bytes",
-                self.memory_limit
-            );
-        }
+        crate::abi::check_memory_growth(desired, self.memory_limit)?;
         self.limits.memory_growing(current, desired, maximum)
     }
 
