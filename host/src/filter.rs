@@ -236,17 +236,17 @@ impl ChainStream {
     /// routes runs only when `route_of` (the route the request, as changed by
     /// the filters before it, would take) names one of them. `Err` carries a
     /// local response.
-    pub async fn request_headers(
+    pub async fn request_headers<'r>(
         &mut self,
         head: &mut http::request::Parts,
         eos: bool,
-        route_of: &(dyn Fn(&http::request::Parts) -> Option<String> + Sync),
+        route_of: &(dyn Fn(&http::request::Parts) -> Option<&'r str> + Sync),
     ) -> Result<bool, LocalResponse> {
         let mut wants_body = false;
         for s in self.streams.iter_mut() {
             if let Some(routes) = &s.routes {
                 let route = route_of(head);
-                if !route.is_some_and(|r| routes.contains(&r)) {
+                if !route.is_some_and(|r| routes.iter().any(|n| n == r)) {
                     s.active = false;
                     continue;
                 }

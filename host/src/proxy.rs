@@ -211,22 +211,11 @@ async fn handle(
         })
     };
     if let Some((mut chain, by_route)) = started {
-        let route_of = |head: &http::request::Parts| -> Option<String> {
+        let route_of = |head: &http::request::Parts| -> Option<&str> {
             if !by_route {
                 return None;
             }
-            let host = request_host(head);
-            let view = RequestView {
-                listener: &down.listener.name,
-                method: &head.method,
-                host: strip_port(host),
-                path: head.uri.path(),
-                query: head.uri.query(),
-                headers: &head.headers,
-            };
-            rt.router
-                .find(&view)
-                .map(|i| rt.config.routes[i].name.clone())
+            find_route(rt, &down.listener.name, head).map(|i| rt.config.routes[i].name.as_str())
         };
         let wants_body = chain
             .request_headers(&mut head, body.is_end_stream(), &route_of)
@@ -253,15 +242,7 @@ async fn handle(
         ex.chain = Some(chain);
     }
     let host = request_host(&head).to_string();
-    let view = RequestView {
-        listener: &down.listener.name,
-        method: &head.method,
-        host: strip_port(&host),
-        path: head.uri.path(),
-        query: head.uri.query(),
-        headers: &head.headers,
-    };
-    let Some(index) = rt.router.find(&view) else {
+    let Some(index) = find_route(rt, &down.listener.name, &head) else {
         return Err(ProxyError::NoRoute {
             method: head.method.to_string(),
             host,
@@ -372,6 +353,18 @@ fn check_limits(l: &ListenerConfig, req: &Request<Incoming>) -> Result<(), Proxy
         });
     }
     Ok(())
+}
+
+/// The route a request head takes on `listener`: the router's first match.
+fn find_route(rt: &Runtime, listener: &str, head: &http::request::Parts) -> Option<usize> {
+    rt.router.find(&RequestView {
+        listener,
+        method: &head.method,
+        host: strip_port(request_host(head)),
+        path: head.uri.path(),
+        query: head.uri.query(),
+        headers: &head.headers,
+    })
 }
 
 fn request_host(head: &http::request::Parts) -> &str {
