@@ -302,3 +302,59 @@ fn plugin_describe_names_the_abi_and_imports() {
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent.wasm: cannot read"), "{err}");
 }
+
+#[test]
+fn ca_init_and_issue_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let ca = ca.to_str().unwrap();
+    let (code, out, err) = weir(&["ca", "init", "--dir", ca, "--trust-domain", "mesh.test"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("trust domain mesh.test"), "{out}");
+    let (code, _, err) = weir(&["ca", "init", "--dir", ca]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already holds a CA: pass --force"), "{err}");
+    let out_dir = dir.path().join("w");
+    let w = out_dir.to_str().unwrap();
+    let (code, _, err) = weir(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca,
+        "--spiffe",
+        "spiffe://other.test/sa/x",
+        "--out",
+        w,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("serves trust domain \"mesh.test\""), "{err}");
+    let (code, _, err) = weir(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca,
+        "--spiffe",
+        "https://mesh.test/x",
+        "--out",
+        w,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("must start with spiffe://"), "{err}");
+    let (code, out, err) = weir(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca,
+        "--spiffe",
+        "spiffe://mesh.test/ns/a/sa/b",
+        "--ttl",
+        "2h",
+        "--out",
+        w,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("issued spiffe://mesh.test/ns/a/sa/b"), "{out}");
+    for f in ["cert.pem", "key.pem", "ca.pem"] {
+        assert!(out_dir.join(f).exists(), "{f}");
+    }
+}

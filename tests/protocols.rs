@@ -189,10 +189,18 @@ tls = {{ cert = "{}", key = "{}", sni = [{{ server_names = ["a.test"], cert = "{
     // A plain-text client on the TLS port is refused and counted.
     let _ = reqwest::get(format!("http://127.0.0.1:{port}/")).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = w.metrics().await;
     assert!(
-        w.metrics()
-            .await
-            .contains("weir_tls_handshake_errors_total{listener=\"tls\"} 2")
+        m.contains(
+            "weir_tls_handshake_errors_total{listener=\"tls\",reason=\"alert_from_client\"} 1"
+        ),
+        "the client refused the certificate: {m}"
+    );
+    assert!(
+        m.contains(
+            "weir_tls_handshake_errors_total{listener=\"tls\",reason=\"malformed_or_not_tls\"} 1"
+        ),
+        "plain text on the TLS port: {m}"
     );
 }
 

@@ -37,6 +37,7 @@ fn bench(c: &mut Criterion) {
         peer: addr,
         local: addr,
         tls: false,
+        tls_session: None,
         start: std::time::SystemTime::now(),
     });
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -4,6 +4,50 @@
 pub mod component;
 pub mod proxy_wasm;
 
+/// A connection attribute's value, for each ABI to encode its own way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnValue {
+    /// A boolean (`connection.mtls`).
+    Bool(bool),
+    /// A string.
+    Text(String),
+}
+
+/// The TLS and identity attributes of a connection, in Envoy's vocabulary
+/// (`connection.mtls`, `connection.uri_san_peer_certificate`, ...) plus
+/// Istio's `source.principal` and `destination.principal` (the SPIFFE IDs of
+/// the peer and of weir). `path` is the attribute's segments. `None` when
+/// the attribute is not one of these, or has no value on this connection.
+pub fn connection_attribute(info: &crate::filter::StreamInfo, path: &[&str]) -> Option<ConnValue> {
+    let session = info.tls_session.as_deref();
+    let peer = session.and_then(|s| s.peer.as_ref());
+    let local = session.and_then(|s| s.local.as_deref());
+    let text = |s: Option<&str>| s.map(|s| ConnValue::Text(s.to_string()));
+    match path {
+        ["connection", "mtls"] => Some(ConnValue::Bool(session.is_some_and(|s| s.mtls()))),
+        ["connection", "tls_version"] => text(session.map(|s| s.version)),
+        ["connection", "requested_server_name"] => text(session.and_then(|s| s.sni.as_deref())),
+        ["connection", "uri_san_peer_certificate"] => {
+            text(peer.and_then(|p| p.uri_sans.first().map(String::as_str)))
+        }
+        ["connection", "dns_san_peer_certificate"] => {
+            text(peer.and_then(|p| p.dns_sans.first().map(String::as_str)))
+        }
+        ["connection", "subject_peer_certificate"] => text(peer.map(|p| p.subject.as_str())),
+        ["connection", "sha256_peer_certificate_digest"] => text(peer.map(|p| p.sha256.as_str())),
+        ["connection", "uri_san_local_certificate"] => {
+            text(local.and_then(|p| p.uri_sans.first().map(String::as_str)))
+        }
+        ["connection", "dns_san_local_certificate"] => {
+            text(local.and_then(|p| p.dns_sans.first().map(String::as_str)))
+        }
+        ["connection", "subject_local_certificate"] => text(local.map(|p| p.subject.as_str())),
+        ["source", "principal"] => text(peer.and_then(|p| p.spiffe.as_deref())),
+        ["destination", "principal"] => text(local.and_then(|p| p.spiffe.as_deref())),
+        _ => None,
+    }
+}
+
 /// Sets a request pseudo-header (`pseudo` without its colon: `path`,
 /// `authority`, `method`, `scheme`), as both ABIs allow. The error says what
 /// was refused.

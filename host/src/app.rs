@@ -79,7 +79,7 @@ pub fn check_files(config: &Config) -> Result<(), ConfigErrors> {
     }
     for (i, c) in config.clusters.iter().enumerate() {
         if let Some(tls) = &c.tls
-            && let Err(e) = crate::upstream::tls::client_config(tls)
+            && let Err(e) = crate::upstream::tls::client_config(&c.name, tls, None)
         {
             errors.push(ConfigError {
                 path: format!("cluster[{i}].tls"),

@@ -1,4 +1,4 @@
-//! The command line: `weir run`, `weir validate`, `weir plugin new|describe`, `weir --version`.
+//! The command line: `weir run`, `weir validate`, `weir ca init|issue`, `weir plugin new|describe`, `weir --version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,11 +38,55 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The mesh CA: make a root, issue workload certificates with SPIFFE IDs.
+    Ca {
+        /// What to do.
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Write and inspect plugins.
     Plugin {
         /// What to do.
         #[command(subcommand)]
         command: PluginCommand,
+    },
+}
+
+/// `weir ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Make a root CA (ECDSA P-256): DIR/ca.pem, and DIR/ca-key.pem readable by its owner only.
+    Init {
+        /// The CA's folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The mesh's trust domain: workload IDs are spiffe://TRUST_DOMAIN/...
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// How long the root is valid.
+        #[arg(long, default_value = "10y", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Replace an existing CA in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a workload certificate: OUT/cert.pem, OUT/key.pem and OUT/ca.pem (the trust bundle).
+    Issue {
+        /// The CA's folder (from `weir ca init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The workload's SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/web.
+        #[arg(long)]
+        spiffe: String,
+        /// Where to write the files.
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the certificate is valid.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Extra DNS names for the certificate (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
     },
 }
 
@@ -100,6 +144,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ca { command } => ca(command),
         Command::Plugin {
             command: PluginCommand::Describe { file },
         } => match crate::plugin::describe(&file) {
@@ -112,6 +157,49 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn ca(command: CaCommand) -> ExitCode {
+    let done = match command {
+        CaCommand::Init {
+            dir,
+            trust_domain,
+            ttl,
+            force,
+        } => crate::mesh::ca::init(&dir, &trust_domain, ttl, force).map(|o| {
+            format!(
+                "made the root CA of trust domain {}: {} (the trust bundle) and {} (keep it secret)",
+                o.trust_domain,
+                o.cert.display(),
+                o.key.display()
+            )
+        }),
+        CaCommand::Issue {
+            dir,
+            spiffe,
+            out,
+            ttl,
+            dns,
+        } => crate::mesh::ca::issue(&dir, &spiffe, &dns, &out, ttl).map(|o| {
+            format!(
+                "issued {spiffe}: {}, {}, {} (valid until {})",
+                o.cert.display(),
+                o.key.display(),
+                o.ca.display(),
+                humantime::format_rfc3339_seconds(std::time::SystemTime::from(o.not_after))
+            )
+        }),
+    };
+    match done {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weir: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -122,6 +122,10 @@ pub struct ListenerTls {
     pub default: CertPaths,
     /// Chosen by SNI: (server names, certificate).
     pub sni: Vec<(Vec<String>, CertPaths)>,
+    /// CA bundle that client certificates must chain to (mTLS); `None` asks for no client certificate.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a certificate (when `client_ca` is set).
+    pub require_client_cert: bool,
 }
 
 /// A route.
@@ -376,6 +380,11 @@ pub struct ClusterTls {
     pub ca: Option<PathBuf>,
     /// Server name override.
     pub sni: Option<String>,
+    /// Client certificate and key presented to the upstream (mTLS).
+    pub client_cert: Option<CertPaths>,
+    /// SPIFFE IDs (or `prefix/*` patterns) the upstream's certificate must carry;
+    /// when set, they replace the server-name check (mesh upstreams are named by identity, not DNS).
+    pub allowed_identities: Vec<String>,
 }
 
 /// One problem found in a config.

@@ -62,6 +62,8 @@ pub struct StreamInfo {
     pub local: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The connection's TLS facts (peer and local identities), when TLS.
+    pub tls_session: Option<Arc<crate::mesh::TlsSession>>,
     /// When the request arrived.
     pub start: SystemTime,
 }
@@ -395,6 +397,7 @@ mod tests {
             peer: addr,
             local: addr,
             tls: false,
+            tls_session: None,
             start: SystemTime::now(),
         })
     }

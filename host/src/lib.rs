@@ -23,6 +23,7 @@ pub mod echo;
 pub mod error;
 pub mod filter;
 pub mod listener;
+pub mod mesh;
 pub mod plugin;
 pub mod proxy;
 pub mod router;

@@ -25,14 +25,14 @@ use crate::proxy::{Activity, Downstream, Shared};
 pub struct Bound {
     config: Arc<ListenerConfig>,
     socket: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<tls::ServerTls>>,
 }
 
 impl Bound {
     /// Binds `config`'s address and loads its certificates. The error says which listener and why.
     pub async fn bind(config: ListenerConfig) -> Result<Bound, String> {
         let tls = match &config.tls {
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+            Some(t) => Some(Arc::new(
                 tls::server_config(t, config.http2)
                     .map_err(|e| format!("listener {:?}: {e}", config.name))?,
             )),
@@ -62,7 +62,25 @@ impl Bound {
     ) {
         let builder = Arc::new(http_builder(&self.config));
         let open = shared.metrics.downstream_connections(&self.config.name);
-        let handshake_errors = shared.metrics.tls_handshake_errors(&self.config.name);
+        let acceptor = self
+            .tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+        // Certificates rotate while the listener runs; the watch ends with it.
+        let _cert_watch = match &self.tls {
+            Some(t) => match crate::mesh::rotate::PairWatcher::start(
+                format!("listener {:?}", self.config.name),
+                t.pairs(),
+                shared.metrics.clone(),
+            ) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(listener.name = %self.config.name, "{e}: certificates are not reloaded when their files change");
+                    None
+                }
+            },
+            None => None,
+        };
         loop {
             let (stream, peer) = tokio::select! {
                 r = self.socket.accept() => match r {
@@ -77,29 +95,34 @@ impl Bound {
             };
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(self.config.addr);
-            let (config, shared, builder, shutdown, tls) = (
+            let (config, shared, builder, shutdown, tls, acceptor) = (
                 self.config.clone(),
                 shared.clone(),
                 builder.clone(),
                 shutdown.clone(),
                 self.tls.clone(),
+                acceptor.clone(),
             );
-            let (open, handshake_errors) = (open.clone(), handshake_errors.clone());
+            let open = open.clone();
             tasks.spawn(async move {
                 open.inc();
-                match tls {
-                    None => serve_conn(stream, peer, local, false, config, shared, builder, shutdown).await,
-                    Some(acceptor) => match tokio::time::timeout(config.header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve_conn(tls_stream, peer, local, true, config, shared, builder, shutdown).await,
+                match (tls, acceptor) {
+                    (Some(tls), Some(acceptor)) => match tokio::time::timeout(config.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let session = Arc::new(tls.session(tls_stream.get_ref().1));
+                            serve_conn(tls_stream, peer, local, Some(session), config, shared, builder, shutdown).await
+                        }
                         Ok(Err(e)) => {
-                            handshake_errors.inc();
-                            tracing::debug!(listener.name = %config.name, client = %peer, error = %e, "TLS handshake failed");
+                            let reason = tls::refusal_reason(&e);
+                            shared.metrics.tls_handshake_error(&config.name, reason);
+                            tracing::info!(listener.name = %config.name, client = %peer, reason, error = %e, "TLS handshake refused");
                         }
                         Err(_) => {
-                            handshake_errors.inc();
-                            tracing::debug!(listener.name = %config.name, client = %peer, "TLS handshake timed out");
+                            shared.metrics.tls_handshake_error(&config.name, "timeout");
+                            tracing::info!(listener.name = %config.name, client = %peer, reason = "timeout", "TLS handshake timed out");
                         }
                     },
+                    _ => serve_conn(stream, peer, local, None, config, shared, builder, shutdown).await,
                 }
                 open.dec();
             });
@@ -144,7 +167,7 @@ async fn serve_conn<I>(
     io: I,
     peer: SocketAddr,
     local: SocketAddr,
-    tls: bool,
+    tls: Option<Arc<crate::mesh::TlsSession>>,
     listener: Arc<ListenerConfig>,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -157,7 +180,8 @@ async fn serve_conn<I>(
         local,
         listener,
         peer,
-        tls,
+        tls: tls.is_some(),
+        tls_session: tls,
         activity: Activity::default(),
     });
     let svc_down = down.clone();

@@ -51,6 +51,8 @@ pub struct Downstream {
     pub local: SocketAddr,
     /// Whether it is TLS.
     pub tls: bool,
+    /// Its TLS facts (version, SNI, verified client identity), when TLS.
+    pub tls_session: Option<Arc<crate::mesh::TlsSession>>,
     /// Requests in flight and the time of the last one, for the idle timeout.
     pub activity: Activity,
 }
@@ -205,6 +207,7 @@ async fn handle(
                 peer: down.peer,
                 local: down.local,
                 tls: down.tls,
+                tls_session: down.tls_session.clone(),
                 start: std::time::SystemTime::now(),
             });
             (chain.start(&info), chain.by_route())

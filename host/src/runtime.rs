@@ -31,7 +31,7 @@ impl Runtime {
     pub async fn build(
         config: Config,
         previous: Option<&Runtime>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) -> Result<Runtime, ConfigErrors> {
         let mut clusters = HashMap::new();
         let mut errors = Vec::new();

@@ -34,6 +34,29 @@ struct ListenerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    listener: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamTlsLabels {
+    cluster: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    cert: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertOutcomeLabels {
+    cert: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginMetricLabels {
     plugin: String,
     name: String,
@@ -79,7 +102,10 @@ pub struct Metrics {
     upstream_active: Family<ClusterLabel, Gauge>,
     upstream_connections: Family<ClusterLabel, Gauge>,
     downstream_connections: Family<ListenerLabel, Gauge>,
-    tls_handshake_errors: Family<ListenerLabel, Counter>,
+    tls_handshake_errors: Family<HandshakeLabels, Counter>,
+    upstream_tls_refusals: Family<UpstreamTlsLabels, Counter>,
+    cert_reloads: Family<CertOutcomeLabels, Counter>,
+    cert_expiry: Family<CertLabels, Gauge>,
     reloads: Family<OutcomeLabel, Counter>,
     plugin_counters: Family<PluginMetricLabels, Counter>,
     plugin_gauges: Family<PluginMetricLabels, Gauge>,
@@ -93,6 +119,12 @@ pub struct Metrics {
     pub config_last_reload_ok: Gauge,
     /// The generation of the config in use (1 at start, +1 per successful reload).
     pub config_generation: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -142,6 +174,9 @@ impl Metrics {
             upstream_connections: Family::default(),
             downstream_connections: Family::default(),
             tls_handshake_errors: Family::default(),
+            upstream_tls_refusals: Family::default(),
+            cert_reloads: Family::default(),
+            cert_expiry: Family::default(),
             reloads: Family::default(),
             plugin_counters: Family::default(),
             plugin_gauges: Family::default(),
@@ -181,8 +216,23 @@ impl Metrics {
         );
         registry.register(
             "tls_handshake_errors",
-            "Failed TLS handshakes, by listener",
+            "Refused or failed TLS handshakes, by listener and reason (no_client_certificate, unknown_ca, expired_certificate, timeout, ...)",
             m.tls_handshake_errors.clone(),
+        );
+        registry.register(
+            "upstream_tls_refusals",
+            "Upstream certificates refused, by cluster and reason (identity_not_allowed, unknown_ca, expired_certificate, ...)",
+            m.upstream_tls_refusals.clone(),
+        );
+        registry.register(
+            "tls_certificate_reloads",
+            "Certificate file reloads, by certificate file and outcome (success, failure)",
+            m.cert_reloads.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (Unix time)",
+            m.cert_expiry.clone(),
         );
         registry.register(
             "config_reloads",
@@ -304,13 +354,46 @@ impl Metrics {
             .clone()
     }
 
-    /// Counter of failed TLS handshakes on `listener`.
-    pub fn tls_handshake_errors(&self, listener: &str) -> Counter {
+    /// Counts a refused or failed TLS handshake on `listener`.
+    pub fn tls_handshake_error(&self, listener: &str, reason: &str) {
         self.tls_handshake_errors
-            .get_or_create(&ListenerLabel {
+            .get_or_create(&HandshakeLabels {
                 listener: listener.to_string(),
+                reason: reason.to_string(),
             })
-            .clone()
+            .inc();
+    }
+
+    /// Counts an upstream certificate `cluster` refused.
+    pub fn upstream_tls_refusal(&self, cluster: &str, reason: &str) {
+        self.upstream_tls_refusals
+            .get_or_create(&UpstreamTlsLabels {
+                cluster: cluster.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a reload of the certificate file `cert`.
+    pub fn tls_certificate_reload(&self, cert: &std::path::Path, ok: bool) {
+        self.cert_reloads
+            .get_or_create(&CertOutcomeLabels {
+                cert: cert.display().to_string(),
+                outcome: if ok { "success" } else { "failure" }.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records when the certificate in `cert` expires.
+    pub fn tls_certificate_expiry(&self, cert: &std::path::Path, not_after: std::time::SystemTime) {
+        let secs = not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.cert_expiry
+            .get_or_create(&CertLabels {
+                cert: cert.display().to_string(),
+            })
+            .set(secs);
     }
 
     /// A metric a plugin defined, exported with the plugin's name as a label.

@@ -36,6 +36,8 @@ pub struct Cluster {
     scheme: http::uri::Scheme,
     /// Requests in flight to this cluster.
     pub active: Gauge,
+    /// Reloads the client certificate when its files change (mTLS clusters).
+    _cert_watch: Option<crate::mesh::rotate::PairWatcher>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -49,7 +51,10 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Builds a cluster, resolves its endpoints and starts its DNS refresh.
     /// The error names what is wrong (an unreadable CA bundle, a bad SNI).
-    pub async fn start(config: ClusterConfig, metrics: &Metrics) -> Result<Arc<Cluster>, String> {
+    pub async fn start(
+        config: ClusterConfig,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Arc<Cluster>, String> {
         let (eps, errors) = resolve::resolve_all(&config.endpoints).await;
         for e in &errors {
             tracing::warn!(cluster.name = %config.name, error = %e, "endpoint resolution failed; retrying every dns_refresh");
@@ -59,8 +64,17 @@ impl Cluster {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
+        let mut cert_watch = None;
         let builder = match &config.tls {
             Some(tls) => {
+                let client = tls::client_config(&config.name, tls, Some(metrics.clone()))?;
+                if let Some(pair) = client.client_cert {
+                    cert_watch = Some(crate::mesh::rotate::PairWatcher::start(
+                        format!("cluster {:?}", config.name),
+                        vec![pair],
+                        metrics.clone(),
+                    )?);
+                }
                 let fixed = match &tls.sni {
                     Some(s) => Some(
                         ServerName::try_from(s.clone())
@@ -73,15 +87,24 @@ impl Cluster {
                     endpoints: endpoints.clone(),
                 };
                 hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls::client_config(tls)?)
+                    .with_tls_config(client.config)
                     .https_only()
                     .with_server_name_resolver(resolver)
             }
             None => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls::client_config(&crate::config::ClusterTls {
-                    ca: None,
-                    sni: None,
-                })?)
+                .with_tls_config(
+                    tls::client_config(
+                        &config.name,
+                        &crate::config::ClusterTls {
+                            ca: None,
+                            sni: None,
+                            client_cert: None,
+                            allowed_identities: Vec::new(),
+                        },
+                        None,
+                    )?
+                    .config,
+                )
                 .https_or_http()
                 .with_server_name_resolver(SniResolver {
                     fixed: None,
@@ -113,6 +136,7 @@ impl Cluster {
             endpoints,
             client,
             scheme,
+            _cert_watch: cert_watch,
         });
         if cluster.config.endpoints.iter().any(|e| e.ip.is_none()) {
             tokio::spawn(refresh_dns(Arc::downgrade(&cluster)));

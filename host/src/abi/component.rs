@@ -324,7 +324,18 @@ impl weir::filter::attributes::Host for State {
             "source.port" => info.map(|i| i.peer.port().to_string()),
             "destination.address" => info.map(|i| i.local.to_string()),
             "destination.port" => info.map(|i| i.local.port().to_string()),
-            "connection.mtls" => info.map(|_| "false".to_string()),
+            other
+                if other.starts_with("connection.")
+                    || other.starts_with("source.")
+                    || other.starts_with("destination.") =>
+            {
+                let path: Vec<&str> = other.split('.').collect();
+                info.and_then(|i| crate::abi::connection_attribute(&i, &path))
+                    .map(|v| match v {
+                        crate::abi::ConnValue::Bool(b) => b.to_string(),
+                        crate::abi::ConnValue::Text(t) => t,
+                    })
+            }
             "response.code" => self
                 .current
                 .response

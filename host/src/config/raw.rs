@@ -96,6 +96,10 @@ pub struct RawListenerTls {
     pub key: String,
     /// Extra certificates chosen by the client's SNI.
     pub sni: Vec<RawSniCert>,
+    /// PEM CA bundle client certificates must chain to: turns on mTLS.
+    pub client_ca: Option<String>,
+    /// Refuse clients that send no certificate. Default true when `client_ca` is set.
+    pub require_client_cert: Option<bool>,
 }
 
 /// One `[[listener.tls.sni]]` entry.
@@ -295,4 +299,10 @@ pub struct RawClusterTls {
     pub ca: Option<String>,
     /// Server name to send and verify; default the endpoint's host.
     pub sni: Option<String>,
+    /// PEM client certificate presented to the upstream (mTLS); needs `key`.
+    pub cert: Option<String>,
+    /// PEM private key for `cert`.
+    pub key: Option<String>,
+    /// SPIFFE IDs the upstream must prove (exact, or a `.../*` prefix); replaces the server-name check.
+    pub allowed_identities: Vec<String>,
 }

@@ -118,3 +118,70 @@ fn invalid_configs_match_their_snapshots() {
     }
     assert!(seen >= 5, "expected the config-ui snapshots, found {seen}");
 }
+
+#[test]
+fn mtls_settings_are_checked() {
+    let text = r#"
+[[listener]]
+name = "in"
+listen = "127.0.0.1:15006"
+tls = { cert = "c.pem", key = "k.pem", require_client_cert = true }
+
+[[listener]]
+name = "in2"
+listen = "127.0.0.1:15007"
+tls = { cert = "c.pem", key = "k.pem", client_ca = "ca.pem" }
+
+[[cluster]]
+name = "b"
+endpoints = ["127.0.0.1:9000"]
+tls = { cert = "c.pem", allowed_identities = ["spiffe://Example.org/x", "spiffe://example.org/ns/*", "*"] }
+
+[[route]]
+name = "r"
+cluster = "b"
+"#;
+    let err = parse(text).unwrap_err().to_string();
+    assert!(err.contains("listener[0].tls.require_client_cert: client certificates cannot be checked without a CA"), "{err}");
+    assert!(
+        err.contains("cluster[0].tls.cert: a client certificate needs its key"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cluster[0].tls.allowed_identities[0]"),
+        "{err}"
+    );
+    assert!(err.contains("lowercase"), "{err}");
+    assert!(
+        !err.contains("allowed_identities[1]") && !err.contains("allowed_identities[2]"),
+        "{err}"
+    );
+    assert!(!err.contains("listener[1]"), "{err}");
+
+    let ok = parse(
+        &text
+            .replace(", require_client_cert = true", "")
+            .replace(
+                "cert = \"c.pem\", allowed",
+                "cert = \"c.pem\", key = \"k.pem\", allowed",
+            )
+            .replace("Example", "example"),
+    )
+    .unwrap();
+    let tls = ok.listeners[1].tls.as_ref().unwrap();
+    assert!(
+        tls.require_client_cert,
+        "client_ca alone requires a client certificate"
+    );
+    assert_eq!(
+        tls.client_ca.as_deref(),
+        Some(Path::new("/etc/weir/ca.pem"))
+    );
+    assert!(!ok.listeners[0].tls.as_ref().unwrap().require_client_cert);
+    let ctls = ok.clusters[0].tls.as_ref().unwrap();
+    assert_eq!(
+        ctls.client_cert.as_ref().unwrap().key,
+        Path::new("/etc/weir/k.pem")
+    );
+    assert_eq!(ctls.allowed_identities.len(), 3);
+}

@@ -294,12 +294,20 @@ impl Validator<'_> {
                     )
                 })
                 .collect();
+            if t.require_client_cert == Some(true) && t.client_ca.is_none() {
+                self.err(
+                    &format!("{p}.tls.require_client_cert"),
+                    "client certificates cannot be checked without a CA: add client_ca = \"path/to/ca.pem\"",
+                );
+            }
             ListenerTls {
                 default: CertPaths {
                     cert: self.path(&t.cert),
                     key: self.path(&t.key),
                 },
                 sni,
+                client_ca: t.client_ca.as_deref().map(|c| self.path(c)),
+                require_client_cert: t.client_ca.is_some() && t.require_client_cert.unwrap_or(true),
             }
         });
         let max_header_size = l.max_header_size.unwrap_or(Size::kib(64)).bytes();
@@ -371,9 +379,51 @@ impl Validator<'_> {
                 UpstreamProtocol::Http1
             }
         };
-        let tls = c.tls.as_ref().map(|t| ClusterTls {
-            ca: t.ca.as_deref().map(|ca| self.path(ca)),
-            sni: t.sni.clone(),
+        let tls = c.tls.as_ref().map(|t| {
+            let client_cert = match (&t.cert, &t.key) {
+                (Some(cert), Some(key)) => Some(CertPaths {
+                    cert: self.path(cert),
+                    key: self.path(key),
+                }),
+                (None, None) => None,
+                (Some(_), None) => {
+                    self.err(
+                        &format!("{p}.tls.cert"),
+                        "a client certificate needs its key: add key = \"path/to/key.pem\"",
+                    );
+                    None
+                }
+                (None, Some(_)) => {
+                    self.err(
+                        &format!("{p}.tls.key"),
+                        "a key without its certificate: add cert = \"path/to/cert.pem\"",
+                    );
+                    None
+                }
+            };
+            for (j, id) in t.allowed_identities.iter().enumerate() {
+                let pattern = id.strip_suffix('*').filter(|p| p.ends_with('/'));
+                let checked = match pattern {
+                    Some(prefix) => {
+                        crate::mesh::spiffe::SpiffeId::parse(prefix.trim_end_matches('/'))
+                            .map(|_| ())
+                    }
+                    None if id == "*" => Ok(()),
+                    None => crate::mesh::spiffe::SpiffeId::parse(id).map(|_| ()),
+                };
+                if let Err(e) = checked {
+                    self.err(
+                        &format!("{p}.tls.allowed_identities[{j}]"),
+                        format!("{e} (write a SPIFFE ID, or a prefix ending in /*)"),
+                    );
+                }
+            }
+            ClusterTls {
+                ca: t.ca.as_deref().map(|ca| self.path(ca)),
+                sni: t.sni.clone(),
+                client_cert,
+                allowed_identities: t.allowed_identities.clone(),
+            }
         });
         Some(ClusterConfig {
             name: c.name.clone(),

@@ -159,7 +159,15 @@ pub fn get(state: &mut VmState, raw_path: &[u8]) -> Option<Vec<u8>> {
         ["source", "port"] => info.map(|i| int(i64::from(i.peer.port()))),
         ["destination", "address"] => info.map(|i| i.local.to_string().into_bytes()),
         ["destination", "port"] => info.map(|i| int(i64::from(i.local.port()))),
-        ["connection", "mtls"] => info.map(|_| vec![0]),
+        ["connection" | "source" | "destination", _]
+            if let Some(i) = info
+                && let Some(v) = crate::abi::connection_attribute(i, p.as_slice()) =>
+        {
+            Some(match v {
+                crate::abi::ConnValue::Bool(b) => vec![u8::from(b)],
+                crate::abi::ConnValue::Text(t) => t.into_bytes(),
+            })
+        }
         ["connection", "tls"] => info.map(|i| vec![u8::from(i.tls)]),
         ["route_name"] | ["xds", "route_name"] => {
             log.and_then(|l| l.route.clone()).map(String::into_bytes)

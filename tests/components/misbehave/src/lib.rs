@@ -1,9 +1,10 @@
 //! Misbehaves by request path: `/panic` panics, `/loop` never returns,
 //! `/grow` asks for far more memory than any plugin limit, `/print` writes to
-//! stdout; anything else
+//! stdout, `/attributes` answers 200 with the attributes its `x-attributes`
+//! header names (comma-separated), one `name=value` per line; anything else
 //! gets `x-misbehave: no`.
 
-use weir_sdk::{Action, Filter, Request};
+use weir_sdk::{Action, Filter, LocalResponse, Request};
 
 /// The filter.
 pub struct Misbehave;
@@ -20,6 +21,15 @@ impl Filter for Misbehave {
         match req.path().as_str() {
             "/panic" => panic!("misbehave panics on purpose"),
             "/print" => println!("a component writing to stdout"),
+            "/attributes" => {
+                let names = req.header("x-attributes").unwrap_or_default();
+                let mut body = String::new();
+                for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let value = req.attribute(name).unwrap_or_else(|| "<none>".into());
+                    body.push_str(&format!("{name}={value}\n"));
+                }
+                return LocalResponse::new(200).body(body).into_action();
+            }
             "/loop" =>
             {
                 #[allow(clippy::empty_loop)]

@@ -138,9 +138,19 @@ impl HttpContext for Stream {
             }
             "/props" => {
                 let mut body = String::new();
-                for p in ["request.path", "request.url_path", "request.host", "request.method", "request.scheme", "request.protocol", "request.id", "source.address", "destination.address", "plugin_name", "plugin_root_id", "plugin_vm_id", "connection.mtls"] {
+                for p in ["request.path", "request.url_path", "request.host", "request.method", "request.scheme", "request.protocol", "request.id", "source.address", "destination.address", "plugin_name", "plugin_root_id", "plugin_vm_id", "connection.tls_version", "connection.requested_server_name", "connection.uri_san_peer_certificate", "connection.subject_peer_certificate", "connection.uri_san_local_certificate", "source.principal", "destination.principal"] {
                     let parts: Vec<&str> = p.split('.').collect();
                     body.push_str(&format!("{p}={}\n", prop_string(self, &parts)));
+                }
+                for p in ["connection.mtls"] {
+                    let parts: Vec<&str> = p.split('.').collect();
+                    let v = match self.get_property(parts) {
+                        Some(v) if v == [1] => "true".to_string(),
+                        Some(v) if v == [0] => "false".to_string(),
+                        Some(v) => format!("<{} bytes>", v.len()),
+                        None => "<none>".to_string(),
+                    };
+                    body.push_str(&format!("{p}={v}\n"));
                 }
                 for p in ["source.port", "destination.port", "request.time"] {
                     let parts: Vec<&str> = p.split('.').collect();
