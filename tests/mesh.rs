@@ -487,3 +487,281 @@ async fn replaced_certificates_serve_new_handshakes_and_bad_replacements_are_ref
         "{m}"
     );
 }
+
+/// Network namespaces made for a test, deleted when it ends.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn run(cmd: &[&str]) {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (.ci/run installs iproute2, iptables and curl)",
+                cmd[0]
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// The same two sidecars, each with its app in its own network namespace
+/// joined by a veth pair; app A calls B first through its sidecar's outbound
+/// listener, then with no proxy settings at all (iptables REDIRECT into a
+/// transparent listener, forwarded to the original destination, redirected
+/// again on B's side into B's inbound listener). Needs root; skipped otherwise.
+#[tokio::test]
+async fn sidecars_in_network_namespaces_with_transparent_interception() {
+    if !is_root() {
+        eprintln!("skipped: network namespaces and iptables need root");
+        return;
+    }
+    let id = std::process::id();
+    let (na, nb) = (format!("weir-a-{id}"), format!("weir-b-{id}"));
+    let (va, vb) = (format!("wva{id}"), format!("wvb{id}"));
+    let net = format!("10.213.{}", id % 250);
+    let (ip_a, ip_b) = (format!("{net}.1"), format!("{net}.2"));
+    run(&["ip", "netns", "add", &na]);
+    let _guard = Namespaces(vec![na.clone(), nb.clone()]);
+    run(&["ip", "netns", "add", &nb]);
+    run(&[
+        "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+    ]);
+    run(&["ip", "link", "set", &va, "netns", &na]);
+    run(&["ip", "link", "set", &vb, "netns", &nb]);
+    for (ns, dev, ip) in [(&na, &va, &ip_a), (&nb, &vb, &ip_b)] {
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            dev,
+        ]);
+        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    // A: the app's (uid 65534) calls to port 8000 go to the sidecar's transparent listener.
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &na,
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        &ip_b,
+        "--dport",
+        "8000",
+        "-m",
+        "owner",
+        "--uid-owner",
+        "65534",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15002",
+    ]);
+    // B: whatever arrives from the network for the app's port goes to the sidecar's inbound listener.
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &nb,
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-i",
+        &vb,
+        "-p",
+        "tcp",
+        "--dport",
+        "8000",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15006",
+    ]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_init(dir.path(), "ca");
+    let (certs_a, certs_b) = (
+        issue(&ca, dir.path(), "a", "1h"),
+        issue(&ca, dir.path(), "b", "1h"),
+    );
+    let _app_b = Weir::start_in_netns(
+        &nb,
+        tempfile::tempdir().unwrap(),
+        9100,
+        8000,
+        "[admin]\nlisten = \"127.0.0.1:9100\"\n\n[[listener]]\nname = \"app\"\nlisten = \"127.0.0.1:8000\"\n\n[[route]]\nname = \"echo\"\necho = true\n",
+    )
+    .await;
+    let b_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(b_dir.path().join("plugins")).unwrap();
+    std::fs::copy(
+        test_filter("pw-test"),
+        b_dir.path().join("plugins/10-pw-test.wasm"),
+    )
+    .unwrap();
+    let ca_b = certs_b.join("ca.pem").display().to_string();
+    let sidecar_b = Weir::start_in_netns(
+        &nb,
+        b_dir,
+        15000,
+        15006,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:15000\"\n\n[[listener]]\nname = \"inbound\"\nlisten = \"0.0.0.0:15006\"\ntransparent = true\ntls = {}\n\n[[cluster]]\nname = \"app\"\nendpoints = [\"127.0.0.1:8000\"]\n\n[[route]]\nname = \"inbound\"\ncluster = \"app\"\n",
+            tls_table(&certs_b, &format!("client_ca = \"{ca_b}\""))
+        ),
+    )
+    .await;
+    let ca_a = certs_a.join("ca.pem").display().to_string();
+    let mtls = tls_table(
+        &certs_a,
+        &format!("ca = \"{ca_a}\", allowed_identities = [\"spiffe://{TD}/ns/default/*\"]"),
+    );
+    let sidecar_a = Weir::start_in_netns(
+        &na,
+        tempfile::tempdir().unwrap(),
+        15000,
+        15001,
+        &format!(
+            r#"[admin]
+listen = "127.0.0.1:15000"
+
+[[listener]]
+name = "outbound"
+listen = "127.0.0.1:15001"
+
+[[listener]]
+name = "captured"
+listen = "127.0.0.1:15002"
+transparent = true
+
+[[cluster]]
+name = "b"
+endpoints = ["{ip_b}:15006"]
+tls = {mtls}
+
+[[cluster]]
+name = "passthrough"
+original_dst = true
+tls = {mtls}
+
+[[route]]
+name = "to-b"
+listeners = ["outbound"]
+match = {{ host = "b.mesh" }}
+cluster = "b"
+
+[[route]]
+name = "captured"
+listeners = ["captured"]
+cluster = "passthrough"
+"#
+        ),
+    )
+    .await;
+
+    // With proxy settings: app A -> sidecar A's outbound listener, by Host.
+    let text = support::netns_curl(&na, &["-H", "Host: b.mesh", "http://127.0.0.1:15001/props"]);
+    let p = lines(&text);
+    assert_eq!(p("source.principal"), spiffe("a"));
+    assert_eq!(p("connection.mtls"), "true");
+    assert_eq!(p("connection.tls_version"), "TLSv1.3");
+    assert_eq!(p("destination.address"), format!("{ip_b}:15006"));
+    let echo = support::netns_curl(&na, &["-H", "Host: b.mesh", "http://127.0.0.1:15001/hello"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&echo).unwrap_or_else(|e| panic!("{e}: {echo}"));
+    assert_eq!(v["route"], "echo", "app B answered: {v}");
+    assert!(v["headers"]["x-pw-seen"].is_string(), "B's plugin ran: {v}");
+
+    // Without proxy settings: the app calls B's address; iptables brings it through both sidecars.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &na,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .args([
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            &format!("http://{ip_b}:8000/props"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let p = lines(&text);
+    assert_eq!(
+        p("source.principal"),
+        spiffe("a"),
+        "B's plugin sees A's identity"
+    );
+    assert_eq!(
+        p("connection.tls_version"),
+        "TLSv1.3",
+        "encrypted across the veth"
+    );
+    assert_eq!(
+        p("destination.address"),
+        format!("{ip_b}:8000"),
+        "B's transparent inbound listener restores the original destination"
+    );
+    let ma = sidecar_a.metrics().await;
+    assert!(
+        metric(
+            &ma,
+            "weir_requests_total{route=\"captured\",cluster=\"passthrough\",status_class=\"2xx\"}"
+        ) >= 1,
+        "{ma}"
+    );
+
+    // A client that skips its sidecar reaches B's inbound listener in plain text and is refused.
+    let bypass = support::netns_curl(&na, &[&format!("http://{ip_b}:8000/hello")]);
+    assert!(
+        !bypass.contains("\"route\""),
+        "the app must not be reachable in plain text: {bypass}"
+    );
+    let mb = sidecar_b.metrics().await;
+    assert!(
+        metric(
+            &mb,
+            "weir_tls_handshake_errors_total{listener=\"inbound\",reason=\"malformed_or_not_tls\"}"
+        ) >= 1,
+        "{mb}"
+    );
+}

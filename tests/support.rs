@@ -37,6 +37,8 @@ pub fn weir_bin() -> &'static str {
 /// A running weir process; killed on drop.
 pub struct Weir {
     child: Option<Child>,
+    /// The network namespace it runs in (`ip netns exec`), if not this one.
+    pub netns: Option<String>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
@@ -67,14 +69,27 @@ impl Weir {
     pub async fn start_in(dir: tempfile::TempDir, admin: u16, port: u16, config: &str) -> Weir {
         let config_path = dir.path().join("weir.toml");
         std::fs::write(&config_path, config).unwrap();
-        Self::spawn(admin, port, dir, config_path, true).await
+        Self::spawn(admin, port, dir, config_path, true, None).await
+    }
+
+    /// Starts weir inside network namespace `netns` (through `ip netns exec`).
+    pub async fn start_in_netns(
+        netns: &str,
+        dir: tempfile::TempDir,
+        admin: u16,
+        port: u16,
+        config: &str,
+    ) -> Weir {
+        let config_path = dir.path().join("weir.toml");
+        std::fs::write(&config_path, config).unwrap();
+        Self::spawn(admin, port, dir, config_path, true, Some(netns.to_string())).await
     }
 
     /// Starts `weir run` with no --config: the embedded default on 8080, admin on 9901.
     pub async fn start_embedded() -> Weir {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("unused");
-        Self::spawn(9901, 8080, dir, config_path, false).await
+        Self::spawn(9901, 8080, dir, config_path, false, None).await
     }
 
     async fn spawn(
@@ -83,10 +98,18 @@ impl Weir {
         dir: tempfile::TempDir,
         config_path: PathBuf,
         with_config: bool,
+        netns: Option<String>,
     ) -> Weir {
         let log_path = dir.path().join("weir.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(weir_bin());
+        let mut cmd = match &netns {
+            None => Command::new(weir_bin()),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, weir_bin()]);
+                c
+            }
+        };
         cmd.args(["--log-level", "info,weir=debug", "run"])
             .current_dir(dir.path());
         if with_config {
@@ -99,6 +122,7 @@ impl Weir {
             .unwrap();
         let w = Weir {
             child: Some(child),
+            netns,
             dir,
             config_path,
             log_path,
@@ -114,7 +138,21 @@ impl Weir {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = reqwest::Client::new();
         while Instant::now() < deadline {
-            if let Ok(r) = client.get(self.admin_url("/ready")).send().await
+            if let Some(ns) = &self.netns {
+                if netns_curl(
+                    ns,
+                    &[
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        &self.admin_url("/ready"),
+                    ],
+                ) == "200"
+                {
+                    return;
+                }
+            } else if let Ok(r) = client.get(self.admin_url("/ready")).send().await
                 && r.status() == 200
             {
                 return;
@@ -169,6 +207,9 @@ impl Weir {
 
     /// The /metrics text.
     pub async fn metrics(&self) -> String {
+        if let Some(ns) = &self.netns {
+            return netns_curl(ns, &[&self.admin_url("/metrics")]);
+        }
         reqwest::get(self.admin_url("/metrics"))
             .await
             .unwrap()
@@ -185,6 +226,16 @@ impl Drop for Weir {
             let _ = c.wait();
         }
     }
+}
+
+/// Runs `curl -s ARGS` inside network namespace `ns` and returns its stdout.
+pub fn netns_curl(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-s", "--max-time", "5"])
+        .args(args)
+        .output()
+        .expect("running ip netns exec curl");
+    String::from_utf8_lossy(&out.stdout).into()
 }
 
 /// A test upstream. Paths it knows:

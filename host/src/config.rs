@@ -90,6 +90,8 @@ pub struct ListenerConfig {
     pub name: String,
     /// Address to bind.
     pub addr: SocketAddr,
+    /// Read each connection's original destination (iptables REDIRECT).
+    pub transparent: bool,
     /// TLS termination.
     pub tls: Option<ListenerTls>,
     /// Accept HTTP/2.
@@ -316,8 +318,10 @@ impl HeaderOps {
 pub struct ClusterConfig {
     /// Unique name.
     pub name: String,
-    /// Endpoints as written.
+    /// Endpoints as written (empty for `original_dst`).
     pub endpoints: Vec<EndpointAddr>,
+    /// Send each request to its connection's original destination.
+    pub original_dst: bool,
     /// Balancing policy.
     pub lb: LbPolicy,
     /// For hash policies: what to hash.

@@ -94,7 +94,16 @@ impl Bound {
                 _ = shutdown.changed() => break,
             };
             let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().unwrap_or(self.config.addr);
+            let mut local = stream.local_addr().unwrap_or(self.config.addr);
+            let original_dst = if self.config.transparent {
+                original_dst(&stream, local)
+            } else {
+                None
+            };
+            // As Envoy's use_original_dst: the address the client meant is the destination.
+            if let Some(dst) = original_dst {
+                local = dst;
+            }
             let (config, shared, builder, shutdown, tls, acceptor) = (
                 self.config.clone(),
                 shared.clone(),
@@ -110,7 +119,7 @@ impl Bound {
                     (Some(tls), Some(acceptor)) => match tokio::time::timeout(config.header_read_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             let session = Arc::new(tls.session(tls_stream.get_ref().1));
-                            serve_conn(tls_stream, peer, local, Some(session), config, shared, builder, shutdown).await
+                            serve_conn(tls_stream, Addrs { peer, local, original_dst }, Some(session), config, shared, builder, shutdown).await
                         }
                         Ok(Err(e)) => {
                             let reason = tls::refusal_reason(&e);
@@ -122,7 +131,7 @@ impl Bound {
                             tracing::info!(listener.name = %config.name, client = %peer, reason = "timeout", "TLS handshake timed out");
                         }
                     },
-                    _ => serve_conn(stream, peer, local, None, config, shared, builder, shutdown).await,
+                    _ => serve_conn(stream, Addrs { peer, local, original_dst }, None, config, shared, builder, shutdown).await,
                 }
                 open.dec();
             });
@@ -162,11 +171,41 @@ fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
-#[allow(clippy::too_many_arguments)] // one connection's parts, passed once
-async fn serve_conn<I>(
-    io: I,
+/// The original destination of a connection redirected by iptables
+/// (SO_ORIGINAL_DST); `None` when it was not redirected (it came to `local` itself).
+#[cfg(target_os = "linux")]
+fn original_dst(stream: &tokio::net::TcpStream, local: SocketAddr) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    let dst = match local {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    };
+    match dst.ok().and_then(|a| a.as_socket()) {
+        Some(a) if a != local => Some(a),
+        _ => None,
+    }
+}
+
+/// Transparent interception needs Linux's SO_ORIGINAL_DST.
+#[cfg(not(target_os = "linux"))]
+fn original_dst(_: &tokio::net::TcpStream, _: SocketAddr) -> Option<SocketAddr> {
+    None
+}
+
+/// A connection's addresses.
+struct Addrs {
     peer: SocketAddr,
     local: SocketAddr,
+    original_dst: Option<SocketAddr>,
+}
+
+async fn serve_conn<I>(
+    io: I,
+    Addrs {
+        peer,
+        local,
+        original_dst,
+    }: Addrs,
     tls: Option<Arc<crate::mesh::TlsSession>>,
     listener: Arc<ListenerConfig>,
     shared: Arc<Shared>,
@@ -182,6 +221,7 @@ async fn serve_conn<I>(
         peer,
         tls: tls.is_some(),
         tls_session: tls,
+        original_dst,
         activity: Activity::default(),
     });
     let svc_down = down.clone();

@@ -53,6 +53,9 @@ pub struct Downstream {
     pub tls: bool,
     /// Its TLS facts (version, SNI, verified client identity), when TLS.
     pub tls_session: Option<Arc<crate::mesh::TlsSession>>,
+    /// Where the client meant to connect before iptables redirected it here
+    /// (transparent listeners only); `original_dst` clusters forward there.
+    pub original_dst: Option<SocketAddr>,
     /// Requests in flight and the time of the last one, for the idle timeout.
     pub activity: Activity,
 }
@@ -132,6 +135,7 @@ impl Drop for LogAtEnd {
 /// What the metrics need to know about an exchange.
 #[derive(Default)]
 struct Exchange {
+    original_dst: Option<SocketAddr>,
     route: Option<usize>,
     cluster: Option<Arc<Cluster>>,
     upstream: Option<UpstreamBusy>,
@@ -147,7 +151,10 @@ pub async fn serve(
     let start = Instant::now();
     let busy = Busy::new(down.clone());
     let rt = shared.runtime.load_full();
-    let mut ex = Exchange::default();
+    let mut ex = Exchange {
+        original_dst: down.original_dst,
+        ..Exchange::default()
+    };
     let mut resp = match handle(&rt, &shared, &down, req, &mut ex).await {
         Ok(r) => r,
         Err(e) => {
@@ -480,10 +487,13 @@ async fn forward(
         loop {
             attempt += 1;
             let last = attempt >= attempts;
-            let endpoint = cluster.pick(hash).ok_or_else(|| ProxyError::NoEndpoint {
-                route: route.name.clone(),
-                cluster: cluster.config.name.clone(),
-            })?;
+            let endpoint =
+                cluster
+                    .pick_for(hash, ex.original_dst)
+                    .ok_or_else(|| ProxyError::NoEndpoint {
+                        route: route.name.clone(),
+                        cluster: cluster.config.name.clone(),
+                    })?;
             let req = match &replay {
                 Some(bytes) => {
                     let (h, _) = single.as_ref().expect("the head is kept while retrying");

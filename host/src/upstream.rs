@@ -149,6 +149,20 @@ impl Cluster {
         self.balancer.pick(&self.endpoints.load(), hash)
     }
 
+    /// Picks the endpoint for a request whose connection had `original_dst`
+    /// (a transparent listener's): that address for an `original_dst`
+    /// cluster, a balanced pick otherwise.
+    pub fn pick_for(
+        &self,
+        hash: Option<u64>,
+        original_dst: Option<std::net::SocketAddr>,
+    ) -> Option<Arc<Endpoint>> {
+        if self.config.original_dst {
+            return original_dst.map(|a| Arc::new(Endpoint::new(a, &a.ip().to_string())));
+        }
+        self.pick(hash)
+    }
+
     /// The URI for `path_and_query` at `endpoint`.
     pub fn uri(
         &self,

@@ -70,6 +70,9 @@ pub struct RawListener {
     pub name: String,
     /// Socket address to bind, e.g. `"0.0.0.0:8080"`.
     pub listen: String,
+    /// Connections arrive redirected by iptables (REDIRECT): their original destination
+    /// (SO_ORIGINAL_DST) becomes `destination.address` and the endpoint of `original_dst` clusters.
+    pub transparent: Option<bool>,
     /// TLS termination; absent means plain HTTP (HTTP/1.1 and h2c prior knowledge).
     pub tls: Option<RawListenerTls>,
     /// Accept HTTP/2 (h2c with prior knowledge, or h2 through ALPN). Default true.
@@ -273,6 +276,9 @@ pub struct RawCluster {
     pub name: String,
     /// `"IP:port"` or `"dns-name:port"`; names resolve at start and every `dns_refresh`.
     pub endpoints: Vec<String>,
+    /// No endpoints of its own: each request goes to the original destination of its
+    /// connection (a `transparent` listener's redirected traffic), as Envoy's ORIGINAL_DST cluster.
+    pub original_dst: Option<bool>,
     /// `round_robin` (default), `least_request`, `random`, `ring_hash`, `maglev`.
     pub lb: Option<String>,
     /// For `ring_hash` and `maglev`: what to hash. Default the client IP.

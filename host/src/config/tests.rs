@@ -185,3 +185,38 @@ cluster = "b"
     );
     assert_eq!(ctls.allowed_identities.len(), 3);
 }
+
+#[test]
+fn original_dst_clusters_have_no_endpoints() {
+    let base = r#"
+[[listener]]
+name = "captured"
+listen = "127.0.0.1:15002"
+transparent = true
+
+[[cluster]]
+name = "passthrough"
+original_dst = true
+ENDPOINTS
+
+[[route]]
+name = "r"
+cluster = "passthrough"
+"#;
+    let ok = parse(&base.replace("ENDPOINTS", "")).unwrap();
+    assert!(ok.listeners[0].transparent);
+    assert!(ok.clusters[0].original_dst && ok.clusters[0].endpoints.is_empty());
+    let err = parse(&base.replace("ENDPOINTS", "endpoints = [\"127.0.0.1:1\"]"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "cluster[0].original_dst: an original_dst cluster has no endpoints of its own"
+        ),
+        "{err}"
+    );
+    let err = parse(&base.replace("original_dst = true\nENDPOINTS", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cluster[0].endpoints: no endpoints"), "{err}");
+}

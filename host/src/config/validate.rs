@@ -327,12 +327,20 @@ impl Validator<'_> {
                 .unwrap_or(Duration::from_secs(10))
                 .get(),
             idle_timeout: l.idle_timeout.unwrap_or(Duration::from_secs(60)).get(),
+            transparent: l.transparent.unwrap_or(false),
         })
     }
 
     fn cluster(&mut self, i: usize, c: &RawCluster) -> Option<ClusterConfig> {
         let p = format!("cluster[{i}]");
-        if c.endpoints.is_empty() {
+        let original_dst = c.original_dst.unwrap_or(false);
+        if original_dst && !c.endpoints.is_empty() {
+            self.err(
+                &format!("{p}.original_dst"),
+                "an original_dst cluster has no endpoints of its own: remove endpoints, or original_dst",
+            );
+        }
+        if c.endpoints.is_empty() && !original_dst {
             self.err(
                 &format!("{p}.endpoints"),
                 "no endpoints: list at least one \"host:port\"",
@@ -428,6 +436,7 @@ impl Validator<'_> {
         Some(ClusterConfig {
             name: c.name.clone(),
             endpoints,
+            original_dst,
             lb,
             hash_on,
             protocol,
