@@ -40,16 +40,21 @@ fn ca_init(dir: &Path, name: &str) -> PathBuf {
     ca
 }
 
-/// `weir ca issue` for service account `sa` into `dir/sa`.
+/// `weir ca issue` for service account `sa` (of namespace default) into `dir/sa`.
 fn issue(ca: &Path, dir: &Path, sa: &str, ttl: &str) -> PathBuf {
-    let out = dir.join(sa);
+    issue_id(ca, &dir.join(sa), &spiffe(sa), ttl)
+}
+
+/// `weir ca issue` for SPIFFE ID `id` into `out`.
+fn issue_id(ca: &Path, out: &Path, id: &str, ttl: &str) -> PathBuf {
+    let out = out.to_path_buf();
     let text = weir_cli(&[
         "ca",
         "issue",
         "--dir",
         ca.to_str().unwrap(),
         "--spiffe",
-        &spiffe(sa),
+        id,
         "--dns",
         "localhost",
         "--ttl",
@@ -57,7 +62,7 @@ fn issue(ca: &Path, dir: &Path, sa: &str, ttl: &str) -> PathBuf {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(text.contains(&spiffe(sa)), "{text}");
+    assert!(text.contains(id), "{text}");
     out
 }
 
@@ -92,11 +97,35 @@ fn tls_table(certs: &Path, extra: &str) -> String {
     )
 }
 
-/// Sidecar B: inbound mTLS on its port, to app B, with pw-test and the misbehave component in its chain.
+/// Sidecar B: inbound mTLS on its port, to app B, with authz-rbac (callers of
+/// namespace default only, and A kept off /admin), pw-test and the misbehave
+/// component in its chain.
 async fn sidecar_b(certs: &Path, app: &Upstream) -> Weir {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(sdk_plugin("authz-rbac"), plugins.join("05-authz-rbac.wasm")).unwrap();
+    std::fs::write(
+        plugins.join("05-authz-rbac.toml"),
+        format!(
+            r#"[config]
+default = "deny"
+
+[[config.policies]]
+name = "no-admin-for-a"
+action = "deny"
+principals = ["{a}"]
+path_prefixes = ["/admin"]
+
+[[config.policies]]
+name = "mesh-callers"
+action = "allow"
+principals = ["spiffe://{TD}/ns/default/*"]
+"#,
+            a = spiffe("a")
+        ),
+    )
+    .unwrap();
     std::fs::copy(test_filter("pw-test"), plugins.join("10-pw-test.wasm")).unwrap();
     std::fs::copy(
         sdk_plugin("misbehave-test"),
@@ -269,6 +298,33 @@ async fn two_sidecars_carry_a_call_over_mtls_and_b_sees_a_s_identity() {
     assert_eq!(c("connection.mtls"), "true");
     assert_eq!(c("connection.uri_san_peer_certificate"), spiffe("a"));
     assert_eq!(c("destination.principal"), spiffe("b"));
+
+    // B's authz-rbac policies match on A's identity: A is kept off /admin, with the policy named.
+    let r = get("b.mesh", "/admin/users", None).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "denied by policy \"no-admin-for-a\"\n"
+    );
+    // A caller of another namespace, with a certificate from the same CA, gets the default deny.
+    let stranger = issue_id(
+        &ca,
+        &dir.path().join("stranger"),
+        &format!("spiffe://{TD}/ns/other/sa/x"),
+        "1h",
+    );
+    let r = mtls_client(&certs_b, Some(&stranger))
+        .get(format!("https://localhost:{}/hello", b.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-denied-by"], "authz-rbac/default");
+    let mb = b.metrics().await;
+    assert!(
+        mb.contains("name=\"denied\"") && mb.contains("plugin=\"authz-rbac\""),
+        "{mb}"
+    );
 
     // A refuses an upstream whose identity is not the one expected.
     let hits = app_b.hits();

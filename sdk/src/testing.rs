@@ -134,6 +134,14 @@ pub fn post(path: &str, body: impl Into<Vec<u8>>) -> TestRequest {
 }
 
 impl TestRequest {
+    /// Replaces a header (or pseudo-header, such as `:authority`), adding it when absent.
+    pub fn set(mut self, name: &str, value: &str) -> TestRequest {
+        let name = name.to_ascii_lowercase();
+        self.headers.retain(|(n, _)| *n != name);
+        self.headers.push((name, value.to_string()));
+        self
+    }
+
     /// Adds a header.
     pub fn header(mut self, name: &str, value: &str) -> TestRequest {
         self.headers
