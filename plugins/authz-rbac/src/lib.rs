@@ -354,7 +354,7 @@ impl Policy {
             && (self.paths.is_empty()
                 && self.path_prefixes.is_empty()
                 && self.path_globs.is_empty()
-                || self.paths.iter().any(|p| *p == f.path)
+                || self.paths.contains(&f.path)
                 || self
                     .path_prefixes
                     .iter()
