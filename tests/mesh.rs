@@ -306,6 +306,12 @@ async fn two_sidecars_carry_a_call_over_mtls_and_b_sees_a_s_identity() {
         r.text().await.unwrap(),
         "denied by policy \"no-admin-for-a\"\n"
     );
+    let logs = b.logs();
+    assert!(
+        logs.contains(&format!("denied GET /admin/users from {}", spiffe("a")))
+            && logs.contains("no-admin-for-a"),
+        "the denial is logged with its reason:\n{logs}"
+    );
     // A caller of another namespace, with a certificate from the same CA, gets the default deny.
     let stranger = issue_id(
         &ca,

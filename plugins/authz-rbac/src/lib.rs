@@ -249,7 +249,7 @@ impl Filter for AuthzRbac {
             }
             (Decision::Deny, false) => {
                 weir_sdk::metrics::counter_add("denied", 1);
-                weir_sdk::log::debug(&format!(
+                weir_sdk::log::info(&format!(
                     "denied {} {} from {who} (policy {by:?})",
                     facts.method, facts.path
                 ));
