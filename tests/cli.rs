@@ -290,10 +290,12 @@ fn plugin_describe_names_the_abi_and_imports() {
     let (code, out, err) = weir(&["plugin", "describe", component.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("abi: component weir:filter@0.1.0 (world plugin)"),
+        out.contains(
+            "abi: component weir:filter@0.1.1 (world plugin; this weir runs weir:filter@0.1.1)"
+        ),
         "{out}"
     );
-    assert!(out.contains("weir:filter/http@0.1.0"), "{out}");
+    assert!(out.contains("weir:filter/http@0.1.1"), "{out}");
     assert!(
         out.contains("configuration schema (JSON Schema): {") && out.contains("\"request_set\""),
         "the schema the SDK derived from the config type: {out}"

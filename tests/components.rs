@@ -88,7 +88,7 @@ async fn an_sdk_component_runs_beside_a_proxy_wasm_module_in_one_chain() {
         .json()
         .await
         .unwrap();
-    assert_eq!(s["plugins"][1]["abi"], "component weir:filter@0.1.0", "{s}");
+    assert_eq!(s["plugins"][1]["abi"], "component weir:filter@0.1.1", "{s}");
     assert!(
         s["plugins"][1]["memory_bytes"].as_u64().unwrap() >= 65536,
         "a component's linear memory is counted: {s}"
@@ -124,7 +124,7 @@ fn components_of_other_worlds_and_bad_configurations_are_refused_by_name() {
     let (code, err) = validate(&empty, None);
     assert_eq!(code, 1);
     assert!(
-        err.contains("30-c.wasm: is a component but not a weir plugin: it exports nothing and not weir:filter/filter@0.1.0"),
+        err.contains("30-c.wasm: is a component but not a weir plugin: it exports nothing and not weir:filter/filter@0.1.x"),
         "{err}"
     );
     let future = wat::parse_str(
@@ -136,7 +136,7 @@ fn components_of_other_worlds_and_bad_configurations_are_refused_by_name() {
     .unwrap();
     let (_, err) = validate(&future, None);
     assert!(
-        err.contains("targets weir:filter@0.2.0; this weir runs weir:filter@0.1.0"),
+        err.contains("targets weir:filter@0.2.0; this weir runs weir:filter@0.1.1"),
         "{err}"
     );
     let component = std::fs::read(sdk_plugin("header-rewrite")).unwrap();
@@ -317,4 +317,62 @@ async fn one_filter_logic_in_both_abis_looks_the_same_through_weir() {
         assert_eq!(a.1.as_deref(), Some("same"));
         assert_eq!(a.2["x-pw-seen"], "tag");
     }
+}
+
+#[tokio::test]
+async fn attributes_set_by_one_plugin_reach_the_next_across_abis() {
+    let up = Upstream::start("app").await;
+    let (pw, comp) = (test_filter("pw-test"), sdk_plugin("misbehave-test"));
+    let client = reqwest::Client::new();
+
+    // proxy-wasm set_property, then a component's attributes.get.
+    let w = weir_with(&[("10-pw", &pw, None), ("20-comp", &comp, None)], &up).await;
+    let text = client
+        .get(w.url("/attributes"))
+        .header("x-pw-set-attribute", "request.auth.principal=alice")
+        .header("x-attributes", "request.auth.principal,route_name")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, "request.auth.principal=alice\nroute_name=app\n");
+    drop(w);
+
+    // A component's attributes.set, then proxy-wasm's get_property.
+    let w = weir_with(&[("10-comp", &comp, None), ("20-pw", &pw, None)], &up).await;
+    let text = client
+        .get(w.url("/props"))
+        .header("x-set-attribute", "request.auth.principal=bob")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("request.auth.principal=bob\n"), "{text}");
+    // Names weir computes are refused, with the reason.
+    let r = client
+        .get(w.url("/props"))
+        .header("x-set-attribute", "request.path=/elsewhere")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("\"request.path\" is computed by weir and cannot be set"),
+        "{body}"
+    );
+    // Attributes live for one request only.
+    let text = client
+        .get(w.url("/props"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("request.auth.principal=<none>\n"), "{text}");
 }

@@ -78,6 +78,8 @@ fn bench(c: &mut Criterion) {
         local: addr,
         tls: false,
         tls_session: None,
+        route: None,
+        attributes: Default::default(),
         start: std::time::SystemTime::now(),
     });
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -121,7 +121,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         chain: chain.clone(),
         metrics: metrics.clone(),
     });
-    let host = Arc::new(HostServices::new(Arc::downgrade(&shared), metrics.clone()));
+    let quota = crate::quota::Quota::from_config(&config.quota, metrics.clone())
+        .map_err(|e| anyhow::anyhow!("[quota]: {e}"))?;
+    tracing::info!(quota.backend = quota.backend_name(), "quota service ready");
+    let host = Arc::new(
+        HostServices::new(Arc::downgrade(&shared), metrics.clone()).with_quota(Arc::new(quota)),
+    );
     let workers = config
         .server
         .workers

@@ -46,12 +46,39 @@ pub struct Config {
     pub plugin_defaults: PluginDefaults,
     /// The compiled-module cache folder; `None` when off.
     pub plugin_cache_dir: Option<PathBuf>,
+    /// The quota service.
+    pub quota: QuotaConfig,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Routes, in match order.
     pub routes: Vec<RouteConfig>,
     /// Clusters, in file order.
     pub clusters: Vec<ClusterConfig>,
+}
+
+/// `[quota]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaConfig {
+    /// Where the buckets live.
+    pub backend: QuotaBackend,
+    /// Allow (true) or deny when the backend cannot answer.
+    pub fail_open: bool,
+}
+
+/// Quota backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QuotaBackend {
+    /// In this process, exact across its workers.
+    Local,
+    /// In Redis, shared by every weir using it.
+    Redis {
+        /// `redis://host:port/db`.
+        url: String,
+        /// Connect, read and write timeout.
+        timeout: std::time::Duration,
+        /// Idle connections kept.
+        pool: usize,
+    },
 }
 
 /// `[server]`.

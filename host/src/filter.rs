@@ -56,6 +56,8 @@ pub struct LocalResponse {
 pub struct StreamInfo {
     /// The listener's name.
     pub listener: String,
+    /// The route the request matched as it entered the chain (`route_name`).
+    pub route: Option<String>,
     /// The client's address.
     pub peer: SocketAddr,
     /// The address the client connected to.
@@ -66,6 +68,75 @@ pub struct StreamInfo {
     pub tls_session: Option<Arc<crate::mesh::TlsSession>>,
     /// When the request arrived.
     pub start: SystemTime,
+    /// Attributes plugins set for the rest of the request (`request.auth.principal`, ...).
+    pub attributes: Attributes,
+}
+
+/// Attributes set by plugins during one request, read by the plugins after
+/// them (of either ABI) and by the access log. Names weir computes itself
+/// cannot be set.
+#[derive(Debug, Default)]
+pub struct Attributes(std::sync::Mutex<Vec<(String, Vec<u8>)>>);
+
+impl Clone for Attributes {
+    fn clone(&self) -> Self {
+        Attributes(std::sync::Mutex::new(self.all()))
+    }
+}
+
+impl Attributes {
+    /// Sets `name`; the error says why a name is refused.
+    pub fn set(&self, name: &str, value: Vec<u8>) -> Result<(), String> {
+        if name.is_empty() {
+            return Err("an attribute needs a name".into());
+        }
+        if host_owned(name) {
+            return Err(format!(
+                "{name:?} is computed by weir and cannot be set (use a name of your own, such as request.auth.* or a plugin prefix)"
+            ));
+        }
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match all.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value,
+            None => all.push((name.to_string(), value)),
+        }
+        Ok(())
+    }
+
+    /// The value of `name`, if a plugin set it.
+    pub fn get(&self, name: &str) -> Option<Vec<u8>> {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    }
+
+    /// Every attribute set, in the order first set.
+    pub fn all(&self) -> Vec<(String, Vec<u8>)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Whether weir computes `name` itself (plugins cannot set it).
+pub fn host_owned(name: &str) -> bool {
+    if name.starts_with("request.auth.") {
+        return false;
+    }
+    const PREFIXES: [&str; 7] = [
+        "request.",
+        "response.",
+        "source.",
+        "destination.",
+        "connection.",
+        "upstream.",
+        "xds.",
+    ];
+    const NAMES: [&str; 5] = [
+        "plugin_name",
+        "plugin_root_id",
+        "plugin_vm_id",
+        "route_name",
+        "cluster_name",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
 }
 
 /// What the log phase can read about the finished exchange.
@@ -393,12 +464,14 @@ mod tests {
     fn info() -> Arc<StreamInfo> {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         Arc::new(StreamInfo {
+            route: None,
             listener: "l".into(),
             peer: addr,
             local: addr,
             tls: false,
             tls_session: None,
             start: SystemTime::now(),
+            attributes: Default::default(),
         })
     }
 

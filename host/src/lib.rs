@@ -26,6 +26,7 @@ pub mod listener;
 pub mod mesh;
 pub mod plugin;
 pub mod proxy;
+pub mod quota;
 pub mod router;
 pub mod runtime;
 pub mod scaffold;

@@ -210,12 +210,15 @@ async fn handle(
         let chain = shared.chain.load();
         (!chain.is_empty()).then(|| {
             let info = Arc::new(crate::filter::StreamInfo {
+                route: find_route(rt, &down.listener.name, &head)
+                    .map(|i| rt.config.routes[i].name.clone()),
                 listener: down.listener.name.clone(),
                 peer: down.peer,
                 local: down.local,
                 tls: down.tls,
                 tls_session: down.tls_session.clone(),
                 start: std::time::SystemTime::now(),
+                attributes: Default::default(),
             });
             (chain.start(&info), chain.by_route())
         })

@@ -46,6 +46,17 @@ struct UpstreamTlsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    backend: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabel {
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CertLabels {
     cert: String,
 }
@@ -106,6 +117,8 @@ pub struct Metrics {
     upstream_tls_refusals: Family<UpstreamTlsLabels, Counter>,
     cert_reloads: Family<CertOutcomeLabels, Counter>,
     cert_expiry: Family<CertLabels, Gauge>,
+    quota_decisions: Family<QuotaLabels, Counter>,
+    quota_errors: Family<BackendLabel, Counter>,
     reloads: Family<OutcomeLabel, Counter>,
     plugin_counters: Family<PluginMetricLabels, Counter>,
     plugin_gauges: Family<PluginMetricLabels, Gauge>,
@@ -177,6 +190,8 @@ impl Metrics {
             upstream_tls_refusals: Family::default(),
             cert_reloads: Family::default(),
             cert_expiry: Family::default(),
+            quota_decisions: Family::default(),
+            quota_errors: Family::default(),
             reloads: Family::default(),
             plugin_counters: Family::default(),
             plugin_gauges: Family::default(),
@@ -228,6 +243,16 @@ impl Metrics {
             "tls_certificate_reloads",
             "Certificate file reloads, by certificate file and outcome (success, failure)",
             m.cert_reloads.clone(),
+        );
+        registry.register(
+            "quota_decisions",
+            "Quota takes by backend and outcome (allowed, denied)",
+            m.quota_decisions.clone(),
+        );
+        registry.register(
+            "quota_backend_errors",
+            "Quota takes the backend could not answer (Redis unreachable or too slow); the failure policy decided them",
+            m.quota_errors.clone(),
         );
         registry.register(
             "tls_certificate_expiry_timestamp_seconds",
@@ -360,6 +385,25 @@ impl Metrics {
             .get_or_create(&HandshakeLabels {
                 listener: listener.to_string(),
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a quota decision.
+    pub fn quota_decision(&self, backend: &str, allowed: bool) {
+        self.quota_decisions
+            .get_or_create(&QuotaLabels {
+                backend: backend.to_string(),
+                outcome: if allowed { "allowed" } else { "denied" }.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a quota take the backend could not answer.
+    pub fn quota_backend_error(&self, backend: &str) {
+        self.quota_errors
+            .get_or_create(&BackendLabel {
+                backend: backend.to_string(),
             })
             .inc();
     }

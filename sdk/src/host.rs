@@ -12,7 +12,7 @@ pub(crate) enum Dir {
 mod imp {
     use super::Dir;
     use crate::__private::bindings::weir::filter::{
-        attributes, env, http, log, metrics, shared_data, types,
+        attributes, env, http, log, metrics, quota, shared_data, types,
     };
 
     fn dir(d: Dir) -> types::Direction {
@@ -39,6 +39,30 @@ mod imp {
     }
     pub fn attribute(name: &str) -> Option<String> {
         attributes::get(name)
+    }
+    pub fn set_attribute(name: &str, value: &str) -> Result<(), String> {
+        attributes::set(name, value)
+    }
+    pub fn quota_take(
+        key: &str,
+        cost: u32,
+        limit: super::quota::Limit,
+    ) -> Result<super::quota::Decision, String> {
+        let d = quota::take(
+            key,
+            cost,
+            quota::Limit {
+                tokens: limit.tokens,
+                period_ms: limit.period_ms,
+            },
+        )?;
+        Ok(super::quota::Decision {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            retry_after_ms: d.retry_after_ms,
+            reset_ms: d.reset_ms,
+        })
     }
     pub fn log(level: u8, message: &str) {
         let level = match level {
@@ -89,6 +113,16 @@ mod imp {
     pub fn attribute(name: &str) -> Option<String> {
         with_host(|h| h.attributes.get(name).cloned())
     }
+    pub fn set_attribute(name: &str, value: &str) -> Result<(), String> {
+        with_host(|h| h.set_attribute(name, value))
+    }
+    pub fn quota_take(
+        key: &str,
+        cost: u32,
+        limit: super::quota::Limit,
+    ) -> Result<super::quota::Decision, String> {
+        with_host(|h| h.quota_take(key, cost, limit))
+    }
     pub fn log(level: u8, message: &str) {
         with_host(|h| h.logs.push((level, message.to_string())))
     }
@@ -121,7 +155,7 @@ mod imp {
     }
 }
 
-pub(crate) use imp::{add_header, attribute, get_header, get_headers, set_header};
+pub(crate) use imp::{add_header, attribute, get_header, get_headers, set_attribute, set_header};
 
 /// Logging into weir's log, tagged with the plugin's name.
 pub mod log {
@@ -173,5 +207,40 @@ pub mod shared {
     /// Wall-clock time in nanoseconds since the Unix epoch.
     pub fn now_nanos() -> u64 {
         super::imp::now_nanos()
+    }
+}
+
+/// Token buckets kept by weir: one budget per key, exact across weir's
+/// workers, or across every weir sharing a Redis (`[quota] backend = "redis"`).
+pub mod quota {
+    /// A bucket's size: at most `tokens`, refilled at `tokens` per `period_ms`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Limit {
+        /// Capacity, and tokens added per period.
+        pub tokens: u32,
+        /// The refill period in milliseconds.
+        pub period_ms: u32,
+    }
+
+    /// What a take decided.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Decision {
+        /// Whether the tokens were taken.
+        pub allowed: bool,
+        /// The bucket's capacity.
+        pub limit: u32,
+        /// Whole tokens left.
+        pub remaining: u32,
+        /// When refused: milliseconds until the tokens are there.
+        pub retry_after_ms: u32,
+        /// Milliseconds until the bucket is full again.
+        pub reset_ms: u32,
+    }
+
+    /// Takes `cost` tokens from bucket `key`. The error is for a limit of 0
+    /// tokens or a 0 period; an unreachable backend is decided by weir's
+    /// failure policy, not reported here.
+    pub fn take(key: &str, cost: u32, limit: Limit) -> Result<Decision, String> {
+        super::imp::quota_take(key, cost, limit)
     }
 }

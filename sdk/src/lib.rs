@@ -2,7 +2,7 @@
 //!
 //! A filter is a type implementing [`Filter`]: built once from its typed
 //! configuration, then called for every request with a per-request
-//! [`Filter::State`]. [`export_filter!`] turns it into a `weir:filter@0.1.0`
+//! [`Filter::State`]. [`export_filter!`] turns it into a `weir:filter@0.1.1`
 //! component; `cargo build --release --target wasm32-wasip2` gives the `.wasm`
 //! to drop into weir's plugins folder. [`testing::Harness`] runs the same
 //! filter natively in unit tests, with no proxy and no Wasm.
@@ -61,7 +61,7 @@ pub mod __private;
 
 use serde::de::DeserializeOwned;
 
-pub use host::{log, metrics, shared};
+pub use host::{log, metrics, quota, shared};
 /// Derive [`JsonSchema`] on a filter's configuration type; the SDK exports
 /// the schema, and weir checks a plugin's `[config]` against it at load.
 pub use schemars::{self, JsonSchema};
@@ -233,6 +233,14 @@ impl Request {
     /// An attribute in proxy-wasm's vocabulary, such as `source.address`.
     pub fn attribute(&self, name: &str) -> Option<String> {
         host::attribute(name)
+    }
+
+    /// Sets an attribute for the rest of this request: the plugins after this
+    /// one (of either ABI) and the access log read it. Authentication plugins
+    /// publish `request.auth.principal` and `request.auth.claims` this way.
+    /// Names weir computes (`request.path`, `source.address`, ...) are refused.
+    pub fn set_attribute(&mut self, name: &str, value: &str) -> Result<(), String> {
+        host::set_attribute(name, value)
     }
 }
 

@@ -25,6 +25,8 @@ pub struct TestHost {
     pub(crate) histograms: HashMap<String, Vec<u64>>,
     pub(crate) shared: HashMap<String, (Vec<u8>, u32)>,
     version: u32,
+    /// Token buckets: (key, limit) to (tokens, last refill).
+    buckets: HashMap<(String, crate::quota::Limit), (f64, std::time::Instant)>,
 }
 
 thread_local! {
@@ -207,6 +209,60 @@ impl Outcome {
 pub struct Harness<F: Filter> {
     next: u64,
     _filter: PhantomData<F>,
+}
+
+impl TestHost {
+    pub(crate) fn set_attribute(&mut self, name: &str, value: &str) -> Result<(), String> {
+        const HOST_OWNED: [&str; 6] = [
+            "request.",
+            "response.",
+            "source.",
+            "destination.",
+            "connection.",
+            "upstream.",
+        ];
+        if !name.starts_with("request.auth.") && HOST_OWNED.iter().any(|p| name.starts_with(p)) {
+            return Err(format!("{name:?} is computed by weir and cannot be set"));
+        }
+        self.attributes.insert(name.to_string(), value.to_string());
+        Ok(())
+    }
+
+    /// The same token bucket as weir's local quota backend.
+    pub(crate) fn quota_take(
+        &mut self,
+        key: &str,
+        cost: u32,
+        limit: crate::quota::Limit,
+    ) -> Result<crate::quota::Decision, String> {
+        if limit.tokens == 0 || limit.period_ms == 0 {
+            return Err("a limit needs at least 1 token and a period of at least 1ms".into());
+        }
+        let now = std::time::Instant::now();
+        let cap = f64::from(limit.tokens);
+        let rate = cap / f64::from(limit.period_ms); // tokens per ms
+        let b = self
+            .buckets
+            .entry((key.to_string(), limit))
+            .or_insert((cap, now));
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * 1000.0 * rate).min(cap);
+        b.1 = now;
+        let allowed = b.0 >= f64::from(cost);
+        if allowed {
+            b.0 -= f64::from(cost);
+        }
+        Ok(crate::quota::Decision {
+            allowed,
+            limit: limit.tokens,
+            remaining: b.0.floor() as u32,
+            retry_after_ms: if allowed {
+                0
+            } else {
+                ((f64::from(cost) - b.0) / rate).ceil() as u32
+            },
+            reset_ms: ((cap - b.0) / rate).ceil() as u32,
+        })
+    }
 }
 
 impl<F: Filter> Harness<F> {

@@ -40,9 +40,10 @@ use bindings::weir::filter::types as wit;
 use bindings::{Plugin, PluginPre, weir};
 
 /// The package and version of the world weir runs.
-pub const WORLD: &str = "weir:filter@0.1.0";
-/// The export every plugin component must have.
-const FILTER_EXPORT: &str = "weir:filter/filter@0.1.0";
+pub const WORLD: &str = "weir:filter@0.1.1";
+/// The export every plugin component must have, at any 0.1.x version (0.1
+/// releases only add; wasmtime links a 0.1.0 plugin to this 0.1.1 host).
+const FILTER_EXPORT: &str = "weir:filter/filter@0.1.";
 
 /// Whether `bytes` hold a component (rather than a core module): the two
 /// share the `\0asm` magic and differ in the version and layer fields.
@@ -297,6 +298,10 @@ impl State {
 }
 
 impl weir::filter::attributes::Host for State {
+    fn set(&mut self, name: String, value: String) -> Result<(), String> {
+        self.set_attribute(name, value)
+    }
+
     fn get(&mut self, name: String) -> Option<String> {
         let info = self.current.info.clone();
         let req = self.current.request.as_ref();
@@ -320,6 +325,7 @@ impl weir::filter::attributes::Host for State {
             "request.scheme" => info.map(|i| if i.tls { "https" } else { "http" }.to_string()),
             "request.id" => req.and_then(|r| header_text(&r.headers, "x-request-id")),
             "request.protocol" => req.map(|r| format!("{:?}", r.version)),
+            "route_name" => info.as_ref().and_then(|i| i.route.clone()),
             "source.address" => info.map(|i| i.peer.to_string()),
             "source.port" => info.map(|i| i.peer.port().to_string()),
             "destination.address" => info.map(|i| i.local.to_string()),
@@ -341,8 +347,47 @@ impl weir::filter::attributes::Host for State {
                 .response
                 .as_ref()
                 .map(|r| r.status.as_u16().to_string()),
-            _ => None,
+            other => info.and_then(|i| {
+                i.attributes
+                    .get(other)
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+            }),
         }
+    }
+}
+
+impl State {
+    fn set_attribute(&mut self, name: String, value: String) -> Result<(), String> {
+        let Some(info) = &self.current.info else {
+            return Err("attributes can only be set while a request is current".into());
+        };
+        info.attributes.set(&name, value.into_bytes())
+    }
+}
+
+impl weir::filter::quota::Host for State {
+    fn take(
+        &mut self,
+        key: String,
+        cost: u32,
+        limit: weir::filter::quota::Limit,
+    ) -> Result<weir::filter::quota::Decision, String> {
+        let d = self.host.quota().take(
+            &key,
+            cost,
+            crate::quota::Limit {
+                tokens: limit.tokens,
+                period: std::time::Duration::from_millis(u64::from(limit.period_ms)),
+            },
+        )?;
+        let ms = |d: std::time::Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        Ok(weir::filter::quota::Decision {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            retry_after_ms: ms(d.retry_after),
+            reset_ms: ms(d.reset),
+        })
     }
 }
 
@@ -551,8 +596,12 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
         .weir_filter_filter()
         .call_config_schema(&mut store)
         .map_err(|e| format!("config-schema trapped: {}", trap_message(&e)))?;
+    let built_for = exports
+        .iter()
+        .find_map(|e| e.strip_prefix("weir:filter/filter@"))
+        .unwrap_or("?");
     Ok(format!(
-        "abi: component {WORLD} (world plugin)\nexports: {}\nimports ({}): {}\nconfiguration schema (JSON Schema): {}\n",
+        "abi: component weir:filter@{built_for} (world plugin; this weir runs {WORLD})\nexports: {}\nimports ({}): {}\nconfiguration schema (JSON Schema): {}\n",
         exports.join(", "),
         imports.len(),
         imports.join(", "),
@@ -565,7 +614,7 @@ fn check_world(component: &Component) -> Result<(), String> {
     let ty = component.component_type();
     let engine = engine::engine();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-    if exports.iter().any(|e| e == FILTER_EXPORT) {
+    if exports.iter().any(|e| e.starts_with(FILTER_EXPORT)) {
         return Ok(());
     }
     if let Some(other) = exports
@@ -578,7 +627,7 @@ fn check_world(component: &Component) -> Result<(), String> {
         ));
     }
     Err(format!(
-        "is a component but not a weir plugin: it exports {} and not {FILTER_EXPORT}",
+        "is a component but not a weir plugin: it exports {} and not {FILTER_EXPORT}x",
         if exports.is_empty() {
             "nothing".to_string()
         } else {

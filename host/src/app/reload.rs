@@ -85,6 +85,9 @@ pub async fn reload_now(state: &AppState) {
                     "listener and admin changes take effect at the next restart; routes and clusters were reloaded"
                 );
             }
+            if rt.config.quota != old.config.quota {
+                tracing::warn!("[quota] changes take effect at the next restart");
+            }
             tracing::info!(
                 generation = rt.generation,
                 routes = rt.config.routes.len(),

@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     /// The plugins directory and plugin defaults.
     pub plugins: RawPlugins,
+    /// The quota service plugins take tokens from.
+    pub quota: RawQuota,
     /// `[[listener]]`: where weir accepts traffic.
     pub listener: Vec<RawListener>,
     /// `[[route]]`: ordered routes, first match wins.
@@ -34,6 +36,22 @@ pub struct RawServer {
     pub workers: Option<usize>,
     /// How long in-flight requests may take to finish on SIGTERM/SIGINT.
     pub drain_timeout: Option<Duration>,
+}
+
+/// `[quota]`: where the rate-limit buckets live.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawQuota {
+    /// `local` (default: exact within this weir) or `redis` (shared by every weir using the same Redis).
+    pub backend: Option<String>,
+    /// For `redis`: `redis://host:port/db`.
+    pub redis_url: Option<String>,
+    /// For `redis`: connect, read and write timeout. Default 25ms.
+    pub timeout: Option<Duration>,
+    /// For `redis`: idle connections kept. Default 16.
+    pub pool_size: Option<usize>,
+    /// When the backend cannot answer: `open` (allow, the default) or `closed` (deny).
+    pub failure: Option<String>,
 }
 
 /// `[admin]`.

@@ -176,6 +176,7 @@ impl Validator<'_> {
                 .get(),
             failure,
         };
+        let quota = self.quota(&raw.quota);
         let clusters: Vec<_> = raw
             .cluster
             .iter()
@@ -220,10 +221,58 @@ impl Validator<'_> {
             plugins_dir,
             plugin_defaults,
             plugin_cache_dir,
+            quota,
             listeners,
             routes,
             clusters: clusters.into_iter().flatten().collect(),
         }
+    }
+
+    fn quota(&mut self, q: &RawQuota) -> QuotaConfig {
+        let fail_open = match q.failure.as_deref() {
+            None | Some("open") => true,
+            Some("closed") => false,
+            Some(other) => {
+                self.err(
+                    "quota.failure",
+                    format!("unknown failure policy {other:?}; choose open or closed"),
+                );
+                true
+            }
+        };
+        let backend = match q.backend.as_deref() {
+            None | Some("local") => {
+                if q.redis_url.is_some() {
+                    self.err(
+                        "quota.redis_url",
+                        "redis_url is only used with backend = \"redis\"",
+                    );
+                }
+                QuotaBackend::Local
+            }
+            Some("redis") => {
+                let url = q.redis_url.clone().unwrap_or_default();
+                if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+                    self.err(
+                        "quota.redis_url",
+                        "backend = \"redis\" needs redis_url = \"redis://127.0.0.1:6379\"",
+                    );
+                }
+                QuotaBackend::Redis {
+                    url,
+                    timeout: q.timeout.unwrap_or(Duration::from_millis(25)).get(),
+                    pool: q.pool_size.unwrap_or(16),
+                }
+            }
+            Some(other) => {
+                self.err(
+                    "quota.backend",
+                    format!("unknown quota backend {other:?}; choose local or redis"),
+                );
+                QuotaBackend::Local
+            }
+        };
+        QuotaConfig { backend, fail_open }
     }
 
     fn unique(&mut self, kind: &str, names: &[&str]) {

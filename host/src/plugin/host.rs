@@ -1,5 +1,5 @@
 //! The host API, written once for every plugin ABI: shared key-value data
-//! with compare-and-swap, shared queues, plugin metrics and outbound calls.
+//! with compare-and-swap, shared queues, plugin metrics, quota and outbound calls.
 //! The ABI adapters translate their calls into these.
 
 use std::collections::{HashMap, VecDeque};
@@ -67,6 +67,7 @@ type Queues = (HashMap<(String, String), u32>, HashMap<u32, Queue>);
 pub struct HostServices {
     shared: Weak<Shared>,
     metrics: Arc<Metrics>,
+    quota: Arc<crate::quota::Quota>,
     data: Mutex<DataMap>,
     cas: AtomicU32,
     queues: Mutex<Queues>,
@@ -78,12 +79,24 @@ impl HostServices {
     pub fn new(shared: Weak<Shared>, metrics: Arc<Metrics>) -> HostServices {
         HostServices {
             shared,
+            quota: Arc::new(crate::quota::Quota::local(metrics.clone())),
             metrics,
             data: Mutex::default(),
             cas: AtomicU32::new(1),
             queues: Mutex::default(),
             next_queue: AtomicU32::new(1),
         }
+    }
+
+    /// Uses `quota` for plugins' token buckets (instead of a local one).
+    pub fn with_quota(mut self, quota: Arc<crate::quota::Quota>) -> HostServices {
+        self.quota = quota;
+        self
+    }
+
+    /// The quota service.
+    pub fn quota(&self) -> &crate::quota::Quota {
+        &self.quota
     }
 
     /// Reads shared data of `vm_id`: the value and its CAS token.

@@ -177,11 +177,62 @@ fn link_context(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     l.func_wrap(
         "env",
         "proxy_call_foreign_function",
-        |_: C<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> R {
-            Ok(Status::NotFound as i32)
+        |mut c: C<'_>, np: i32, nl: i32, ap: i32, al: i32, rp: i32, rl: i32| -> R {
+            let name = tryst!(read(&mut c, np, nl));
+            let args = tryst!(read(&mut c, ap, al));
+            let Some(plugin) = c.data().plugin.upgrade() else {
+                return Ok(Status::InternalFailure as i32);
+            };
+            match name.as_slice() {
+                b"weir.quota.take" => match quota_take(plugin.host.quota(), &args) {
+                    Ok(reply) => Ok(code(give(&mut c, &reply, rp, rl)?)),
+                    Err(e) => {
+                        tracing::warn!(plugin.name = %plugin.spec.name, "weir.quota.take: {e}");
+                        Ok(Status::BadArgument as i32)
+                    }
+                },
+                _ => Ok(Status::NotFound as i32),
+            }
         },
     )?;
     Ok(())
+}
+
+/// `weir.quota.take`, proxy-wasm's way to the quota service: the argument is
+/// JSON `{"key": "...", "cost": 1, "tokens": 10, "period_ms": 1000}` (cost
+/// defaults to 1), the answer JSON `{"allowed": true, "limit": 10,
+/// "remaining": 9, "retry_after_ms": 0, "reset_ms": 100}`.
+fn quota_take(quota: &crate::quota::Quota, args: &[u8]) -> Result<Vec<u8>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Args {
+        key: String,
+        #[serde(default = "one")]
+        cost: u32,
+        tokens: u32,
+        period_ms: u64,
+    }
+    fn one() -> u32 {
+        1
+    }
+    let a: Args = serde_json::from_slice(args).map_err(|e| format!("bad argument: {e}"))?;
+    let d = quota.take(
+        &a.key,
+        a.cost,
+        crate::quota::Limit {
+            tokens: a.tokens,
+            period: std::time::Duration::from_millis(a.period_ms),
+        },
+    )?;
+    Ok(serde_json::json!({
+        "allowed": d.allowed,
+        "limit": d.limit,
+        "remaining": d.remaining,
+        "retry_after_ms": d.retry_after.as_millis().min(u128::from(u32::MAX)) as u64,
+        "reset_ms": d.reset.as_millis().min(u128::from(u32::MAX)) as u64,
+    })
+    .to_string()
+    .into_bytes())
 }
 
 fn buffer_bytes(s: &mut VmState, kind: i32) -> Result<Bytes, Status> {
@@ -795,7 +846,16 @@ fn link_metrics_and_properties(l: &mut Linker<VmState>) -> wasmtime::Result<()> 
             let s = c.data_mut();
             match s.stream() {
                 Some(st) => {
-                    st.props.insert(key, value);
+                    // As Envoy's filter state: other plugins of the request see it
+                    // (names weir computes stay this plugin's own).
+                    let name = properties::segments(&key).join(".");
+                    let shared = st
+                        .info
+                        .as_ref()
+                        .is_some_and(|i| i.attributes.set(&name, value.clone()).is_ok());
+                    if !shared {
+                        st.props.insert(key, value);
+                    }
                     Ok(0)
                 }
                 None => Ok(Status::NotFound as i32),

@@ -2,7 +2,8 @@
 //! `/grow` asks for far more memory than any plugin limit, `/print` writes to
 //! stdout, `/attributes` answers 200 with the attributes its `x-attributes`
 //! header names (comma-separated), one `name=value` per line; anything else
-//! gets `x-misbehave: no`.
+//! gets `x-misbehave: no`. A request with `x-set-attribute: name=value` sets
+//! that attribute first (400 with the host's refusal if it is refused).
 
 use weir_sdk::{Action, Filter, LocalResponse, Request};
 
@@ -18,6 +19,12 @@ impl Filter for Misbehave {
     }
 
     fn on_request_headers(&self, _: &mut (), req: &mut Request) -> Action {
+        if let Some(kv) = req.header("x-set-attribute")
+            && let Some((name, value)) = kv.split_once('=')
+            && let Err(e) = req.set_attribute(name, value)
+        {
+            return LocalResponse::new(400).body(format!("{e}\n")).into_action();
+        }
         match req.path().as_str() {
             "/panic" => panic!("misbehave panics on purpose"),
             "/print" => println!("a component writing to stdout"),

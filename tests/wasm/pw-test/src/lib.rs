@@ -129,6 +129,12 @@ impl Context for Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.set_http_request_header("x-pw-seen", Some(&self.tag));
+        if let Some(kv) = self.get_http_request_header("x-pw-set-attribute")
+            && let Some((name, value)) = kv.split_once('=')
+        {
+            let path: Vec<&str> = name.split('.').collect();
+            self.set_property(path, Some(value.as_bytes()));
+        }
         let path = self.get_http_request_header(":path").unwrap_or_default();
         self.path = path.split('?').next().unwrap_or("").to_string();
         match self.path.as_str() {
@@ -138,7 +144,7 @@ impl HttpContext for Stream {
             }
             "/props" => {
                 let mut body = String::new();
-                for p in ["request.path", "request.url_path", "request.host", "request.method", "request.scheme", "request.protocol", "request.id", "source.address", "destination.address", "plugin_name", "plugin_root_id", "plugin_vm_id", "connection.tls_version", "connection.requested_server_name", "connection.uri_san_peer_certificate", "connection.subject_peer_certificate", "connection.uri_san_local_certificate", "source.principal", "destination.principal"] {
+                for p in ["request.path", "request.url_path", "request.host", "request.method", "request.scheme", "request.protocol", "request.id", "source.address", "destination.address", "plugin_name", "plugin_root_id", "plugin_vm_id", "connection.tls_version", "connection.requested_server_name", "connection.uri_san_peer_certificate", "connection.subject_peer_certificate", "connection.uri_san_local_certificate", "source.principal", "destination.principal", "request.auth.principal"] {
                     let parts: Vec<&str> = p.split('.').collect();
                     body.push_str(&format!("{p}={}\n", prop_string(self, &parts)));
                 }
@@ -158,6 +164,20 @@ impl HttpContext for Stream {
                 }
                 body.push_str(&format!("request.headers.user-agent={}\n", prop_string(self, &["request", "headers", "user-agent"])));
                 self.send_http_response(200, vec![("content-type", "text/plain")], Some(body.as_bytes()));
+                Action::Pause
+            }
+            "/quota" => {
+                let args = br#"{"key": "pw-test", "tokens": 2, "period_ms": 3600000}"#;
+                match proxy_wasm::hostcalls::call_foreign_function("weir.quota.take", Some(args)) {
+                    Ok(Some(reply)) => {
+                        let allowed = String::from_utf8_lossy(&reply).contains("\"allowed\":true");
+                        self.send_http_response(if allowed { 200 } else { 429 }, vec![], Some(&reply));
+                    }
+                    other => {
+                        let msg = format!("weir.quota.take failed: {other:?}\n");
+                        self.send_http_response(500, vec![], Some(msg.as_bytes()));
+                    }
+                }
                 Action::Pause
             }
             "/shared" => {

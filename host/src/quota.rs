@@ -1,0 +1,152 @@
+//! Quota: token buckets the host keeps for plugins (the rate-limit plugin and
+//! any other), so that a limit holds across every worker thread of one weir
+//! (`local`) or across many weir processes (`redis`).
+//!
+//! A bucket is named by a key the plugin builds (a descriptor: client IP, API
+//! key, JWT subject, route, ...) and sized by its [`Limit`]: `tokens` per
+//! `period`, refilled continuously, holding at most `tokens`. Plugins reach it
+//! through the WIT `quota` interface, and proxy-wasm plugins through
+//! `proxy_call_foreign_function("weir.quota.take", ...)`.
+
+mod local;
+mod redis_backend;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{QuotaBackend, QuotaConfig};
+use crate::telemetry::Metrics;
+
+/// A bucket's size: `tokens` per `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Limit {
+    /// Capacity, and tokens added per period.
+    pub tokens: u32,
+    /// The refill period.
+    pub period: Duration,
+}
+
+impl Limit {
+    /// Checks the limit is usable; the error says why not.
+    pub fn check(&self) -> Result<(), String> {
+        if self.tokens == 0 {
+            return Err("a limit of 0 tokens admits nothing: use at least 1".into());
+        }
+        if self.period.is_zero() {
+            return Err("a period of 0 refills nothing: use at least 1ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// What a take decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the tokens were taken.
+    pub allowed: bool,
+    /// The bucket's capacity.
+    pub limit: u32,
+    /// Whole tokens left after this take.
+    pub remaining: u32,
+    /// When denied: how long until `cost` tokens are there (Retry-After). Else zero.
+    pub retry_after: Duration,
+    /// How long until the bucket is full again (the RateLimit reset).
+    pub reset: Duration,
+}
+
+/// The quota service of one weir process.
+pub struct Quota {
+    backend: Backend,
+    fail_open: bool,
+    metrics: Arc<Metrics>,
+}
+
+enum Backend {
+    Local(local::Buckets),
+    Redis(redis_backend::Buckets),
+}
+
+impl std::fmt::Debug for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quota")
+            .field("backend", &self.backend_name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Quota {
+    /// A local quota service (the default).
+    pub fn local(metrics: Arc<Metrics>) -> Quota {
+        Quota {
+            backend: Backend::Local(local::Buckets::default()),
+            fail_open: true,
+            metrics,
+        }
+    }
+
+    /// The quota service `config` asks for. The error names what is wrong with it.
+    pub fn from_config(config: &QuotaConfig, metrics: Arc<Metrics>) -> Result<Quota, String> {
+        let backend = match &config.backend {
+            QuotaBackend::Local => Backend::Local(local::Buckets::default()),
+            QuotaBackend::Redis { url, timeout, pool } => {
+                Backend::Redis(redis_backend::Buckets::new(url, *timeout, *pool)?)
+            }
+        };
+        Ok(Quota {
+            backend,
+            fail_open: config.fail_open,
+            metrics,
+        })
+    }
+
+    /// `local` or `redis`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Local(_) => "local",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// Takes `cost` tokens from bucket `key` sized `limit`. When the backend
+    /// cannot answer (Redis unreachable or slow), the configured failure
+    /// policy decides and the error is counted in
+    /// `weir_quota_backend_errors_total`; the error is only returned for a
+    /// bad limit.
+    pub fn take(&self, key: &str, cost: u32, limit: Limit) -> Result<Decision, String> {
+        limit.check()?;
+        let outcome = match &self.backend {
+            Backend::Local(b) => Ok(b.take(key, cost, limit)),
+            Backend::Redis(b) => b.take(key, cost, limit),
+        };
+        let decision = match outcome {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.quota_backend_error(self.backend_name());
+                tracing::warn!(
+                    quota.backend = self.backend_name(),
+                    quota.key = key,
+                    "quota backend failed, the request is {}: {e}",
+                    if self.fail_open {
+                        "allowed (failure = \"open\")"
+                    } else {
+                        "denied (failure = \"closed\")"
+                    }
+                );
+                Decision {
+                    allowed: self.fail_open,
+                    limit: limit.tokens,
+                    remaining: 0,
+                    retry_after: if self.fail_open {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_secs(1)
+                    },
+                    reset: limit.period,
+                }
+            }
+        };
+        self.metrics
+            .quota_decision(self.backend_name(), decision.allowed);
+        Ok(decision)
+    }
+}
