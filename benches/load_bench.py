@@ -244,8 +244,8 @@ def main():
         sh(["cargo", "build", "--release", "-q", "--locked", "--target", "wasm32-wasip1", "--manifest-path", str(ROOT / "tests/wasm/Cargo.toml")])
         wasm = ROOT / "tests/wasm/target/wasm32-wasip1/release/pw_test.wasm"
     if any(isinstance(f, str) for f in filter_counts):
-        sh(["cargo", "build", "--release", "-q", "--locked", "--target", "wasm32-wasip2", "-p", "header-rewrite", "--target-dir", str(ROOT / "target/plugins")], cwd=ROOT)
-        sdk_wasm = ROOT / "target/plugins/wasm32-wasip2/release/header_rewrite.wasm"
+        sh(["cargo", "build", "--profile", "plugin", "-q", "--locked", "--target", "wasm32-wasip2", "-p", "header-rewrite", "--target-dir", str(ROOT / "target/plugins")], cwd=ROOT)
+        sdk_wasm = ROOT / "target/plugins/wasm32-wasip2/plugin/header_rewrite.wasm"
     try:
         up = nginx_conf(tmp, "upstream", f"server {{ listen 127.0.0.1:{UPSTREAM_PORT}; location / {{ return 200 'hello from the upstream\\n'; }} }}")
         procs["upstream"] = subprocess.Popen([nginx, "-c", str(up), "-p", str(tmp)], stderr=subprocess.DEVNULL)

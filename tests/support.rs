@@ -419,7 +419,8 @@ pub async fn grpc_upstream() -> std::net::SocketAddr {
     addr
 }
 
-/// Builds an SDK plugin crate of plugins/ to a wasm32-wasip2 component (once
+/// Builds an SDK plugin crate of plugins/ to a wasm32-wasip2 component with
+/// the `plugin` profile (stripped, size-optimized, as shipped) (once
 /// per process; its own target folder, so no lock is shared with the test run)
 /// and returns the .wasm.
 pub fn sdk_plugin(package: &str) -> PathBuf {
@@ -434,7 +435,8 @@ pub fn sdk_plugin(package: &str) -> PathBuf {
     let out = Command::new(cargo)
         .args([
             "build",
-            "--release",
+            "--profile",
+            "plugin",
             "--locked",
             "--target",
             "wasm32-wasip2",
@@ -454,7 +456,7 @@ pub fn sdk_plugin(package: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     let path = target
-        .join("wasm32-wasip2/release")
+        .join("wasm32-wasip2/plugin")
         .join(format!("{}.wasm", package.replace('-', "_")));
     built.push((package.to_string(), path.clone()));
     path

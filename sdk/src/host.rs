@@ -111,7 +111,12 @@ mod imp {
         with_host(|h| h.set_header(d, name, Some(value), true))
     }
     pub fn attribute(name: &str) -> Option<String> {
-        with_host(|h| h.attributes.get(name).cloned())
+        with_host(|h| {
+            h.set_attributes
+                .get(name)
+                .or_else(|| h.attributes.get(name))
+                .cloned()
+        })
     }
     pub fn set_attribute(name: &str, value: &str) -> Result<(), String> {
         with_host(|h| h.set_attribute(name, value))

@@ -19,6 +19,8 @@ pub struct TestHost {
     request: Vec<(String, String)>,
     response: Vec<(String, String)>,
     pub(crate) attributes: HashMap<String, String>,
+    /// Attributes the filter set during the current (or last) request.
+    pub(crate) set_attributes: HashMap<String, String>,
     pub(crate) logs: Vec<(u8, String)>,
     pub(crate) counters: HashMap<String, u64>,
     pub(crate) gauges: HashMap<String, i64>,
@@ -224,7 +226,8 @@ impl TestHost {
         if !name.starts_with("request.auth.") && HOST_OWNED.iter().any(|p| name.starts_with(p)) {
             return Err(format!("{name:?} is computed by weir and cannot be set"));
         }
-        self.attributes.insert(name.to_string(), value.to_string());
+        self.set_attributes
+            .insert(name.to_string(), value.to_string());
         Ok(())
     }
 
@@ -286,6 +289,17 @@ impl<F: Filter> Harness<F> {
         self
     }
 
+    /// The value of an attribute as the filter sees it: one it set during the
+    /// last request (`request.auth.principal`, ...), else one set with [`Harness::attribute`].
+    pub fn attribute_value(&self, name: &str) -> Option<String> {
+        with_host(|h| {
+            h.set_attributes
+                .get(name)
+                .or_else(|| h.attributes.get(name))
+                .cloned()
+        })
+    }
+
     /// The request phases (head, then the body if there is one), then done.
     pub fn request(&mut self, req: TestRequest) -> Outcome {
         let id = self.start();
@@ -308,6 +322,7 @@ impl<F: Filter> Harness<F> {
     }
 
     fn start(&mut self) -> u64 {
+        with_host(|h| h.set_attributes.clear());
         let id = self.next;
         self.next += 1;
         id

@@ -1,0 +1,145 @@
+//! The policy plugins in one chain through the real binary: authn-jwt
+//! authenticates (RS256) and publishes the principal and claims, authz-rbac
+//! decides on them, the upstream sees only what it should.
+
+mod support;
+
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use support::{Upstream, Weir, free_port, sdk_plugin};
+
+const RSA: &str = include_str!("../plugins/authn-jwt/src/testkeys/rsa.pem");
+
+fn key() -> EncodingKey {
+    EncodingKey::from_rsa_pem(RSA.as_bytes()).unwrap()
+}
+
+fn token(claims: Value) -> String {
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("k1".into());
+    encode(&h, &claims, &key()).unwrap()
+}
+
+fn claims(role: &str, exp_in: i64) -> Value {
+    let now = jsonwebtoken::get_current_timestamp() as i64;
+    json!({"iss": "https://id.test", "sub": "ann", "aud": "orders", "role": role, "exp": now + exp_in})
+}
+
+async fn gateway(up: &Upstream) -> Weir {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&key(), Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let jwks = json!({"keys": [jwk]}).to_string();
+    std::fs::copy(sdk_plugin("authn-jwt"), plugins.join("20-authn-jwt.wasm")).unwrap();
+    std::fs::write(
+        plugins.join("20-authn-jwt.toml"),
+        format!(
+            r#"[config]
+[[config.providers]]
+name = "corp"
+issuer = "https://id.test"
+audiences = ["orders"]
+jwks = '{jwks}'
+forward_claims = {{ sub = "x-user" }}
+
+[[config.rules]]
+path_prefix = "/public/"
+requirement = "skip"
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::copy(sdk_plugin("authz-rbac"), plugins.join("30-authz-rbac.wasm")).unwrap();
+    std::fs::write(
+        plugins.join("30-authz-rbac.toml"),
+        r#"[config]
+default = "deny"
+[[config.policies]]
+name = "public"
+action = "allow"
+path_prefixes = ["/public/"]
+[[config.policies]]
+name = "admins"
+action = "allow"
+claims = { role = "admin" }
+[[config.policies]]
+name = "users-off-admin"
+action = "deny"
+path_prefixes = ["/admin"]
+[[config.policies]]
+name = "users"
+action = "allow"
+principals = ["https://id.test/*"]
+"#,
+    )
+    .unwrap();
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        up.addr
+    );
+    Weir::start_in(dir, admin, port, &config).await
+}
+
+#[tokio::test]
+async fn authn_jwt_then_authz_rbac_decide_on_the_token() {
+    let up = Upstream::start("app").await;
+    let w = gateway(&up).await;
+    let client = reqwest::Client::new();
+    let send = |path: &str, t: Option<String>| {
+        let mut r = client.get(w.url(path));
+        if let Some(t) = t {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+
+    // No token: 401 with a challenge; the upstream is never called.
+    let r = send("/orders", None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"weir\"");
+    // An expired token: 401 naming why.
+    let r = send("/orders", Some(token(claims("user", -3600))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let www = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        www.contains("error=\"invalid_token\"") && www.contains("expired"),
+        "{www}"
+    );
+    assert_eq!(up.hits(), 0);
+
+    // A user's token: through, with the subject forwarded and the token removed.
+    let r = send("/orders", Some(token(claims("user", 300))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["headers"]["x-user"], "ann");
+    assert!(v["headers"].get("authorization").is_none(), "{v}");
+    // The same user is kept off /admin by authz-rbac, on the principal authn-jwt published.
+    let r = send("/admin/users", Some(token(claims("user", 300))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "denied by policy \"users-off-admin\"\n"
+    );
+    // An admin's claims let them in.
+    let r = send("/admin/users", Some(token(claims("admin", 300))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Public paths need no token.
+    assert_eq!(send("/public/logo.png", None).await.unwrap().status(), 200);
+    assert_eq!(up.hits(), 3);
+}
