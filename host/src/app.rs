@@ -124,9 +124,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let quota = crate::quota::Quota::from_config(&config.quota, metrics.clone())
         .map_err(|e| anyhow::anyhow!("[quota]: {e}"))?;
     tracing::info!(quota.backend = quota.backend_name(), "quota service ready");
-    let host = Arc::new(
-        HostServices::new(Arc::downgrade(&shared), metrics.clone()).with_quota(Arc::new(quota)),
-    );
+    let mut host =
+        HostServices::new(Arc::downgrade(&shared), metrics.clone()).with_quota(Arc::new(quota));
+    match &config.access_log {
+        crate::config::AccessLogTarget::Stdout => {
+            host =
+                host.with_access_log(Arc::new(crate::telemetry::access_log::AccessLog::stdout()));
+        }
+        crate::config::AccessLogTarget::File(path) => {
+            let log = crate::telemetry::access_log::AccessLog::file(path)
+                .map_err(|e| anyhow::anyhow!("[telemetry] access_log: {e}"))?;
+            host = host.with_access_log(Arc::new(log));
+        }
+        crate::config::AccessLogTarget::Off => {}
+    }
+    let host = Arc::new(host);
     let workers = config
         .server
         .workers

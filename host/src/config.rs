@@ -48,12 +48,25 @@ pub struct Config {
     pub plugin_cache_dir: Option<PathBuf>,
     /// The quota service.
     pub quota: QuotaConfig,
+    /// Where plugins' access log lines go.
+    pub access_log: AccessLogTarget,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Routes, in match order.
     pub routes: Vec<RouteConfig>,
     /// Clusters, in file order.
     pub clusters: Vec<ClusterConfig>,
+}
+
+/// Where access log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard output.
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+    /// Nowhere.
+    Off,
 }
 
 /// `[quota]`.

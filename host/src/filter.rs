@@ -103,6 +103,15 @@ impl Attributes {
         Ok(())
     }
 
+    /// Sets an attribute weir itself computes (the decision log's `weir.*`).
+    pub(crate) fn set_internal(&self, name: &str, value: Vec<u8>) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match all.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value,
+            None => all.push((name.to_string(), value)),
+        }
+    }
+
     /// The value of `name`, if a plugin set it.
     pub fn get(&self, name: &str) -> Option<Vec<u8>> {
         let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -120,7 +129,8 @@ pub fn host_owned(name: &str) -> bool {
     if name.starts_with("request.auth.") {
         return false;
     }
-    const PREFIXES: [&str; 7] = [
+    const PREFIXES: [&str; 8] = [
+        "weir.",
         "request.",
         "response.",
         "source.",
@@ -279,13 +289,16 @@ impl FilterChain {
     /// Per-request state for every filter of the chain.
     pub fn start(&self, info: &Arc<StreamInfo>) -> ChainStream {
         ChainStream {
+            info: info.clone(),
             streams: self
                 .entries
                 .iter()
                 .map(|e| Stage {
+                    filter: e.filter.clone(),
                     stream: e.filter.new_stream(info),
                     routes: e.routes.clone(),
                     active: true,
+                    spent: std::time::Duration::ZERO,
                 })
                 .collect(),
         }
@@ -293,15 +306,29 @@ impl FilterChain {
 }
 
 struct Stage {
+    filter: Arc<dyn HttpFilter>,
     stream: Box<dyn StreamFilter>,
     routes: Option<Arc<[String]>>,
     /// False once skipped because the request's route is not one of its routes.
     active: bool,
+    /// Time spent in this filter's callbacks for this request.
+    spent: std::time::Duration,
 }
 
 /// The chain's state for one request.
 pub struct ChainStream {
+    info: Arc<StreamInfo>,
     streams: Vec<Stage>,
+}
+
+/// Runs one filter callback, adding its time to the stage.
+macro_rules! timed {
+    ($stage:expr, $call:expr) => {{
+        let t = std::time::Instant::now();
+        let out = $call;
+        $stage.spent += t.elapsed();
+        out
+    }};
 }
 
 impl ChainStream {
@@ -324,27 +351,27 @@ impl ChainStream {
                     continue;
                 }
             }
-            match settle(s.stream.on_request_headers(head, eos).await) {
+            match settle(timed!(s, s.stream.on_request_headers(head, eos).await)) {
                 Settled::Continue => {}
                 Settled::Buffer => wants_body = true,
-                Settled::Respond(r) => return Err(r),
+                Settled::Respond(r) => return Err(answered(&self.info, r)),
             }
         }
         Ok(wants_body)
     }
 
-    fn active(&mut self) -> impl DoubleEndedIterator<Item = &mut Box<dyn StreamFilter>> {
-        self.streams
-            .iter_mut()
-            .filter(|s| s.active)
-            .map(|s| &mut s.stream)
+    fn active(&mut self) -> impl DoubleEndedIterator<Item = &mut Stage> {
+        self.streams.iter_mut().filter(|s| s.active)
     }
 
     /// Runs the request-body phase over a whole body, in order.
     pub async fn request_body(&mut self, body: &mut Bytes) -> Result<(), LocalResponse> {
+        let info = self.info.clone();
         for s in self.active() {
-            if let Settled::Respond(r) = settle(s.on_request_body(body, true).await) {
-                return Err(r);
+            if let Settled::Respond(r) =
+                settle(timed!(s, s.stream.on_request_body(body, true).await))
+            {
+                return Err(answered(&info, r));
             }
         }
         Ok(())
@@ -357,11 +384,12 @@ impl ChainStream {
         eos: bool,
     ) -> Result<bool, LocalResponse> {
         let mut wants_body = false;
+        let info = self.info.clone();
         for s in self.active().rev() {
-            match settle(s.on_response_headers(head, eos).await) {
+            match settle(timed!(s, s.stream.on_response_headers(head, eos).await)) {
                 Settled::Continue => {}
                 Settled::Buffer => wants_body = true,
-                Settled::Respond(r) => return Err(r),
+                Settled::Respond(r) => return Err(answered(&info, r)),
             }
         }
         Ok(wants_body)
@@ -369,9 +397,12 @@ impl ChainStream {
 
     /// Runs the response-body phase over a whole body, in reverse order.
     pub async fn response_body(&mut self, body: &mut Bytes) -> Result<(), LocalResponse> {
+        let info = self.info.clone();
         for s in self.active().rev() {
-            if let Settled::Respond(r) = settle(s.on_response_body(body, true).await) {
-                return Err(r);
+            if let Settled::Respond(r) =
+                settle(timed!(s, s.stream.on_response_body(body, true).await))
+            {
+                return Err(answered(&info, r));
             }
         }
         Ok(())
@@ -380,7 +411,7 @@ impl ChainStream {
     /// Streaming filters for the request body, in request order.
     pub fn request_body_filters(&mut self) -> Vec<Box<dyn BodyFilter>> {
         self.active()
-            .filter_map(|s| s.request_body_filter())
+            .filter_map(|s| s.stream.request_body_filter())
             .collect()
     }
 
@@ -388,16 +419,45 @@ impl ChainStream {
     pub fn response_body_filters(&mut self) -> Vec<Box<dyn BodyFilter>> {
         self.active()
             .rev()
-            .filter_map(|s| s.response_body_filter())
+            .filter_map(|s| s.stream.response_body_filter())
             .collect()
     }
 
-    /// Runs the log phase on every filter that ran.
+    /// Runs the log phase on every filter that ran. Before it, the decision
+    /// log's `weir.plugin_times` (µs each filter spent on the request, as a
+    /// JSON object) is set for them to read.
     pub fn log(&mut self, info: &LogInfo) {
+        let times: serde_json::Map<String, serde_json::Value> = self
+            .streams
+            .iter()
+            .filter(|s| s.active)
+            .map(|s| {
+                (
+                    s.filter.name().to_string(),
+                    serde_json::Value::from(s.spent.as_micros() as u64),
+                )
+            })
+            .collect();
+        self.info.attributes.set_internal(
+            "weir.plugin_times",
+            serde_json::Value::Object(times).to_string().into_bytes(),
+        );
         for s in self.active() {
-            s.on_log(info);
+            s.stream.on_log(info);
         }
     }
+}
+
+/// Records which filter answered locally, and with what status
+/// (`weir.answered_by`, `weir.answered_status`), for the decision log.
+fn answered(info: &StreamInfo, r: LocalResponse) -> LocalResponse {
+    info.attributes
+        .set_internal("weir.answered_by", r.by.clone().into_bytes());
+    info.attributes.set_internal(
+        "weir.answered_status",
+        r.status.as_str().as_bytes().to_vec(),
+    );
+    r
 }
 
 enum Settled {

@@ -1,5 +1,7 @@
 //! Metrics (Prometheus text format on the admin API's /metrics) and logging.
 
+pub mod access_log;
+pub mod labeled;
 pub mod logging;
 
 use std::sync::Mutex;
@@ -128,6 +130,7 @@ pub struct Metrics {
     plugin_memory: Family<PluginLabel, Gauge>,
     plugin_reloads: Family<PluginOutcomeLabels, Counter>,
     plugin_up: Family<PluginLabel, Gauge>,
+    labeled: labeled::Labeled,
     /// 1 when the last config reload succeeded, 0 when it failed.
     pub config_last_reload_ok: Gauge,
     /// The generation of the config in use (1 at start, +1 per successful reload).
@@ -201,6 +204,7 @@ impl Metrics {
             plugin_memory: Family::default(),
             plugin_reloads: Family::default(),
             plugin_up: Family::default(),
+            labeled: labeled::Labeled::default(),
             config_last_reload_ok: Gauge::default(),
             config_generation: Gauge::default(),
         };
@@ -314,6 +318,7 @@ impl Metrics {
             "1 when a version of the plugin serves, 0 when it failed to load",
             m.plugin_up.clone(),
         );
+        m.labeled.register(&mut registry);
         *m.registry.lock().expect("metrics registry lock") = registry;
         m
     }
@@ -463,6 +468,30 @@ impl Metrics {
                 PluginMetric::Histogram(self.plugin_histograms.get_or_create(&labels).clone())
             }
         }
+    }
+
+    /// Adds to a labeled counter of `plugin` (registered on first use).
+    pub fn plugin_counter_labeled(
+        &self,
+        plugin: &str,
+        name: &str,
+        labels: Vec<(String, String)>,
+        delta: u64,
+    ) {
+        self.labeled
+            .counter_add(&self.registry, plugin, name, labels, delta);
+    }
+
+    /// Records in a labeled histogram of `plugin` (registered on first use).
+    pub fn plugin_histogram_labeled(
+        &self,
+        plugin: &str,
+        name: &str,
+        labels: Vec<(String, String)>,
+        value: f64,
+    ) {
+        self.labeled
+            .histogram_record(&self.registry, plugin, name, labels, value);
     }
 
     /// Counts a trap of `plugin`.

@@ -82,6 +82,26 @@ mod imp {
     pub fn histogram_record(name: &str, value: u64) {
         metrics::histogram_record(name, value)
     }
+    pub fn counter_add_labeled(name: &str, labels: &[(&str, &str)], delta: u64) {
+        let labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        metrics::counter_add_labeled(name, &labels, delta)
+    }
+    pub fn histogram_record_labeled(name: &str, labels: &[(&str, &str)], value: f64) {
+        let labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        metrics::histogram_record_labeled(name, &labels, value)
+    }
+    pub fn access(line: &str) {
+        log::access(line)
+    }
+    pub fn random_bytes(n: u32) -> Vec<u8> {
+        env::random_bytes(n)
+    }
     pub fn shared_get(key: &str) -> Option<(Vec<u8>, u32)> {
         shared_data::get(key).map(|v| (v.value, v.version))
     }
@@ -147,6 +167,39 @@ mod imp {
                 .push(value)
         })
     }
+    fn key(name: &str, labels: &[(&str, &str)]) -> String {
+        let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        l.sort();
+        format!("{name}{{{}}}", l.join(","))
+    }
+    pub fn counter_add_labeled(name: &str, labels: &[(&str, &str)], delta: u64) {
+        with_host(|h| *h.counters.entry(key(name, labels)).or_default() += delta)
+    }
+    pub fn histogram_record_labeled(name: &str, labels: &[(&str, &str)], value: f64) {
+        with_host(|h| {
+            h.labeled_histograms
+                .entry(key(name, labels))
+                .or_default()
+                .push(value)
+        })
+    }
+    pub fn access(line: &str) {
+        with_host(|h| h.access.push(line.to_string()))
+    }
+    pub fn random_bytes(n: u32) -> Vec<u8> {
+        // Not secret in tests: a fixed-seed sequence, different per call.
+        with_host(|h| {
+            (0..n)
+                .map(|_| {
+                    h.rng = h
+                        .rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (h.rng >> 56) as u8
+                })
+                .collect()
+        })
+    }
     pub fn shared_get(key: &str) -> Option<(Vec<u8>, u32)> {
         with_host(|h| h.shared.get(key).cloned())
     }
@@ -180,6 +233,10 @@ pub mod log {
     pub fn error(message: &str) {
         super::imp::log(3, message)
     }
+    /// Writes one line to weir's access log (`[telemetry] access_log`), as is.
+    pub fn access(line: &str) {
+        super::imp::access(line)
+    }
 }
 
 /// Metrics on weir's /metrics, labelled with the plugin's name.
@@ -195,6 +252,16 @@ pub mod metrics {
     /// Records `value` in histogram `name`.
     pub fn histogram_record(name: &str, value: u64) {
         super::imp::histogram_record(name, value)
+    }
+    /// Adds `delta` to counter `name` with `labels`, exported as
+    /// `weir_<plugin>_<name>_total{labels}` (at most 2,000 label sets).
+    pub fn counter_add_labeled(name: &str, labels: &[(&str, &str)], delta: u64) {
+        super::imp::counter_add_labeled(name, labels, delta)
+    }
+    /// Records `value` in histogram `name` with `labels`, exported as
+    /// `weir_<plugin>_<name>{labels}` (buckets 1 to about 10^6, in the metric's unit).
+    pub fn histogram_record_labeled(name: &str, labels: &[(&str, &str)], value: f64) {
+        super::imp::histogram_record_labeled(name, labels, value)
     }
 }
 
@@ -212,6 +279,10 @@ pub mod shared {
     /// Wall-clock time in nanoseconds since the Unix epoch.
     pub fn now_nanos() -> u64 {
         super::imp::now_nanos()
+    }
+    /// `n` bytes from a cryptographically secure source (in the test harness: a fixed sequence).
+    pub fn random_bytes(n: u32) -> Vec<u8> {
+        super::imp::random_bytes(n)
     }
 }
 

@@ -62,6 +62,14 @@ pub mod __private;
 use serde::de::DeserializeOwned;
 
 pub use host::{log, metrics, quota, shared};
+
+/// An attribute in proxy-wasm's vocabulary (`route_name`, `response.code`,
+/// `request.auth.principal`, `weir.plugin_times`, ...), readable in any
+/// callback, `on_done` included (where the request and response views are
+/// gone). None outside a callback, or when unset.
+pub fn attribute(name: &str) -> Option<String> {
+    host::attribute(name)
+}
 /// Derive [`JsonSchema`] on a filter's configuration type; the SDK exports
 /// the schema, and weir checks a plugin's `[config]` against it at load.
 pub use schemars::{self, JsonSchema};

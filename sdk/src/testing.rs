@@ -25,6 +25,9 @@ pub struct TestHost {
     pub(crate) counters: HashMap<String, u64>,
     pub(crate) gauges: HashMap<String, i64>,
     pub(crate) histograms: HashMap<String, Vec<u64>>,
+    pub(crate) labeled_histograms: HashMap<String, Vec<f64>>,
+    pub(crate) access: Vec<String>,
+    pub(crate) rng: u64,
     pub(crate) shared: HashMap<String, (Vec<u8>, u32)>,
     version: u32,
     /// Token buckets: (key, limit) to (tokens, last refill).
@@ -287,6 +290,26 @@ impl<F: Filter> Harness<F> {
             h.attributes.insert(name.to_string(), value.to_string());
         });
         self
+    }
+
+    /// The access log lines the filter wrote.
+    pub fn access_log(&self) -> Vec<String> {
+        with_host(|h| h.access.clone())
+    }
+
+    /// A labeled counter's value; `labels` in any order.
+    pub fn labeled_counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        l.sort();
+        self.counter(&format!("{name}{{{}}}", l.join(",")))
+    }
+
+    /// The values recorded in a labeled histogram; `labels` in any order.
+    pub fn labeled_histogram(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+        let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        l.sort();
+        let key = format!("{name}{{{}}}", l.join(","));
+        with_host(|h| h.labeled_histograms.get(&key).cloned().unwrap_or_default())
     }
 
     /// The value of an attribute as the filter sees it: one it set during the

@@ -57,6 +57,8 @@ struct Current {
     request: Option<http::request::Parts>,
     response: Option<http::response::Parts>,
     info: Option<Arc<StreamInfo>>,
+    /// In on-done: how the exchange ended.
+    log: Option<LogInfo>,
 }
 
 /// The store's data: WASI with nothing granted, limits, and the current message.
@@ -325,7 +327,12 @@ impl weir::filter::attributes::Host for State {
             "request.scheme" => info.map(|i| if i.tls { "https" } else { "http" }.to_string()),
             "request.id" => req.and_then(|r| header_text(&r.headers, "x-request-id")),
             "request.protocol" => req.map(|r| format!("{:?}", r.version)),
-            "route_name" => info.as_ref().and_then(|i| i.route.clone()),
+            "route_name" => self
+                .current
+                .log
+                .as_ref()
+                .and_then(|l| l.route.clone())
+                .or_else(|| info.as_ref().and_then(|i| i.route.clone())),
             "source.address" => info.map(|i| i.peer.to_string()),
             "source.port" => info.map(|i| i.peer.port().to_string()),
             "destination.address" => info.map(|i| i.local.to_string()),
@@ -346,7 +353,10 @@ impl weir::filter::attributes::Host for State {
                 .current
                 .response
                 .as_ref()
-                .map(|r| r.status.as_u16().to_string()),
+                .map(|r| r.status.as_u16())
+                .or(self.current.log.as_ref().map(|l| l.status))
+                .map(|c| c.to_string()),
+            "cluster_name" => self.current.log.as_ref().and_then(|l| l.cluster.clone()),
             other => info.and_then(|i| {
                 i.attributes
                     .get(other)
@@ -403,6 +413,10 @@ impl weir::filter::log::Host for State {
         }
     }
 
+    fn access(&mut self, line: String) {
+        self.host.access_log(&line);
+    }
+
     fn enabled(&mut self, level: wit::Level) -> bool {
         match level {
             wit::Level::Trace => tracing::enabled!(tracing::Level::TRACE),
@@ -443,6 +457,21 @@ impl weir::filter::metrics::Host for State {
         if let PluginMetric::Histogram(h) = self.metric(&name, MetricKind::Histogram) {
             h.observe(value as f64);
         }
+    }
+
+    fn counter_add_labeled(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) {
+        self.host
+            .counter_labeled(&self.plugin, &name, labels, delta);
+    }
+
+    fn histogram_record_labeled(
+        &mut self,
+        name: String,
+        labels: Vec<(String, String)>,
+        value: f64,
+    ) {
+        self.host
+            .histogram_labeled(&self.plugin, &name, labels, value);
     }
 }
 
@@ -885,6 +914,7 @@ impl StreamFilter for ComponentStream {
                 request: Some(std::mem::replace(head, crate::abi::empty_request())),
                 response: None,
                 info: Some(info),
+                log: None,
             };
             let r = core.call(&mut inst, |i| {
                 i.bindings
@@ -923,6 +953,7 @@ impl StreamFilter for ComponentStream {
                 request: None,
                 response: Some(std::mem::replace(head, crate::abi::empty_response())),
                 info: Some(info),
+                log: None,
             };
             let r = core.call(&mut inst, |i| {
                 i.bindings
@@ -969,7 +1000,7 @@ impl StreamFilter for ComponentStream {
         })
     }
 
-    fn on_log(&mut self, _info: &LogInfo) {
+    fn on_log(&mut self, log: &LogInfo) {
         if !self.started {
             return;
         }
@@ -979,11 +1010,18 @@ impl StreamFilter for ComponentStream {
         if inst.failed.is_some() {
             return;
         }
+        // on-done reads the exchange's outcome and attributes (the decision log's among them).
+        inst.store.data_mut().current = Current {
+            info: Some(self.info.clone()),
+            log: Some(log.clone()),
+            ..Current::default()
+        };
         let _ = core.call(&mut inst, |i| {
             i.bindings
                 .weir_filter_filter()
                 .call_on_done(&mut i.store, id)
         });
+        inst.store.data_mut().current = Current::default();
     }
 }
 
@@ -1021,6 +1059,7 @@ fn call_body(
         request: None,
         response: None,
         info: Some(info),
+        log: None,
     };
     let chunk = body.to_vec();
     let r = core.call(inst, |i| {

@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub plugins: RawPlugins,
     /// The quota service plugins take tokens from.
     pub quota: RawQuota,
+    /// Where plugins' telemetry goes.
+    pub telemetry: RawTelemetry,
     /// `[[listener]]`: where weir accepts traffic.
     pub listener: Vec<RawListener>,
     /// `[[route]]`: ordered routes, first match wins.
@@ -36,6 +38,14 @@ pub struct RawServer {
     pub workers: Option<usize>,
     /// How long in-flight requests may take to finish on SIGTERM/SIGINT.
     pub drain_timeout: Option<Duration>,
+}
+
+/// `[telemetry]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RawTelemetry {
+    /// Where plugins' access log lines go: `"-"` (stdout, the default), a file path (appended), or `"off"`.
+    pub access_log: Option<String>,
 }
 
 /// `[quota]`: where the rate-limit buckets live.

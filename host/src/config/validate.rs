@@ -177,6 +177,18 @@ impl Validator<'_> {
             failure,
         };
         let quota = self.quota(&raw.quota);
+        let access_log = match raw.telemetry.access_log.as_deref() {
+            None | Some("-") | Some("stdout") => AccessLogTarget::Stdout,
+            Some("off") => AccessLogTarget::Off,
+            Some("") => {
+                self.err(
+                    "telemetry.access_log",
+                    "empty: write \"-\" for stdout, a file path, or \"off\"",
+                );
+                AccessLogTarget::Off
+            }
+            Some(path) => AccessLogTarget::File(self.path(path)),
+        };
         let clusters: Vec<_> = raw
             .cluster
             .iter()
@@ -222,6 +234,7 @@ impl Validator<'_> {
             plugin_defaults,
             plugin_cache_dir,
             quota,
+            access_log,
             listeners,
             routes,
             clusters: clusters.into_iter().flatten().collect(),

@@ -68,6 +68,7 @@ pub struct HostServices {
     shared: Weak<Shared>,
     metrics: Arc<Metrics>,
     quota: Arc<crate::quota::Quota>,
+    access_log: Option<Arc<crate::telemetry::access_log::AccessLog>>,
     data: Mutex<DataMap>,
     cas: AtomicU32,
     queues: Mutex<Queues>,
@@ -80,6 +81,7 @@ impl HostServices {
         HostServices {
             shared,
             quota: Arc::new(crate::quota::Quota::local(metrics.clone())),
+            access_log: None,
             metrics,
             data: Mutex::default(),
             cas: AtomicU32::new(1),
@@ -97,6 +99,46 @@ impl HostServices {
     /// The quota service.
     pub fn quota(&self) -> &crate::quota::Quota {
         &self.quota
+    }
+
+    /// Sends plugins' access log lines to `log` (without one they are dropped).
+    pub fn with_access_log(
+        mut self,
+        log: Arc<crate::telemetry::access_log::AccessLog>,
+    ) -> HostServices {
+        self.access_log = Some(log);
+        self
+    }
+
+    /// Writes one access log line, if an access log is configured.
+    pub fn access_log(&self, line: &str) {
+        if let Some(log) = &self.access_log {
+            log.write(line);
+        }
+    }
+
+    /// Adds to a labeled counter of `plugin`.
+    pub fn counter_labeled(
+        &self,
+        plugin: &str,
+        name: &str,
+        labels: Vec<(String, String)>,
+        delta: u64,
+    ) {
+        self.metrics
+            .plugin_counter_labeled(plugin, name, labels, delta);
+    }
+
+    /// Records in a labeled histogram of `plugin`.
+    pub fn histogram_labeled(
+        &self,
+        plugin: &str,
+        name: &str,
+        labels: Vec<(String, String)>,
+        value: f64,
+    ) {
+        self.metrics
+            .plugin_histogram_labeled(plugin, name, labels, value);
     }
 
     /// Reads shared data of `vm_id`: the value and its CAS token.

@@ -1,0 +1,215 @@
+//! Plugin metrics with labels of the plugin's choosing (the telemetry
+//! plugin's Istio-style request metrics, for one): one Prometheus family per
+//! (plugin, metric), registered on first use as `weir_<plugin>_<name>`, each
+//! holding at most [`MAX_LABEL_SETS`] label sets so that a plugin cannot
+//! grow /metrics without bound.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label sets one labeled metric may hold.
+pub const MAX_LABEL_SETS: usize = 2000;
+
+type Labels = Vec<(String, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn buckets() -> Histogram {
+    // 1 to about 10^6, in the metric's own unit.
+    Histogram::new(exponential_buckets(1.0, 2.0, 21))
+}
+
+#[derive(Default)]
+struct State {
+    counters: HashMap<String, Family<Labels, Counter>>,
+    histograms: HashMap<String, HistogramFamily>,
+    seen: HashMap<String, HashSet<Labels>>,
+}
+
+/// The labeled plugin metrics of a process.
+#[derive(Default)]
+pub struct Labeled {
+    state: Mutex<State>,
+    dropped: Family<Vec<(String, String)>, Counter>,
+}
+
+/// `weir_<plugin>_<name>` with anything but `[a-zA-Z0-9_]` made `_` (without the `weir_`: the registry adds it).
+fn metric_name(plugin: &str, name: &str) -> String {
+    format!("{plugin}_{name}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn clean(labels: Labels) -> Labels {
+    labels
+        .into_iter()
+        .map(|(k, v)| {
+            let k: String = k
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            (k, v)
+        })
+        .collect()
+}
+
+impl Labeled {
+    /// Registers the dropped-label-sets counter.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "plugin_metric_label_sets_dropped",
+            "Label sets a plugin metric could not take (it holds 2,000 already), by plugin and metric",
+            self.dropped.clone(),
+        );
+    }
+
+    /// Whether this label set may be recorded (it is known, or there is room).
+    fn admit(&self, st: &mut State, key: &str, plugin: &str, name: &str, labels: &Labels) -> bool {
+        let seen = st.seen.entry(key.to_string()).or_default();
+        if seen.contains(labels) {
+            return true;
+        }
+        if seen.len() >= MAX_LABEL_SETS {
+            self.dropped
+                .get_or_create(&vec![
+                    ("plugin".to_string(), plugin.to_string()),
+                    ("metric".to_string(), name.to_string()),
+                ])
+                .inc();
+            return false;
+        }
+        seen.insert(labels.clone());
+        true
+    }
+
+    /// Adds `delta` to counter `name` of `plugin` with `labels`.
+    pub fn counter_add(
+        &self,
+        registry: &Mutex<Registry>,
+        plugin: &str,
+        name: &str,
+        labels: Labels,
+        delta: u64,
+    ) {
+        let labels = clean(labels);
+        let key = metric_name(plugin, name);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.admit(&mut st, &key, plugin, name, &labels) {
+            return;
+        }
+        let family = st
+            .counters
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let f = Family::<Labels, Counter>::default();
+                registry.lock().unwrap_or_else(|p| p.into_inner()).register(
+                    key.as_str(),
+                    format!("{name}, from plugin {plugin}"),
+                    f.clone(),
+                );
+                f
+            })
+            .clone();
+        drop(st);
+        family.get_or_create(&labels).inc_by(delta);
+    }
+
+    /// Records `value` in histogram `name` of `plugin` with `labels`.
+    pub fn histogram_record(
+        &self,
+        registry: &Mutex<Registry>,
+        plugin: &str,
+        name: &str,
+        labels: Labels,
+        value: f64,
+    ) {
+        let labels = clean(labels);
+        let key = metric_name(plugin, name);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.admit(&mut st, &key, plugin, name, &labels) {
+            return;
+        }
+        let family = st
+            .histograms
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let f: HistogramFamily = Family::new_with_constructor(buckets);
+                registry.lock().unwrap_or_else(|p| p.into_inner()).register(
+                    key.as_str(),
+                    format!("{name}, from plugin {plugin}"),
+                    f.clone(),
+                );
+                f
+            })
+            .clone();
+        drop(st);
+        family.get_or_create(&labels).observe(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_register_once_and_label_sets_are_capped() {
+        let registry = Mutex::new(Registry::with_prefix("weir"));
+        let l = Labeled::default();
+        l.register(&mut registry.lock().unwrap());
+        for i in 0..(MAX_LABEL_SETS + 5) {
+            l.counter_add(
+                &registry,
+                "tele-metry",
+                "requests",
+                vec![("code".into(), i.to_string())],
+                1,
+            );
+        }
+        l.counter_add(
+            &registry,
+            "tele-metry",
+            "requests",
+            vec![("code".into(), "0".into())],
+            2,
+        );
+        l.histogram_record(
+            &registry,
+            "tele-metry",
+            "duration_ms",
+            vec![("route".into(), "r".into())],
+            3.0,
+        );
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry.lock().unwrap()).unwrap();
+        assert!(
+            out.contains("weir_tele_metry_requests_total{code=\"0\"} 3"),
+            "{out}"
+        );
+        assert!(
+            !out.contains(&format!("code=\"{}\"", MAX_LABEL_SETS + 1)),
+            "capped"
+        );
+        assert!(out.contains("weir_plugin_metric_label_sets_dropped_total{plugin=\"tele-metry\",metric=\"requests\"} 5"), "{}", &out[..out.len().min(3000)]);
+        assert!(
+            out.contains("weir_tele_metry_duration_ms_count{route=\"r\"} 1"),
+            "{out}"
+        );
+    }
+}
