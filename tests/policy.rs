@@ -143,3 +143,37 @@ async fn authn_jwt_then_authz_rbac_decide_on_the_token() {
     assert_eq!(send("/public/logo.png", None).await.unwrap().status(), 200);
     assert_eq!(up.hits(), 3);
 }
+
+#[test]
+fn the_example_plugin_settings_of_config_plugins_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/plugins");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let package = stem.split_once('-').unwrap().1;
+        std::fs::copy(sdk_plugin(package), plugins.join(format!("{stem}.wasm"))).unwrap();
+        std::fs::copy(&path, plugins.join(format!("{stem}.toml"))).unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 4, "telemetry, authn-jwt, authz-rbac and ratelimit");
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\n[[route]]\nname = \"e\"\necho = true\n").unwrap();
+    let out = std::process::Command::new(support::weir_bin())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
