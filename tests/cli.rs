@@ -199,6 +199,26 @@ async fn run_without_config_serves_the_echo_gateway() {
     );
     assert_eq!(v["route"], "echo");
     assert!(v["headers"]["x-request-id"].is_string());
+    // The bundled telemetry plugin runs: a traceparent went upstream, metrics count the request.
+    assert!(
+        v["headers"]["traceparent"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("00-")),
+        "{v}"
+    );
+    let plugins: serde_json::Value = reqwest::get(w.admin_url("/plugins"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plugins["plugins"][0]["name"], "telemetry", "{plugins}");
+    assert_eq!(plugins["plugins"][0]["state"], "active", "{plugins}");
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_telemetry_requests_total{route=\"echo\",cluster=\"\",method=\"POST\",response_code=\"200\"} 1"),
+        "{m}"
+    );
     drop(w);
 }
 

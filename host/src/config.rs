@@ -121,6 +121,8 @@ pub struct PluginDefaults {
     pub cpu_limit: std::time::Duration,
     /// Failure policy.
     pub failure: FailurePolicy,
+    /// Plugins built into weir that run before the folder's (`telemetry`).
+    pub bundled: Vec<String>,
 }
 
 /// A listener.

@@ -88,6 +88,8 @@ pub struct RawPlugins {
     /// compiling them. Default: `$XDG_CACHE_HOME/weir` (or `~/.cache/weir`);
     /// `""` turns the disk cache off. Read at start only.
     pub cache_dir: Option<String>,
+    /// Plugins built into weir to run before the folder's, such as `["telemetry"]`.
+    pub bundled: Vec<String>,
 }
 
 /// `[[listener]]`.

@@ -220,3 +220,25 @@ cluster = "passthrough"
         .to_string();
     assert!(err.contains("cluster[0].endpoints: no endpoints"), "{err}");
 }
+
+#[test]
+fn bundled_plugins_are_named_ones() {
+    let text = "[plugins]\nbundled = [\"telemetry\", \"telemetri\"]\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\n[[route]]\nname = \"e\"\necho = true\n";
+    let err = parse(text).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "plugins.bundled[1]: no bundled plugin named \"telemetri\"; weir bundles telemetry"
+        ),
+        "{err}"
+    );
+    let ok = parse(&text.replace(", \"telemetri\"", "")).unwrap();
+    assert_eq!(
+        ok.plugin_defaults.bundled,
+        ["telemetry"],
+        "this weir is built with it"
+    );
+    assert_eq!(
+        Config::embedded_default().plugin_defaults.bundled,
+        ["telemetry"]
+    );
+}

@@ -175,6 +175,7 @@ impl Validator<'_> {
                 .unwrap_or(Duration::from_millis(10))
                 .get(),
             failure,
+            bundled: self.bundled(&raw.plugins.bundled),
         };
         let quota = self.quota(&raw.quota);
         let access_log = match raw.telemetry.access_log.as_deref() {
@@ -239,6 +240,31 @@ impl Validator<'_> {
             routes,
             clusters: clusters.into_iter().flatten().collect(),
         }
+    }
+
+    /// The bundled plugins a config names that this weir has; an unknown name
+    /// is an error, one this weir was built without is left out with a warning.
+    fn bundled(&mut self, names: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            if !crate::plugin::bundled::NAMES.contains(&n.as_str()) {
+                self.err(
+                    &format!("plugins.bundled[{i}]"),
+                    format!(
+                        "no bundled plugin named {n:?}; weir bundles {}",
+                        crate::plugin::bundled::NAMES.join(", ")
+                    ),
+                );
+            } else if crate::plugin::bundled::get(n).is_none() {
+                tracing::warn!(
+                    plugin.name = %n,
+                    "this weir was built without its bundled {n} plugin (the wasm32-wasip2 target was missing); it does not run"
+                );
+            } else if !out.contains(n) {
+                out.push(n.clone());
+            }
+        }
+        out
     }
 
     fn quota(&mut self, q: &RawQuota) -> QuotaConfig {

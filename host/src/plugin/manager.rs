@@ -218,7 +218,8 @@ impl PluginManager {
             || s.routes != routes
             || s.defaults.memory_limit != defaults.memory_limit
             || s.defaults.cpu_limit != defaults.cpu_limit
-            || s.defaults.failure != defaults.failure;
+            || s.defaults.failure != defaults.failure
+            || s.defaults.bundled != defaults.bundled;
         if changed {
             *s = Settings {
                 dir,
@@ -270,7 +271,8 @@ impl PluginManager {
         // At start nothing is being written by weir's own deployment: load or fail now.
         let initial = !self.scanned.swap(true, std::sync::atomic::Ordering::AcqRel);
         let mut old: Vec<Slot> = std::mem::take(&mut *slots);
-        for path in scan(&dir) {
+        let bundled = defaults.bundled.iter().map(|n| super::bundled::path(n));
+        for path in bundled.chain(scan(&dir)) {
             let file_name = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -323,7 +325,14 @@ impl PluginManager {
         report: &mut RescanReport,
     ) {
         let before = stamp(&slot.path);
-        let bytes = match std::fs::read(&slot.path) {
+        let bundled = super::bundled::name_of(&slot.path);
+        let read = match bundled {
+            Some(name) => super::bundled::get(name)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| std::io::Error::other("not built into this weir")),
+            None => std::fs::read(&slot.path),
+        };
+        let bytes = match read {
             Ok(b) => b,
             Err(e) => {
                 // Gone between the scan and the read: the next event rescans.
@@ -331,7 +340,11 @@ impl PluginManager {
                 return;
             }
         };
-        let settings = read_settings(&slot.path);
+        // A bundled plugin's settings are NAME.toml in the plugins folder.
+        let settings = match bundled {
+            Some(name) => read_settings(&self.settings().dir.join(format!("{name}.wasm"))),
+            None => read_settings(&slot.path),
+        };
         let sha = engine::sha256_hex(&bytes);
         let key = (sha.clone(), settings.as_ref().ok().cloned().flatten());
         if slot.attempted.as_ref() == Some(&key) && settings.is_ok() {

@@ -1,0 +1,76 @@
+//! Builds the plugins weir bundles into its binary (plugins/telemetry, run
+//! by the embedded default config), with the `plugin` profile, into their
+//! own target folder. Without the wasm32-wasip2 target (or with
+//! WEIR_NO_BUNDLED_PLUGINS set) weir is built without them, and a config
+//! naming a bundled plugin gets an error saying so.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BUNDLED: [(&str, &str); 1] = [("telemetry", "telemetry.wasm")];
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest
+        .parent()
+        .expect("host/ is in the workspace")
+        .to_path_buf();
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
+    for p in ["plugins/telemetry", "sdk", "wit"] {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+    println!("cargo:rerun-if-env-changed=WEIR_NO_BUNDLED_PLUGINS");
+    let built = if std::env::var_os("WEIR_NO_BUNDLED_PLUGINS").is_some() {
+        Err("WEIR_NO_BUNDLED_PLUGINS is set".to_string())
+    } else {
+        build(&root)
+    };
+    for (package, file) in BUNDLED {
+        let dest = out.join(file);
+        let bytes = match &built {
+            Ok(dir) => std::fs::read(dir.join(file)).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        std::fs::write(&dest, bytes).expect("writing to OUT_DIR");
+        if let Err(e) = &built {
+            println!("cargo:warning=weir is built without its bundled {package} plugin: {e}");
+        }
+    }
+}
+
+/// Runs cargo for the bundled plugins; the folder holding their .wasm.
+fn build(root: &Path) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = root.join("target/bundled");
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--profile",
+        "plugin",
+        "--locked",
+        "--target",
+        "wasm32-wasip2",
+    ]);
+    for (package, _) in BUNDLED {
+        cmd.args(["-p", package]);
+    }
+    // The outer build's compiler wrappers (clippy-driver) and flags are not for these.
+    let status = cmd
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(root)
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "cargo build --target wasm32-wasip2 failed ({status}); is the target installed? (rustup toolchain install)"
+        ));
+    }
+    Ok(target.join("wasm32-wasip2/plugin"))
+}
