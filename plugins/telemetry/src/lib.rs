@@ -35,7 +35,7 @@ pub struct Config {
     pub metrics: Option<bool>,
     /// Write an access log line per request (default true).
     pub access_log: Option<bool>,
-    /// The access log's fields, in order: `start_time`, `method`, `path`, `authority`,
+    /// The access log's fields (JSON keys, written in alphabetical order): `start_time`, `method`, `path`, `authority`,
     /// `user_agent`, `request_id`, `response_code`, `duration_ms`, `request_bytes`,
     /// `response_bytes`, `trace_id`, or any attribute name (`route_name`, `cluster_name`,
     /// `source.address`, `request.auth.principal`, `source.principal`, `weir.answered_by`,
