@@ -420,7 +420,7 @@ pub enum UpstreamProtocol {
 }
 
 /// Upstream TLS settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterTls {
     /// CA bundle; `None` is the Mozilla roots.
     pub ca: Option<PathBuf>,

@@ -75,12 +75,32 @@ pub struct StreamInfo {
 /// Attributes set by plugins during one request, read by the plugins after
 /// them (of either ABI) and by the access log. Names weir computes itself
 /// cannot be set.
-#[derive(Debug, Default)]
-pub struct Attributes(std::sync::Mutex<Vec<(String, Vec<u8>)>>);
+#[derive(Default)]
+pub struct Attributes {
+    set: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+    /// The decision log's time per filter, made into `weir.plugin_times` only when read.
+    plugin_times: std::sync::Mutex<Vec<(Arc<dyn HttpFilter>, std::time::Duration)>>,
+}
+
+impl std::fmt::Debug for Attributes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attributes")
+            .field("set", &self.all())
+            .finish_non_exhaustive()
+    }
+}
 
 impl Clone for Attributes {
     fn clone(&self) -> Self {
-        Attributes(std::sync::Mutex::new(self.all()))
+        let times = self
+            .plugin_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Attributes {
+            set: std::sync::Mutex::new(self.all()),
+            plugin_times: std::sync::Mutex::new(times),
+        }
     }
 }
 
@@ -95,32 +115,50 @@ impl Attributes {
                 "{name:?} is computed by weir and cannot be set (use a name of your own, such as request.auth.* or a plugin prefix)"
             ));
         }
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match all.iter_mut().find(|(n, _)| n == name) {
-            Some(slot) => slot.1 = value,
-            None => all.push((name.to_string(), value)),
-        }
+        self.set_internal(name, value);
         Ok(())
     }
 
     /// Sets an attribute weir itself computes (the decision log's `weir.*`).
     pub(crate) fn set_internal(&self, name: &str, value: Vec<u8>) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.set.lock().unwrap_or_else(|p| p.into_inner());
         match all.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => slot.1 = value,
             None => all.push((name.to_string(), value)),
         }
     }
 
-    /// The value of `name`, if a plugin set it.
+    /// Records the time each filter spent, read as `weir.plugin_times`.
+    pub(crate) fn set_plugin_times(&self, times: Vec<(Arc<dyn HttpFilter>, std::time::Duration)>) {
+        *self.plugin_times.lock().unwrap_or_else(|p| p.into_inner()) = times;
+    }
+
+    /// The value of `name`, if a plugin (or weir's decision log) set it.
     pub fn get(&self, name: &str) -> Option<Vec<u8>> {
-        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if name == "weir.plugin_times" {
+            let times = self.plugin_times.lock().unwrap_or_else(|p| p.into_inner());
+            if times.is_empty() {
+                return None;
+            }
+            // µs per filter, as a JSON object.
+            let map: serde_json::Map<String, serde_json::Value> = times
+                .iter()
+                .map(|(f, d)| {
+                    (
+                        f.name().to_string(),
+                        serde_json::Value::from(d.as_micros() as u64),
+                    )
+                })
+                .collect();
+            return Some(serde_json::Value::Object(map).to_string().into_bytes());
+        }
+        let all = self.set.lock().unwrap_or_else(|p| p.into_inner());
         all.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
     }
 
-    /// Every attribute set, in the order first set.
+    /// Every attribute plugins set, in the order first set.
     pub fn all(&self) -> Vec<(String, Vec<u8>)> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -424,23 +462,15 @@ impl ChainStream {
     }
 
     /// Runs the log phase on every filter that ran. Before it, the decision
-    /// log's `weir.plugin_times` (µs each filter spent on the request, as a
-    /// JSON object) is set for them to read.
+    /// log's `weir.plugin_times` (µs each filter spent on the request) is
+    /// recorded for them to read.
     pub fn log(&mut self, info: &LogInfo) {
-        let times: serde_json::Map<String, serde_json::Value> = self
-            .streams
-            .iter()
-            .filter(|s| s.active)
-            .map(|s| {
-                (
-                    s.filter.name().to_string(),
-                    serde_json::Value::from(s.spent.as_micros() as u64),
-                )
-            })
-            .collect();
-        self.info.attributes.set_internal(
-            "weir.plugin_times",
-            serde_json::Value::Object(times).to_string().into_bytes(),
+        self.info.attributes.set_plugin_times(
+            self.streams
+                .iter()
+                .filter(|s| s.active)
+                .map(|s| (s.filter.clone(), s.spent))
+                .collect(),
         );
         for s in self.active() {
             s.stream.on_log(info);

@@ -54,6 +54,18 @@ pub struct Decision {
     pub reset: Duration,
 }
 
+impl Decision {
+    /// `retry_after` in whole milliseconds, as both plugin ABIs hand it over.
+    pub fn retry_after_ms(&self) -> u32 {
+        u32::try_from(self.retry_after.as_millis()).unwrap_or(u32::MAX)
+    }
+
+    /// `reset` in whole milliseconds.
+    pub fn reset_ms(&self) -> u32 {
+        u32::try_from(self.reset.as_millis()).unwrap_or(u32::MAX)
+    }
+}
+
 /// The quota service of one weir process.
 pub struct Quota {
     backend: Backend,

@@ -93,17 +93,8 @@ impl Cluster {
             }
             None => hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(
-                    tls::client_config(
-                        &config.name,
-                        &crate::config::ClusterTls {
-                            ca: None,
-                            sni: None,
-                            client_cert: None,
-                            allowed_identities: Vec::new(),
-                        },
-                        None,
-                    )?
-                    .config,
+                    tls::client_config(&config.name, &crate::config::ClusterTls::default(), None)?
+                        .config,
                 )
                 .https_or_http()
                 .with_server_name_resolver(SniResolver {

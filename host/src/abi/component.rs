@@ -390,13 +390,12 @@ impl weir::filter::quota::Host for State {
                 period: std::time::Duration::from_millis(u64::from(limit.period_ms)),
             },
         )?;
-        let ms = |d: std::time::Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         Ok(weir::filter::quota::Decision {
             allowed: d.allowed,
             limit: d.limit,
             remaining: d.remaining,
-            retry_after_ms: ms(d.retry_after),
-            reset_ms: ms(d.reset),
+            retry_after_ms: d.retry_after_ms(),
+            reset_ms: d.reset_ms(),
         })
     }
 }

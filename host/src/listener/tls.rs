@@ -129,29 +129,35 @@ pub fn server_config(tls: &ListenerTls, http2: bool) -> Result<ServerTls, String
 
 /// Names why a handshake failed, for the refusals metric and the log.
 pub fn refusal_reason(e: &std::io::Error) -> &'static str {
-    use rustls::{CertificateError, Error};
+    use rustls::Error;
     let Some(err) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
         return "handshake_failed";
     };
     match err {
         Error::NoCertificatesPresented => "no_client_certificate",
-        Error::InvalidCertificate(c) => match c {
-            // BadSignature: the issuer's name is one we trust but its key is not (another CA of the same name).
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown_ca",
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                "expired_certificate"
-            }
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "certificate_not_yet_valid"
-            }
-            CertificateError::Revoked => "revoked_certificate",
-            _ => "bad_certificate",
-        },
+        Error::InvalidCertificate(c) => certificate_refusal(c),
         Error::AlertReceived(_) => "alert_from_client",
         Error::InvalidMessage(_) => "malformed_or_not_tls",
         Error::NoApplicationProtocol => "no_common_alpn",
         Error::PeerIncompatible(_) => "incompatible_client",
         _ => "handshake_failed",
+    }
+}
+
+/// Names why a peer's certificate was refused (either side of a connection).
+pub fn certificate_refusal(c: &rustls::CertificateError) -> &'static str {
+    use rustls::CertificateError;
+    match c {
+        // BadSignature: the issuer's name is one we trust but its key is not (another CA of the same name).
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown_ca",
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            "expired_certificate"
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "certificate_not_yet_valid"
+        }
+        CertificateError::Revoked => "revoked_certificate",
+        _ => "bad_certificate",
     }
 }
 

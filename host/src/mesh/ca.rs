@@ -116,10 +116,7 @@ pub fn issue(
         .map_err(|e| format!("cannot read the CA key {}: {e}", ca_key_path.display()))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem)
         .map_err(|e| format!("{}: not a PEM private key: {e}", ca_key_path.display()))?;
-    let ca_der = rustls_pki_types::CertificateDer::from(
-        pem_der(&ca_pem)
-            .ok_or_else(|| format!("{}: no PEM certificate found", ca_cert_path.display()))?,
-    );
+    let ca_der = crate::listener::tls::parse_certs(ca_pem.as_bytes(), &ca_cert_path)?.remove(0);
     let ca_identity = super::CertIdentity::from_der(&ca_der)
         .map_err(|e| format!("{}: {e}", ca_cert_path.display()))?;
     if let Some(domain) = ca_identity
@@ -208,14 +205,6 @@ fn set_validity(params: &mut CertificateParams, ttl: Duration) -> Result<(), Str
     serial[0] &= 0x7f; // positive
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     Ok(())
-}
-
-fn pem_der(pem: &str) -> Option<Vec<u8>> {
-    use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()?
-        .ok()
-        .map(|c| c.to_vec())
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a

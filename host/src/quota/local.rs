@@ -18,7 +18,8 @@ struct Bucket {
 
 #[derive(Default)]
 struct Shard {
-    buckets: HashMap<(String, Limit), Bucket>,
+    /// By key, then by limit (keys are looked up borrowed: no allocation once a bucket exists).
+    buckets: HashMap<String, Vec<(Limit, Bucket)>>,
     takes: u32,
 }
 
@@ -54,18 +55,30 @@ impl Buckets {
         let now = Instant::now();
         shard.takes = shard.takes.wrapping_add(1);
         if shard.takes.is_multiple_of(SWEEP_EVERY) {
-            shard.buckets.retain(|(_, l), b| {
-                refill(b, *l, now);
-                b.tokens < f64::from(l.tokens)
+            shard.buckets.retain(|_, by_limit| {
+                by_limit.retain_mut(|(l, b)| {
+                    refill(b, *l, now);
+                    b.tokens < f64::from(l.tokens)
+                });
+                !by_limit.is_empty()
             });
         }
-        let b = shard
-            .buckets
-            .entry((key.to_string(), limit))
-            .or_insert(Bucket {
-                tokens: f64::from(limit.tokens),
-                at: now,
-            });
+        if !shard.buckets.contains_key(key) {
+            shard.buckets.insert(key.to_string(), Vec::new());
+        }
+        let by_limit = shard.buckets.get_mut(key).expect("inserted above");
+        let i = match by_limit.iter().position(|(l, _)| *l == limit) {
+            Some(i) => i,
+            None => {
+                let full = Bucket {
+                    tokens: f64::from(limit.tokens),
+                    at: now,
+                };
+                by_limit.push((limit, full));
+                by_limit.len() - 1
+            }
+        };
+        let b = &mut by_limit[i].1;
         refill(b, limit, now);
         let rate = f64::from(limit.tokens) / limit.period.as_secs_f64();
         let cost_f = f64::from(cost);

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// Label sets one labeled metric may hold.
 pub const MAX_LABEL_SETS: usize = 2000;
@@ -39,8 +39,12 @@ pub struct Labeled {
 
 /// `weir_<plugin>_<name>` with anything but `[a-zA-Z0-9_]` made `_` (without the `weir_`: the registry adds it).
 fn metric_name(plugin: &str, name: &str) -> String {
-    format!("{plugin}_{name}")
-        .chars()
+    sanitize(&format!("{plugin}_{name}"))
+}
+
+/// Anything but `[a-zA-Z0-9_]` made `_`, as Prometheus names allow.
+fn sanitize(s: &str) -> String {
+    s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' {
                 c
@@ -52,22 +56,7 @@ fn metric_name(plugin: &str, name: &str) -> String {
 }
 
 fn clean(labels: Labels) -> Labels {
-    labels
-        .into_iter()
-        .map(|(k, v)| {
-            let k: String = k
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '_' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            (k, v)
-        })
-        .collect()
+    labels.into_iter().map(|(k, v)| (sanitize(&k), v)).collect()
 }
 
 impl Labeled {
@@ -99,6 +88,35 @@ impl Labeled {
         true
     }
 
+    /// The family of metric `name` of `plugin`, made and registered on first
+    /// use; `None` when `labels` would be one label set too many.
+    #[allow(clippy::too_many_arguments)] // one metric's parts, passed once
+    fn family<F: Metric + Clone>(
+        &self,
+        registry: &Mutex<Registry>,
+        plugin: &str,
+        name: &str,
+        labels: &Labels,
+        pick: impl FnOnce(&mut State) -> &mut HashMap<String, F>,
+        make: impl FnOnce() -> F,
+    ) -> Option<F> {
+        let key = metric_name(plugin, name);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.admit(&mut st, &key, plugin, name, labels) {
+            return None;
+        }
+        let family = pick(&mut st).entry(key.clone()).or_insert_with(|| {
+            let f = make();
+            registry.lock().unwrap_or_else(|p| p.into_inner()).register(
+                key.as_str(),
+                format!("{name}, from plugin {plugin}"),
+                f.clone(),
+            );
+            f
+        });
+        Some(family.clone())
+    }
+
     /// Adds `delta` to counter `name` of `plugin` with `labels`.
     pub fn counter_add(
         &self,
@@ -109,26 +127,17 @@ impl Labeled {
         delta: u64,
     ) {
         let labels = clean(labels);
-        let key = metric_name(plugin, name);
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.admit(&mut st, &key, plugin, name, &labels) {
-            return;
+        let family = self.family(
+            registry,
+            plugin,
+            name,
+            &labels,
+            |st| &mut st.counters,
+            Family::default,
+        );
+        if let Some(f) = family {
+            f.get_or_create(&labels).inc_by(delta);
         }
-        let family = st
-            .counters
-            .entry(key.clone())
-            .or_insert_with(|| {
-                let f = Family::<Labels, Counter>::default();
-                registry.lock().unwrap_or_else(|p| p.into_inner()).register(
-                    key.as_str(),
-                    format!("{name}, from plugin {plugin}"),
-                    f.clone(),
-                );
-                f
-            })
-            .clone();
-        drop(st);
-        family.get_or_create(&labels).inc_by(delta);
     }
 
     /// Records `value` in histogram `name` of `plugin` with `labels`.
@@ -141,26 +150,17 @@ impl Labeled {
         value: f64,
     ) {
         let labels = clean(labels);
-        let key = metric_name(plugin, name);
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.admit(&mut st, &key, plugin, name, &labels) {
-            return;
+        let make = || -> HistogramFamily { Family::new_with_constructor(buckets) };
+        if let Some(f) = self.family(
+            registry,
+            plugin,
+            name,
+            &labels,
+            |st| &mut st.histograms,
+            make,
+        ) {
+            f.get_or_create(&labels).observe(value);
         }
-        let family = st
-            .histograms
-            .entry(key.clone())
-            .or_insert_with(|| {
-                let f: HistogramFamily = Family::new_with_constructor(buckets);
-                registry.lock().unwrap_or_else(|p| p.into_inner()).register(
-                    key.as_str(),
-                    format!("{name}, from plugin {plugin}"),
-                    f.clone(),
-                );
-                f
-            })
-            .clone();
-        drop(st);
-        family.get_or_create(&labels).observe(value);
     }
 }
 

@@ -135,12 +135,7 @@ impl ServerCertVerifier for IdentityVerifier {
             self.provider.signature_verification_algorithms.all,
         ) {
             let reason = match &e {
-                Error::InvalidCertificate(
-                    CertificateError::UnknownIssuer | CertificateError::BadSignature,
-                ) => "unknown_ca",
-                Error::InvalidCertificate(
-                    CertificateError::Expired | CertificateError::ExpiredContext { .. },
-                ) => "expired_certificate",
+                Error::InvalidCertificate(c) => crate::listener::tls::certificate_refusal(c),
                 _ => "bad_certificate",
             };
             let why = e.to_string();

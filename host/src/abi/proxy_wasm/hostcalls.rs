@@ -228,8 +228,8 @@ fn quota_take(quota: &crate::quota::Quota, args: &[u8]) -> Result<Vec<u8>, Strin
         "allowed": d.allowed,
         "limit": d.limit,
         "remaining": d.remaining,
-        "retry_after_ms": d.retry_after.as_millis().min(u128::from(u32::MAX)) as u64,
-        "reset_ms": d.reset.as_millis().min(u128::from(u32::MAX)) as u64,
+        "retry_after_ms": d.retry_after_ms(),
+        "reset_ms": d.reset_ms(),
     })
     .to_string()
     .into_bytes())
