@@ -1,13 +1,18 @@
-//! Builds the plugins weir bundles into its binary (plugins/telemetry, run
-//! by the embedded default config), with the `plugin` profile, into their
-//! own target folder. Without the wasm32-wasip2 target (or with
+//! Builds the plugins weir bundles into its binary (plugins/telemetry,
+//! authn-jwt, authz-rbac and ratelimit, run by the embedded default config),
+//! with the `plugin` profile, into their own target folder. Without the wasm32-wasip2 target (or with
 //! WEIR_NO_BUNDLED_PLUGINS set) weir is built without them, and a config
 //! naming a bundled plugin gets an error saying so.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BUNDLED: [(&str, &str); 1] = [("telemetry", "telemetry.wasm")];
+const BUNDLED: [(&str, &str); 4] = [
+    ("telemetry", "telemetry.wasm"),
+    ("authn-jwt", "authn_jwt.wasm"),
+    ("authz-rbac", "authz_rbac.wasm"),
+    ("ratelimit", "ratelimit.wasm"),
+];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -16,7 +21,15 @@ fn main() {
         .expect("host/ is in the workspace")
         .to_path_buf();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
-    for p in ["plugins/telemetry", "sdk", "wit"] {
+    for p in [
+        "plugins/telemetry",
+        "plugins/authn-jwt",
+        "plugins/authz-rbac",
+        "plugins/ratelimit",
+        "sdk",
+        "wit",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=WEIR_NO_BUNDLED_PLUGINS");
@@ -55,7 +68,7 @@ fn build(root: &Path) -> Result<PathBuf, String> {
         cmd.args(["-p", package]);
     }
     // The outer build's compiler wrappers (clippy-driver) and flags are not for these.
-    let status = cmd
+    let output = cmd
         .arg("--target-dir")
         .arg(&target)
         .current_dir(root)
@@ -65,11 +78,18 @@ fn build(root: &Path) -> Result<PathBuf, String> {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET")
-        .status()
+        .output()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let why = stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("error"))
+            .unwrap_or("no error line");
         return Err(format!(
-            "cargo build --target wasm32-wasip2 failed ({status}); is the target installed? (rustup toolchain install)"
+            "cargo build --target wasm32-wasip2 failed ({}): {why} (is the target installed? rustup toolchain install)",
+            output.status
         ));
     }
     Ok(target.join("wasm32-wasip2/plugin"))

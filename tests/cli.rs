@@ -2,6 +2,8 @@
 
 mod support;
 
+use serde_json::json;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -212,14 +214,98 @@ async fn run_without_config_serves_the_echo_gateway() {
         .json()
         .await
         .unwrap();
-    assert_eq!(plugins["plugins"][0]["name"], "telemetry", "{plugins}");
-    assert_eq!(plugins["plugins"][0]["state"], "active", "{plugins}");
+    let names: Vec<(&str, &str)> = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("telemetry", "active"),
+            ("authn-jwt", "active"),
+            ("authz-rbac", "active"),
+            ("ratelimit", "active")
+        ],
+        "{plugins}"
+    );
     let m = w.metrics().await;
     assert!(
         m.contains("weir_telemetry_requests_total{route=\"echo\",cluster=\"\",method=\"POST\",response_code=\"200\"} 1"),
         "{m}"
     );
+    the_policy_plugins_answer_on_api().await;
     drop(w);
+}
+
+/// The README's tour of the policy plugins on the embedded default's /api/
+/// route (run by the test above: the embedded default has fixed ports).
+async fn the_policy_plugins_answer_on_api() {
+    const USER: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ.eyJpc3MiOiJodHRwczovL2RlbW8ud2Vpci5sb2NhbCIsInN1YiI6ImFubiIsInJvbGUiOiJ1c2VyIiwiZXhwIjo0MTAyNDQ0ODAwfQ.aL-vwPC9vwGICObXp4wNN2JeDZWuzdM_4ngdI3wop1c";
+    const ADMIN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ.eyJpc3MiOiJodHRwczovL2RlbW8ud2Vpci5sb2NhbCIsInN1YiI6InJvb3QiLCJyb2xlIjoiYWRtaW4iLCJleHAiOjQxMDI0NDQ4MDB9.qrnd1eLpE7ImAR15sotA1CdbMbRA4M37V77pmf3Vp20";
+    let c = reqwest::Client::new();
+    let get = |path: &str, auth: Option<(&str, &str)>| {
+        let mut r = c.get(format!("http://127.0.0.1:8080{path}"));
+        if let Some((k, v)) = auth {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    let user_auth = format!("Bearer {USER}");
+    let user = Some(("authorization", user_auth.as_str()));
+    let admin = format!("Bearer {ADMIN}");
+    // Outside /api/ nothing is asked.
+    assert_eq!(get("/hello", None).await.unwrap().status(), 200);
+    // No credential: 401 with a challenge.
+    let r = get("/api/orders", None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"weir\"");
+    // The demo user's JWT: through, with the claims forwarded.
+    let r = get("/api/orders", user).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ratelimit-limit"], "5");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (&v["headers"]["x-user"], &v["headers"]["x-user-role"]),
+        (&json!("ann"), &json!("user"))
+    );
+    assert!(
+        v["headers"].get("authorization").is_none(),
+        "the token stays at the gateway"
+    );
+    // Not the admin area: 403 naming the policy.
+    let r = get("/api/admin/users", user).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("no-admin-for-others"));
+    assert_eq!(
+        get("/api/admin/users", Some(("authorization", &admin)))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The demo API key.
+    let r = get("/api/orders", Some(("x-api-key", "weir-demo-key")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        get("/api/orders", Some(("x-api-key", "guess")))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // Five requests per caller per ten seconds: the user had 1 (the 403 came before ratelimit).
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get("/api/orders", user).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200]);
+    let r = get("/api/orders", user).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
 }
 
 /// `weir plugin new`, then what its README says: test, build, drop in, serve.

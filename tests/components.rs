@@ -4,6 +4,7 @@
 
 mod support;
 
+use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
 
@@ -242,10 +243,6 @@ async fn a_component_that_traps_loops_or_grows_fails_only_its_request() {
         ("/panic", "unreachable executed (a panic in the plugin)"),
         ("/loop", "CPU time limit per callback exceeded"),
         ("/grow", "memory limit exceeded: the plugin asked for"),
-        (
-            "/print",
-            "writing to stdout or stderr from a component is not supported yet",
-        ),
     ] {
         let r = c.get(w.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 503, "{path}");
@@ -256,14 +253,126 @@ async fn a_component_that_traps_loops_or_grows_fails_only_its_request() {
         );
         ok().await;
     }
+    // stdout is not a failure: its lines become weir's log lines, tagged.
+    let r = c.get(w.url("/print")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("x-pw-plugin"), None);
+    let mut logged = false;
+    for _ in 0..50 {
+        logged = w.logs().lines().any(|l| {
+            l.contains("a component writing to stdout")
+                && l.contains("plugin.name=\"bad\"")
+                && l.contains("stdout")
+        });
+        if logged {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(logged, "stdout reaches the log:\n{}", w.logs());
     let m = w.metrics().await;
     assert!(
-        m.contains("weir_plugin_traps_total{plugin=\"bad\"} 4"),
+        m.contains("weir_plugin_traps_total{plugin=\"bad\"} 3"),
         "{m}"
     );
     assert!(
         w.logs().contains("panic: panicked at"),
         "the SDK routes a panic's message to weir's log"
+    );
+}
+
+#[tokio::test]
+async fn a_component_calls_a_cluster_while_its_request_waits_and_others_go_on() {
+    let up = Upstream::start("app").await;
+    let component = sdk_plugin("misbehave-test");
+    let w = weir_with(
+        &[(
+            "10-caller",
+            component.as_path(),
+            Some("cpu_limit = \"20ms\"\n"),
+        )],
+        &up,
+    )
+    .await;
+    let c = reqwest::Client::new();
+
+    // The call reaches the cluster with the plugin's headers; the reply comes back.
+    let r = c.get(w.url("/call/keys?x=1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-call-status"], "200");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["upstream"], "app");
+    assert_eq!(
+        (&v["path"], &v["query"]),
+        (&json!("/keys"), &json!("x=1")),
+        "{v}"
+    );
+    assert_eq!(v["headers"]["x-called-by"], "misbehave");
+    assert_eq!(
+        v["headers"]["host"],
+        up.addr.to_string(),
+        "HTTP/1.1 calls carry a Host"
+    );
+
+    // Calls slower than the 20 ms CPU limit: waiting is not CPU time. While
+    // more calls than instances wait (two workers, so two instances at load),
+    // other requests through the same plugin are served.
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let c = c.clone();
+            let url = w.url("/call/delay/1500");
+            tokio::spawn(async move {
+                let r = c.get(url).send().await.unwrap();
+                (r.status(), std::time::Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for _ in 0..10 {
+        let r = c.get(w.url("/fine")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["headers"]["x-misbehave"], "no");
+    }
+    let fine_done = std::time::Instant::now();
+    for s in slow {
+        let (status, at) = s.await.unwrap();
+        assert_eq!(
+            status, 200,
+            "a call that waits past the CPU limit still answers"
+        );
+        assert!(
+            at > fine_done,
+            "the ten requests finished while the three calls were still waiting"
+        );
+    }
+
+    // No answer: each failure named.
+    let r = c
+        .get(w.url("/call/x"))
+        .header("x-call-cluster", "nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("outbound call to cluster \"nope\" failed: no cluster named \"nope\""),
+        "{body}"
+    );
+    let r = c
+        .get(w.url("/call/delay/3000"))
+        .header("x-call-timeout-ms", "100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("failed: timeout after 100ms"), "{body}");
+    let m = w.metrics().await;
+    assert!(
+        !m.contains("weir_plugin_traps_total{plugin=\"caller\"}"),
+        "{m}"
     );
 }
 

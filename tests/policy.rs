@@ -177,3 +177,133 @@ fn the_example_plugin_settings_of_config_plugins_are_accepted() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A JWKS server on loopback: answers every request with `jwks`, counting them.
+async fn jwks_server(
+    jwks: String,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (jwks, hits) = (jwks.clone(), counted.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let ok = req.uri().path() == "/.well-known/jwks.json";
+                        let body = if ok { jwks.clone() } else { String::new() };
+                        async move {
+                            let mut r = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(body),
+                            ));
+                            if !ok {
+                                *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                            }
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+async fn remote_jwks_gateway(up: &Upstream, idp: std::net::SocketAddr) -> Weir {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(sdk_plugin("authn-jwt"), plugins.join("20-authn-jwt.wasm")).unwrap();
+    std::fs::write(
+        plugins.join("20-authn-jwt.toml"),
+        r#"[config]
+[[config.providers]]
+name = "corp"
+issuer = "https://id.test"
+remote_jwks = { cluster = "idp", path = "/.well-known/jwks.json", cache_duration = "10m" }
+forward_claims = { sub = "x-user" }
+"#,
+    )
+    .unwrap();
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n[[cluster]]\nname = \"idp\"\nendpoints = [\"{idp}\"]\n\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        up.addr
+    );
+    Weir::start_in(dir, admin, port, &config).await
+}
+
+#[tokio::test]
+async fn authn_jwt_fetches_its_keys_from_a_cluster_once_for_all_instances() {
+    let up = Upstream::start("app").await;
+    let mut jwk = Jwk::from_encoding_key(&key(), Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let (idp, hits) = jwks_server(json!({"keys": [jwk]}).to_string()).await;
+    let w = remote_jwks_gateway(&up, idp).await;
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "fetched when first needed"
+    );
+    let c = reqwest::Client::new();
+    for i in 0..8 {
+        let r = c
+            .get(w.url("/orders"))
+            .bearer_auth(token(claims("user", 300)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["headers"]["x-user"], "ann");
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one fetch, shared by the plugin's instances"
+    );
+    let r = c.get(w.url("/orders")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let m = w.metrics().await;
+    assert!(m.contains("jwks_fetched"), "{m}");
+}
+
+#[tokio::test]
+async fn authn_jwt_answers_401_naming_the_fetch_that_failed() {
+    let up = Upstream::start("app").await;
+    // A port nothing listens on.
+    let idp: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let w = remote_jwks_gateway(&up, idp).await;
+    let r = reqwest::Client::new()
+        .get(w.url("/orders"))
+        .bearer_auth(token(claims("user", 300)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer realm=\"weir\", error=\"invalid_token\"")
+    );
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("fetching the keys of provider \"corp\" from cluster \"idp\" /.well-known/jwks.json failed: outbound call to cluster \"idp\" failed:"),
+        "{body}"
+    );
+    assert!(w.logs().contains("fetching the keys of provider"), "logged");
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

@@ -123,6 +123,9 @@ pub struct PluginDefaults {
     pub failure: FailurePolicy,
     /// Plugins built into weir that run before the folder's (`telemetry`).
     pub bundled: Vec<String>,
+    /// Settings of bundled plugins from `[plugins.settings.NAME]`, as TOML
+    /// text (a `NAME.toml` in the plugins folder wins over them).
+    pub bundled_settings: std::collections::BTreeMap<String, String>,
 }
 
 /// A listener.

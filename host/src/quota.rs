@@ -75,7 +75,7 @@ pub struct Quota {
 
 enum Backend {
     Local(local::Buckets),
-    Redis(redis_backend::Buckets),
+    Redis(Box<redis_backend::Buckets>),
 }
 
 impl std::fmt::Debug for Quota {
@@ -101,7 +101,7 @@ impl Quota {
         let backend = match &config.backend {
             QuotaBackend::Local => Backend::Local(local::Buckets::default()),
             QuotaBackend::Redis { url, timeout, pool } => {
-                Backend::Redis(redis_backend::Buckets::new(url, *timeout, *pool)?)
+                Backend::Redis(Box::new(redis_backend::Buckets::new(url, *timeout, *pool)?))
             }
         };
         Ok(Quota {
@@ -130,6 +130,22 @@ impl Quota {
             Backend::Local(b) => Ok(b.take(key, cost, limit)),
             Backend::Redis(b) => b.take(key, cost, limit),
         };
+        Ok(self.decide(key, limit, outcome))
+    }
+
+    /// As [`Quota::take`], without holding the thread while Redis answers:
+    /// the caller's task waits instead (components take this way).
+    pub async fn take_async(&self, key: &str, cost: u32, limit: Limit) -> Result<Decision, String> {
+        limit.check()?;
+        let outcome = match &self.backend {
+            Backend::Local(b) => Ok(b.take(key, cost, limit)),
+            Backend::Redis(b) => b.take_async(key, cost, limit).await,
+        };
+        Ok(self.decide(key, limit, outcome))
+    }
+
+    /// The decision for a backend's outcome: its own, or the failure policy's.
+    fn decide(&self, key: &str, limit: Limit, outcome: Result<Decision, String>) -> Decision {
         let decision = match outcome {
             Ok(d) => d,
             Err(e) => {
@@ -159,6 +175,6 @@ impl Quota {
         };
         self.metrics
             .quota_decision(self.backend_name(), decision.allowed);
-        Ok(decision)
+        decision
     }
 }

@@ -12,7 +12,7 @@ pub(crate) enum Dir {
 mod imp {
     use super::Dir;
     use crate::__private::bindings::weir::filter::{
-        attributes, env, http, log, metrics, quota, shared_data, types,
+        attributes, env, http, log, metrics, outbound, quota, shared_data, types,
     };
 
     fn dir(d: Dir) -> types::Direction {
@@ -62,6 +62,28 @@ mod imp {
             remaining: d.remaining,
             retry_after_ms: d.retry_after_ms,
             reset_ms: d.reset_ms,
+        })
+    }
+    pub fn call(req: &super::outbound::Call) -> Result<super::outbound::Reply, String> {
+        let r = outbound::call(&outbound::Request {
+            cluster: req.cluster.clone(),
+            method: req.method.clone(),
+            path: req.path.clone(),
+            headers: req
+                .headers
+                .iter()
+                .map(|(n, v)| types::Header {
+                    name: n.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            body: req.body.clone(),
+            timeout_ms: req.timeout_ms,
+        })?;
+        Ok(super::outbound::Reply {
+            status: r.status,
+            headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            body: r.body,
         })
     }
     pub fn log(level: u8, message: &str) {
@@ -147,6 +169,9 @@ mod imp {
         limit: super::quota::Limit,
     ) -> Result<super::quota::Decision, String> {
         with_host(|h| h.quota_take(key, cost, limit))
+    }
+    pub fn call(req: &super::outbound::Call) -> Result<super::outbound::Reply, String> {
+        with_host(|h| h.call(req))
     }
     pub fn log(level: u8, message: &str) {
         with_host(|h| h.logs.push((level, message.to_string())))
@@ -318,5 +343,101 @@ pub mod quota {
     /// failure policy, not reported here.
     pub fn take(key: &str, cost: u32, limit: Limit) -> Result<Decision, String> {
         super::imp::quota_take(key, cost, limit)
+    }
+}
+
+/// Outbound HTTP calls to clusters of weir's config, for example to fetch
+/// keys or ask a policy service. The call looks blocking to the filter; in
+/// weir the request waits for the answer without holding a worker thread.
+/// Calls can be made from `on_request_headers`, `on_response_headers` and a
+/// whole body's callback (after `Action::StopAndBuffer`); from `configure`,
+/// a streamed body chunk or `on_done` they answer an error.
+///
+/// ```no_run
+/// let reply = weir_sdk::outbound::Call::get("auth", "/.well-known/jwks.json")
+///     .timeout_ms(500)
+///     .send();
+/// ```
+pub mod outbound {
+    /// A call to make.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Call {
+        /// The cluster's name in weir's config.
+        pub cluster: String,
+        /// Method, such as `GET`.
+        pub method: String,
+        /// Path and query, starting with `/`.
+        pub path: String,
+        /// Headers (the cluster's authority is the Host unless one is set here).
+        pub headers: Vec<(String, String)>,
+        /// Body.
+        pub body: Vec<u8>,
+        /// Give up after this many milliseconds (0: weir's default, 5 s).
+        pub timeout_ms: u32,
+    }
+
+    /// The answer to a call.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct Reply {
+        /// HTTP status.
+        pub status: u16,
+        /// Headers, names in lowercase.
+        pub headers: Vec<(String, String)>,
+        /// Body.
+        pub body: Vec<u8>,
+    }
+
+    impl Reply {
+        /// The first value of header `name` (any case).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    impl Call {
+        /// A call with `method` to `path` on `cluster`.
+        pub fn new(cluster: &str, method: &str, path: &str) -> Call {
+            Call {
+                cluster: cluster.to_string(),
+                method: method.to_string(),
+                path: path.to_string(),
+                headers: Vec::new(),
+                body: Vec::new(),
+                timeout_ms: 0,
+            }
+        }
+
+        /// A GET of `path` on `cluster`.
+        pub fn get(cluster: &str, path: &str) -> Call {
+            Call::new(cluster, "GET", path)
+        }
+
+        /// Adds a header.
+        pub fn header(mut self, name: &str, value: &str) -> Call {
+            self.headers.push((name.to_string(), value.to_string()));
+            self
+        }
+
+        /// Sets the body.
+        pub fn body(mut self, body: impl Into<Vec<u8>>) -> Call {
+            self.body = body.into();
+            self
+        }
+
+        /// Sets the timeout in milliseconds.
+        pub fn timeout_ms(mut self, ms: u32) -> Call {
+            self.timeout_ms = ms;
+            self
+        }
+
+        /// Makes the call. The error says why there is no answer: no such
+        /// cluster, connection refused, timeout, or a callback that may not
+        /// make calls. Any HTTP status is an answer.
+        pub fn send(&self) -> Result<Reply, String> {
+            super::imp::call(self)
+        }
     }
 }

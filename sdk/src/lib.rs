@@ -61,7 +61,7 @@ pub mod __private;
 
 use serde::de::DeserializeOwned;
 
-pub use host::{log, metrics, quota, shared};
+pub use host::{log, metrics, outbound, quota, shared};
 
 /// An attribute in proxy-wasm's vocabulary (`route_name`, `response.code`,
 /// `request.auth.principal`, `weir.plugin_times`, ...), readable in any

@@ -32,6 +32,11 @@ pub struct TestHost {
     version: u32,
     /// Token buckets: (key, limit) to (tokens, last refill).
     buckets: HashMap<(String, crate::quota::Limit), (f64, std::time::Instant)>,
+    /// Replies to outbound calls by (cluster, path), and the calls made.
+    replies: HashMap<(String, String), Result<crate::outbound::Reply, String>>,
+    calls: Vec<crate::outbound::Call>,
+    /// Whether the current callback may make outbound calls (as in weir).
+    may_call: bool,
 }
 
 thread_local! {
@@ -234,6 +239,29 @@ impl TestHost {
         Ok(())
     }
 
+    /// An outbound call: the reply the test set for its cluster and path.
+    pub(crate) fn call(
+        &mut self,
+        req: &crate::outbound::Call,
+    ) -> Result<crate::outbound::Reply, String> {
+        if !self.may_call {
+            return Err(format!(
+                "outbound call to cluster {:?} refused: calls can be made from on-request-headers, on-response-headers and a whole body's callback (after stop-and-buffer), not from configure, a streamed body chunk or on-done",
+                req.cluster
+            ));
+        }
+        self.calls.push(req.clone());
+        self.replies
+            .get(&(req.cluster.clone(), req.path.clone()))
+            .cloned()
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "outbound call to cluster {:?} failed: the test set no reply for {} {} (Harness::reply)",
+                    req.cluster, req.method, req.path
+                ))
+            })
+    }
+
     /// The same token bucket as weir's local quota backend.
     pub(crate) fn quota_take(
         &mut self,
@@ -292,6 +320,28 @@ impl<F: Filter> Harness<F> {
         self
     }
 
+    /// What outbound calls to `path` on `cluster` answer from now on:
+    /// `Ok(reply)`, or `Err(why)` for a call that gets no answer (as weir
+    /// says when the cluster is down or the call timed out). A call with no
+    /// reply set fails, naming it.
+    pub fn reply(
+        &mut self,
+        cluster: &str,
+        path: &str,
+        reply: Result<crate::outbound::Reply, String>,
+    ) -> &mut Self {
+        with_host(|h| {
+            h.replies
+                .insert((cluster.to_string(), path.to_string()), reply);
+        });
+        self
+    }
+
+    /// The outbound calls the filter made, oldest first.
+    pub fn calls(&self) -> Vec<crate::outbound::Call> {
+        with_host(|h| h.calls.clone())
+    }
+
     /// The access log lines the filter wrote.
     pub fn access_log(&self) -> Vec<String> {
         with_host(|h| h.access.clone())
@@ -327,6 +377,7 @@ impl<F: Filter> Harness<F> {
     pub fn request(&mut self, req: TestRequest) -> Outcome {
         let id = self.start();
         let out = self.request_phase(id, req);
+        with_host(|h| h.may_call = false);
         crate::__private::done::<F>(id);
         out
     }
@@ -340,19 +391,26 @@ impl<F: Filter> Harness<F> {
             Action::Respond(_) => None,
             _ => Some(self.response_phase(id, resp)),
         };
+        with_host(|h| h.may_call = false);
         crate::__private::done::<F>(id);
         (request, response)
     }
 
     fn start(&mut self) -> u64 {
-        with_host(|h| h.set_attributes.clear());
+        with_host(|h| {
+            h.set_attributes.clear();
+            h.may_call = false;
+        });
         let id = self.next;
         self.next += 1;
         id
     }
 
     fn request_phase(&mut self, id: u64, req: TestRequest) -> Outcome {
-        with_host(|h| h.request = req.headers);
+        with_host(|h| {
+            h.request = req.headers;
+            h.may_call = true;
+        });
         let eos = req.body.is_empty();
         let mut action = crate::__private::request_headers::<F>(id, eos);
         let mut body = req.body;
@@ -371,7 +429,10 @@ impl<F: Filter> Harness<F> {
     }
 
     fn response_phase(&mut self, id: u64, resp: TestResponse) -> Outcome {
-        with_host(|h| h.response = resp.headers);
+        with_host(|h| {
+            h.response = resp.headers;
+            h.may_call = true;
+        });
         let eos = resp.body.is_empty();
         let mut action = crate::__private::response_headers::<F>(id, eos);
         let mut body = resp.body;

@@ -3,29 +3,42 @@
 //! in the same chain.
 //!
 //! Instance model, as for proxy-wasm: one instance per worker thread, behind
-//! a mutex held only for a callback; a request keeps the instance it started
-//! on, and names itself to the guest by a stream id. WASI 0.2 is linked with
-//! nothing behind it (no folders, environment, arguments or sockets) so that
-//! components built with Rust's standard library load.
+//! an async mutex held for a callback; a request keeps the instance it
+//! started on, and names itself to the guest by a stream id. WASI 0.2 is
+//! linked with nothing behind it (no folders, environment, arguments or
+//! sockets) so that components built with Rust's standard library load.
+//!
+//! Callbacks run through wasmtime's async support: a plugin's outbound call
+//! (`outbound.call`) looks blocking to the guest, while its stream waits
+//! without holding a worker thread. The instance stays with that stream
+//! until the answer is in; other requests that need the same instance wait
+//! for it (asynchronously), new requests pick an idle instance. The CPU limit
+//! counts the time a callback ran, not the time it waited for an answer.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue, StatusCode};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::abi::trap_message;
 use crate::config::FailurePolicy;
 use crate::filter::{
     Action, BodyAction, BodyFilter, FilterFuture, HttpFilter, LocalResponse, LogInfo, StreamFilter,
-    StreamInfo, decided,
+    StreamInfo,
 };
 use crate::plugin::host::{HostServices, MetricKind, PluginMetric};
 use crate::plugin::{LoadedPlugin, PluginError, PluginSpec, engine};
+
+mod output;
 
 /// Bindings generated from wit/filter.wit (documented there).
 #[allow(missing_docs)]
@@ -33,6 +46,8 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "plugin",
+        imports: { "weir:filter/outbound.call": async, "weir:filter/quota.take": async },
+        exports: { default: async },
     });
 }
 
@@ -69,6 +84,17 @@ pub struct State {
     memory_limit: u64,
     /// Linear memory the instance holds, in bytes (as its memories grew).
     memory_now: u64,
+    /// The plugin's memory over all its instances (this one's share is
+    /// taken back when the instance is dropped).
+    memory_total: Arc<AtomicU64>,
+    /// Whether the current callback may wait for an outbound call.
+    may_wait: bool,
+    /// When the current callback was entered, how long it waited for
+    /// outbound calls, and its CPU limit: the epoch callback traps once
+    /// `entered.elapsed() - waited` passes `cpu_limit`.
+    entered: Instant,
+    waited: Duration,
+    cpu_limit: Duration,
     plugin: Arc<str>,
     vm_id: Arc<str>,
     host: Arc<HostServices>,
@@ -95,7 +121,9 @@ impl wasmtime::ResourceLimiter for State {
         crate::abi::check_memory_growth(desired, self.memory_limit)?;
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
         if allowed {
-            self.memory_now += desired.saturating_sub(current) as u64;
+            let grown = desired.saturating_sub(current) as u64;
+            self.memory_now += grown;
+            self.memory_total.fetch_add(grown, Ordering::Relaxed);
         }
         Ok(allowed)
     }
@@ -130,6 +158,109 @@ fn header_list<'a>(
         value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
     })
     .collect()
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.memory_total
+            .fetch_sub(self.memory_now, Ordering::Relaxed);
+    }
+}
+
+impl State {
+    /// A store's data with nothing granted: no WASI resources, no current message.
+    fn new(
+        plugin: &str,
+        vm_id: &str,
+        host: Arc<HostServices>,
+        limits: StoreLimits,
+        memory_limit: u64,
+        memory_total: Arc<AtomicU64>,
+    ) -> State {
+        let plugin: Arc<str> = plugin.into();
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stdout(output::PluginOutput::new(
+                plugin.clone(),
+                output::Which::Stdout,
+            ))
+            .stderr(output::PluginOutput::new(
+                plugin.clone(),
+                output::Which::Stderr,
+            ))
+            .build();
+        State {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            memory_limit,
+            memory_now: 0,
+            memory_total,
+            may_wait: false,
+            entered: Instant::now(),
+            waited: Duration::ZERO,
+            cpu_limit: Duration::from_secs(1),
+            plugin,
+            vm_id: vm_id.into(),
+            host,
+            current: Current::default(),
+            metrics: Default::default(),
+        }
+    }
+}
+
+/// A new store for `state`: its CPU limit counts the time the callback ran,
+/// not the time it waited for an outbound call.
+fn new_store(state: State) -> Store<State> {
+    let mut store = Store::new(engine::engine(), state);
+    store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
+    store.epoch_deadline_callback(|ctx| {
+        let s = ctx.data();
+        let ran = s.entered.elapsed().saturating_sub(s.waited);
+        Ok(if ran >= s.cpu_limit {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(engine::ticks(s.cpu_limit - ran))
+        })
+    });
+    store
+}
+
+/// Runs `fut` to its end from synchronous code (a streamed body chunk,
+/// on-done, loading): at once when it does not wait, which is the rule there
+/// since outbound calls are refused in those callbacks; otherwise the worker
+/// hands its other tasks to another thread while this one waits.
+fn wait<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    if let Poll::Ready(v) = fut
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        return v;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(fut))
+        }
+        _ => park_on(fut),
+    }
+}
+
+/// A minimal executor for [`wait`] outside a multi-threaded runtime.
+fn park_on<F: Future>(mut fut: std::pin::Pin<&mut F>) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
 }
 
 impl wit::Host for State {}
@@ -376,20 +507,27 @@ impl State {
 }
 
 impl weir::filter::quota::Host for State {
-    fn take(
+    async fn take(
         &mut self,
         key: String,
         cost: u32,
         limit: weir::filter::quota::Limit,
     ) -> Result<weir::filter::quota::Decision, String> {
-        let d = self.host.quota().take(
-            &key,
-            cost,
-            crate::quota::Limit {
-                tokens: limit.tokens,
-                period: std::time::Duration::from_millis(u64::from(limit.period_ms)),
-            },
-        )?;
+        let started = Instant::now();
+        let d = self
+            .host
+            .quota()
+            .take_async(
+                &key,
+                cost,
+                crate::quota::Limit {
+                    tokens: limit.tokens,
+                    period: std::time::Duration::from_millis(u64::from(limit.period_ms)),
+                },
+            )
+            .await;
+        self.waited += started.elapsed();
+        let d = d?;
         Ok(weir::filter::quota::Decision {
             allowed: d.allowed,
             limit: d.limit,
@@ -501,16 +639,72 @@ impl weir::filter::shared_data::Host for State {
     }
 }
 
+/// The time an outbound call waits when the plugin gives no timeout.
+const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl weir::filter::outbound::Host for State {
-    fn call(
+    async fn call(
         &mut self,
         req: weir::filter::outbound::Request,
     ) -> Result<weir::filter::outbound::Response, String> {
-        Err(format!(
-            "outbound calls from components are not implemented yet (call to cluster {:?}); a proxy-wasm plugin's http_call works today",
-            req.cluster
-        ))
+        let cluster = req.cluster.clone();
+        if !self.may_wait {
+            return Err(format!(
+                "outbound call to cluster {cluster:?} refused: calls can be made from on-request-headers, on-response-headers and a whole body's callback (after stop-and-buffer), not from configure, a streamed body chunk or on-done"
+            ));
+        }
+        let request = outbound_request(req)?;
+        let timeout = match request.1 {
+            0 => DEFAULT_CALL_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let started = Instant::now();
+        let answer = self.host.call(&cluster, request.0, Some(timeout)).await;
+        self.waited += started.elapsed();
+        let Some(status) = answer.status else {
+            return Err(format!(
+                "outbound call to cluster {cluster:?} failed: {}",
+                answer.error.as_deref().unwrap_or("no answer")
+            ));
+        };
+        Ok(weir::filter::outbound::Response {
+            status: status.as_u16(),
+            headers: header_list(answer.headers.iter()),
+            body: answer.body.to_vec(),
+        })
     }
+}
+
+/// The HTTP request for a plugin's outbound call, and its timeout in
+/// milliseconds; the error names what is malformed.
+fn outbound_request(
+    req: weir::filter::outbound::Request,
+) -> Result<(http::Request<crate::body::Body>, u32), String> {
+    let what = |m: String| format!("outbound call to cluster {:?}: {m}", req.cluster);
+    let method = http::Method::from_bytes(req.method.as_bytes())
+        .map_err(|_| what(format!("{:?} is not an HTTP method", req.method)))?;
+    if !req.path.starts_with('/') {
+        return Err(what(format!(
+            "path {:?} must start with / (the cluster gives scheme and authority)",
+            req.path
+        )));
+    }
+    let uri: http::Uri = req
+        .path
+        .parse()
+        .map_err(|e| what(format!("path {:?}: {e}", req.path)))?;
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    for h in &req.headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| what(format!("{:?} is not a valid header name", h.name)))?;
+        let value = HeaderValue::from_str(&h.value)
+            .map_err(|_| what(format!("header {:?} has an invalid value", h.name)))?;
+        builder = builder.header(name, value);
+    }
+    let request = builder
+        .body(crate::body::full(Bytes::from(req.body)))
+        .map_err(|e| what(e.to_string()))?;
+    Ok((request, req.timeout_ms))
 }
 
 impl weir::filter::env::Host for State {
@@ -533,7 +727,14 @@ struct Instance {
     bindings: Plugin,
     /// Why the instance is unusable, when it is.
     failed: Option<String>,
+    /// A callback is under way (set while the guest runs; left set when the
+    /// request that ran it went away mid-call, so the instance is replaced).
+    in_call: bool,
 }
+
+/// Instances a plugin may have per worker thread: beyond the first, they are
+/// made only while requests wait for outbound calls.
+const SPARE_INSTANCES: usize = 4;
 
 /// A loaded component plugin.
 pub struct ComponentCore {
@@ -541,7 +742,11 @@ pub struct ComponentCore {
     host: Arc<HostServices>,
     pre: PluginPre<State>,
     origin: engine::ModuleOrigin,
-    instances: Vec<Mutex<Instance>>,
+    /// Instance slots: one per worker, filled at load; the rest are filled
+    /// when every instance is held by a request waiting for an outbound call.
+    instances: Box<[tokio::sync::OnceCell<Arc<Mutex<Instance>>>]>,
+    workers: usize,
+    memory: Arc<AtomicU64>,
     next_stream: AtomicU64,
 }
 
@@ -564,30 +769,41 @@ impl ComponentPlugin {
         let (component, origin) = engine::compile_component(bytes)
             .map_err(|e| err(format!("invalid component: {}", e.root_cause())))?;
         check_world(&component).map_err(&err)?;
-        let mut linker: Linker<State> = Linker::new(engine::engine());
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| err(format!("linking WASI: {e}")))?;
-        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| err(format!("linking: {e}")))?;
+        let linker = linker().map_err(&err)?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| err(format!("linking: {}", e.root_cause())))?;
         let pre = PluginPre::new(pre).map_err(|e| err(format!("{}", e.root_cause())))?;
-        let mut core = ComponentCore {
+        let core = ComponentCore {
             spec,
             host,
             pre,
             origin,
-            instances: Vec::new(),
+            instances: (0..workers.max(1) * SPARE_INSTANCES)
+                .map(|_| tokio::sync::OnceCell::new())
+                .collect(),
+            workers: workers.max(1),
+            memory: Arc::new(AtomicU64::new(0)),
             next_stream: AtomicU64::new(1),
         };
-        for _ in 0..workers.max(1) {
-            let inst = core.start_instance().map_err(&err)?;
-            core.instances.push(Mutex::new(inst));
+        for i in 0..core.workers {
+            let inst = wait(core.start_instance()).map_err(&err)?;
+            let _ = core.instances[i].set(Arc::new(Mutex::new(inst)));
         }
-        tracing::info!(plugin.name = %core.spec.name, abi = WORLD, instances = core.instances.len(), module = origin.as_str(), "plugin loaded");
+        tracing::info!(plugin.name = %core.spec.name, abi = WORLD, instances = core.workers, module = origin.as_str(), "plugin loaded");
         Ok(Arc::new(ComponentPlugin(Arc::new(core))))
     }
+}
+
+/// The linker every component plugin is instantiated with: WASI 0.2 (with
+/// nothing granted) and weir's host interfaces.
+fn linker() -> Result<Linker<State>, String> {
+    let mut linker: Linker<State> = Linker::new(engine::engine());
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| format!("linking WASI: {e}"))?;
+    Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+        .map_err(|e| format!("linking: {e}"))?;
+    Ok(linker)
 }
 
 /// Describes a component: its world, imports, exports and configuration schema.
@@ -599,31 +815,28 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
     let ty = component.component_type();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-    let mut linker: Linker<State> = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
-    Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-        .map_err(|e| format!("linking: {e}"))?;
+    let linker = linker()?;
     let metrics = Arc::new(crate::telemetry::Metrics::new());
-    let state = State {
-        wasi: wasmtime_wasi::WasiCtxBuilder::new().build(),
-        table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new().build(),
-        memory_limit: 64 << 20,
-        memory_now: 0,
-        plugin: "describe".into(),
-        vm_id: "describe".into(),
-        host: Arc::new(HostServices::new(std::sync::Weak::new(), metrics)),
-        current: Current::default(),
-        metrics: Default::default(),
-    };
-    let mut store = Store::new(engine, state);
+    let state = State::new(
+        "describe",
+        "describe",
+        Arc::new(HostServices::new(std::sync::Weak::new(), metrics)),
+        StoreLimitsBuilder::new().build(),
+        64 << 20,
+        Arc::default(),
+    );
+    let mut store = new_store(state);
     store.set_epoch_deadline(engine::ticks(Duration::from_secs(1)));
-    let bindings = Plugin::instantiate(&mut store, &component, &linker)
-        .map_err(|e| format!("instantiation failed: {}", e.root_cause()))?;
-    let schema = bindings
-        .weir_filter_filter()
-        .call_config_schema(&mut store)
-        .map_err(|e| format!("config-schema trapped: {}", trap_message(&e)))?;
+    let schema = wait(async {
+        let bindings = Plugin::instantiate_async(&mut store, &component, &linker)
+            .await
+            .map_err(|e| format!("instantiation failed: {}", e.root_cause()))?;
+        bindings
+            .weir_filter_filter()
+            .call_config_schema(&mut store)
+            .await
+            .map_err(|e| format!("config-schema trapped: {}", trap_message(&e)))
+    })?;
     let built_for = exports
         .iter()
         .find_map(|e| e.strip_prefix("weir:filter/filter@"))
@@ -664,42 +877,97 @@ fn check_world(component: &Component) -> Result<(), String> {
     ))
 }
 
+/// One callback of the filter world.
+enum Callback<'c> {
+    RequestHeaders(bool),
+    ResponseHeaders(bool),
+    Body(wit::Direction, &'c [u8], bool),
+    Done,
+}
+
+/// What a callback returned.
+enum Outcome {
+    Action(wit::Action),
+    Body(wit::BodyAction, Vec<u8>),
+    Done,
+}
+
 impl ComponentCore {
-    fn lock(&self, i: usize) -> MutexGuard<'_, Instance> {
-        self.instances[i].lock().unwrap_or_else(|p| p.into_inner())
+    /// Slot `i`'s instance (a stream's slot is always filled).
+    fn slot(&self, i: usize) -> Arc<Mutex<Instance>> {
+        self.instances[i]
+            .get()
+            .expect("a stream's instance slot is filled")
+            .clone()
     }
 
-    fn start_instance(&self) -> Result<Instance, String> {
-        let state = State {
-            wasi: wasmtime_wasi::WasiCtxBuilder::new().build(),
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
+    /// Instance `i`, when its current callback (if any) is done.
+    async fn lock(&self, i: usize) -> OwnedMutexGuard<Instance> {
+        self.slot(i).lock_owned().await
+    }
+
+    /// Instance `i` from synchronous code: at once when it is free (the
+    /// rule), else after the callback holding it finishes.
+    fn lock_now(&self, i: usize) -> OwnedMutexGuard<Instance> {
+        match self.slot(i).try_lock_owned() {
+            Ok(g) => g,
+            Err(_) => wait(self.lock(i)),
+        }
+    }
+
+    /// An idle instance for a new stream, starting at slot `from`: a free
+    /// one, else a new one in an empty slot; None when all are busy.
+    async fn idle_instance(&self, from: usize) -> Option<(usize, OwnedMutexGuard<Instance>)> {
+        let n = self.instances.len();
+        for k in 0..n {
+            let i = (from + k) % n;
+            if let Some(cell) = self.instances[i].get()
+                && let Ok(g) = cell.clone().try_lock_owned()
+            {
+                return Some((i, g));
+            }
+        }
+        let i = (0..n).find(|&i| !self.instances[i].initialized())?;
+        let cell = self.instances[i]
+            .get_or_try_init(|| async {
+                let inst = self.start_instance().await?;
+                tracing::debug!(plugin.name = %self.spec.name, slot = i, "instances are all waiting for outbound calls; added one");
+                Ok::<_, String>(Arc::new(Mutex::new(inst)))
+            })
+            .await
+            .ok()?;
+        cell.clone().try_lock_owned().ok().map(|g| (i, g))
+    }
+
+    async fn start_instance(&self) -> Result<Instance, String> {
+        let state = State::new(
+            &self.spec.name,
+            &self.spec.vm_id,
+            self.host.clone(),
+            StoreLimitsBuilder::new()
                 .memory_size(self.spec.memory_limit as usize)
                 .trap_on_grow_failure(true)
                 .instances(16)
                 .tables(16)
                 .table_elements(100_000)
                 .build(),
-            memory_limit: self.spec.memory_limit,
-            memory_now: 0,
-            plugin: self.spec.name.clone().into(),
-            vm_id: self.spec.vm_id.clone().into(),
-            host: self.host.clone(),
-            current: Current::default(),
-            metrics: Default::default(),
-        };
-        let mut store = Store::new(engine::engine(), state);
-        store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
-        store.set_epoch_deadline(engine::ticks(
-            self.spec.cpu_limit.max(Duration::from_secs(1)),
-        ));
+            self.spec.memory_limit,
+            self.memory.clone(),
+        );
+        let mut store = new_store(state);
+        let startup = self.spec.cpu_limit.max(Duration::from_secs(1));
+        store.data_mut().cpu_limit = startup;
+        store.data_mut().entered = Instant::now();
+        store.set_epoch_deadline(engine::ticks(startup));
         let bindings = self
             .pre
-            .instantiate(&mut store)
+            .instantiate_async(&mut store)
+            .await
             .map_err(|e| format!("instantiation failed: {}", trap_message(&e)))?;
         let filter = bindings.weir_filter_filter();
         if let Some(schema) = filter
             .call_config_schema(&mut store)
+            .await
             .map_err(|e| format!("config-schema trapped: {}", trap_message(&e)))?
             && !schema.trim().is_empty()
         {
@@ -707,28 +975,74 @@ impl ComponentCore {
         }
         filter
             .call_configure(&mut store, &self.spec.config)
+            .await
             .map_err(|e| format!("configure trapped: {}", trap_message(&e)))?
             .map_err(|m| format!("configure refused the configuration: {m}"))?;
         Ok(Instance {
             store,
             bindings,
             failed: None,
+            in_call: false,
         })
     }
 
-    /// Runs one callback with the CPU limit; a trap replaces the instance.
-    fn call<R>(
+    /// Makes `inst` usable again after a trap or a cancelled call: a fresh
+    /// instance, or the reason there is none.
+    async fn replace(&self, inst: &mut Instance) {
+        match self.start_instance().await {
+            Ok(fresh) => *inst = fresh,
+            Err(e) => inst.failed = Some(e),
+        }
+    }
+
+    /// Runs one callback within the CPU limit; `may_wait` lets it make
+    /// outbound calls. A trap replaces the instance.
+    async fn invoke(
         &self,
         inst: &mut Instance,
-        f: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
-    ) -> Result<R, String> {
+        id: u64,
+        callback: Callback<'_>,
+        may_wait: bool,
+    ) -> Result<Outcome, String> {
+        let started = Instant::now();
+        {
+            let s = inst.store.data_mut();
+            s.may_wait = may_wait;
+            s.entered = started;
+            s.waited = Duration::ZERO;
+            s.cpu_limit = self.spec.cpu_limit;
+        }
         inst.store
             .set_epoch_deadline(engine::ticks(self.spec.cpu_limit));
-        let started = std::time::Instant::now();
-        // A WASI host call that cannot run on a proxy worker (a blocking
-        // stream write: stdout or stderr) panics inside wasmtime-wasi; that
-        // panic comes back here and is handled as a trap of this plugin.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inst)))
+        inst.in_call = true;
+        let run = async {
+            let f = inst.bindings.weir_filter_filter();
+            let store = &mut inst.store;
+            match callback {
+                Callback::RequestHeaders(eos) => f
+                    .call_on_request_headers(store, id, eos)
+                    .await
+                    .map(Outcome::Action),
+                Callback::ResponseHeaders(eos) => f
+                    .call_on_response_headers(store, id, eos)
+                    .await
+                    .map(Outcome::Action),
+                Callback::Body(wit::Direction::Request, chunk, eos) => f
+                    .call_on_request_body(store, id, chunk, eos)
+                    .await
+                    .map(|(a, b)| Outcome::Body(a, b)),
+                Callback::Body(wit::Direction::Response, chunk, eos) => f
+                    .call_on_response_body(store, id, chunk, eos)
+                    .await
+                    .map(|(a, b)| Outcome::Body(a, b)),
+                Callback::Done => f.call_on_done(store, id).await.map(|()| Outcome::Done),
+            }
+        };
+        // A host function that panics comes back here, handled as a trap of
+        // this plugin.
+        let result = std::panic::AssertUnwindSafe(run)
+            .catch_unwind()
+            .await
             .unwrap_or_else(|panic| {
                 let what = panic
                     .downcast_ref::<String>()
@@ -736,10 +1050,11 @@ impl ComponentCore {
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("a host panic");
                 Err(wasmtime::Error::msg(format!(
-                    "a WASI call of the plugin failed in the host ({}); writing to stdout or stderr from a component is not supported yet: log through weir_sdk::log",
+                    "a host call of the plugin failed in the host ({})",
                     what.lines().next().unwrap_or(what)
                 )))
             });
+        inst.in_call = false;
         self.spec.health.record_callback(started.elapsed());
         match result {
             Ok(r) => Ok(r),
@@ -747,10 +1062,7 @@ impl ComponentCore {
                 let message = trap_message(&e);
                 self.spec.health.trapped(&message);
                 self.host.plugin_trap(&self.spec.name);
-                match self.start_instance() {
-                    Ok(fresh) => *inst = fresh,
-                    Err(e) => inst.failed = Some(e),
-                }
+                self.replace(inst).await;
                 Err(message)
             }
         }
@@ -804,9 +1116,7 @@ impl LoadedPlugin for ComponentPlugin {
     }
 
     fn memory_bytes(&self) -> u64 {
-        (0..self.0.instances.len())
-            .map(|i| self.0.lock(i).store.data().memory_now)
-            .sum()
+        self.0.memory.load(Ordering::Relaxed)
     }
 
     fn module_origin(&self) -> engine::ModuleOrigin {
@@ -822,7 +1132,7 @@ impl HttpFilter for ComponentPlugin {
     fn new_stream(&self, info: &Arc<StreamInfo>) -> Box<dyn StreamFilter> {
         Box::new(ComponentStream {
             core: self.0.clone(),
-            index: crate::abi::worker_index(self.0.instances.len()),
+            index: crate::abi::worker_index(self.0.workers),
             id: self.0.next_stream.fetch_add(1, Ordering::Relaxed),
             info: info.clone(),
             failed: false,
@@ -847,18 +1157,33 @@ impl ComponentStream {
         crate::abi::failure_action(self.core.spec.failure, &self.core.spec.name, message)
     }
 
-    /// The stream's instance, locked once, or the action to take instead.
-    fn enter<'c>(&mut self, core: &'c ComponentCore) -> Result<MutexGuard<'c, Instance>, Action> {
+    /// The stream's instance, or the action to take instead. A stream's
+    /// first callback takes its worker's instance, or another idle one when
+    /// that one is waiting for an outbound call; later callbacks keep it.
+    async fn enter(&mut self) -> Result<OwnedMutexGuard<Instance>, Action> {
         if self.failed {
             return Err(Action::Continue);
         }
-        if !self.started
-            && let Some(reason) = core.spec.health.quarantine_reason()
-        {
-            return Err(self.failure(&reason));
+        let core = self.core.clone();
+        let mut held = None;
+        if !self.started {
+            if let Some(reason) = core.spec.health.quarantine_reason() {
+                return Err(self.failure(&reason));
+            }
+            if let Some((i, g)) = core.idle_instance(self.index).await {
+                self.index = i;
+                held = Some(g);
+            }
         }
         self.started = true;
-        let inst = core.lock(self.index);
+        let mut inst = match held {
+            Some(g) => g,
+            None => core.lock(self.index).await,
+        };
+        if inst.in_call {
+            // The request that last ran it went away mid-call.
+            core.replace(&mut inst).await;
+        }
         match inst.failed.clone() {
             Some(e) => {
                 drop(inst);
@@ -867,6 +1192,97 @@ impl ComponentStream {
             None => Ok(inst),
         }
     }
+
+    /// Runs a head callback with `head` current, putting back what the plugin changed.
+    async fn head_callback(&mut self, mut head: Head<'_>, eos: bool) -> Action {
+        let mut inst = match self.enter().await {
+            Ok(i) => i,
+            Err(a) => return a,
+        };
+        let core = self.core.clone();
+        let (current, callback) = match &mut head {
+            Head::Request(h) => (
+                Current {
+                    request: Some(std::mem::replace(*h, crate::abi::empty_request())),
+                    ..Current::default()
+                },
+                Callback::RequestHeaders(eos),
+            ),
+            Head::Response(h) => (
+                Current {
+                    response: Some(std::mem::replace(*h, crate::abi::empty_response())),
+                    ..Current::default()
+                },
+                Callback::ResponseHeaders(eos),
+            ),
+        };
+        // Put the head back even if this future is dropped mid-call.
+        struct Restore<'h> {
+            head: Head<'h>,
+            inst: OwnedMutexGuard<Instance>,
+        }
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                let back = std::mem::take(&mut self.inst.store.data_mut().current);
+                match &mut self.head {
+                    Head::Request(h) => {
+                        if let Some(p) = back.request {
+                            **h = p;
+                        }
+                    }
+                    Head::Response(h) => {
+                        if let Some(p) = back.response {
+                            **h = p;
+                        }
+                    }
+                }
+            }
+        }
+        inst.store.data_mut().current = Current {
+            info: Some(self.info.clone()),
+            ..current
+        };
+        let mut guard = Restore { head, inst };
+        let result = core.invoke(&mut guard.inst, self.id, callback, true).await;
+        drop(guard);
+        match result {
+            Ok(Outcome::Action(a)) => action(a, &core.spec.name),
+            Ok(_) => Action::Continue,
+            Err(m) => self.failure(&m),
+        }
+    }
+
+    /// A whole body (after stop-and-buffer) through the body callback.
+    async fn whole_body(&mut self, dir: wit::Direction, body: &mut Bytes, eos: bool) -> Action {
+        let mut inst = match self.enter().await {
+            Ok(i) => i,
+            Err(a) => return a,
+        };
+        let core = self.core.clone();
+        let result = call_body(
+            &core,
+            &mut inst,
+            dir,
+            self.id,
+            self.info.clone(),
+            body,
+            eos,
+            true,
+        )
+        .await;
+        drop(inst);
+        match result {
+            Ok(wit::BodyAction::Respond(r)) => local(r, &core.spec.name),
+            Ok(_) => Action::Continue,
+            Err(m) => self.failure(&m),
+        }
+    }
+}
+
+/// The head a head callback works on.
+enum Head<'h> {
+    Request(&'h mut http::request::Parts),
+    Response(&'h mut http::response::Parts),
 }
 
 fn local(r: wit::LocalResponse, by: &str) -> Action {
@@ -902,38 +1318,11 @@ impl StreamFilter for ComponentStream {
         head: &'a mut http::request::Parts,
         eos: bool,
     ) -> FilterFuture<'a> {
-        let core = self.core.clone();
-        let (id, info) = (self.id, self.info.clone());
-        let result = {
-            let mut inst = match self.enter(&core) {
-                Ok(i) => i,
-                Err(a) => return decided(a),
-            };
-            inst.store.data_mut().current = Current {
-                request: Some(std::mem::replace(head, crate::abi::empty_request())),
-                response: None,
-                info: Some(info),
-                log: None,
-            };
-            let r = core.call(&mut inst, |i| {
-                i.bindings
-                    .weir_filter_filter()
-                    .call_on_request_headers(&mut i.store, id, eos)
-            });
-            let back = std::mem::take(&mut inst.store.data_mut().current);
-            if let Some(p) = back.request {
-                *head = p;
-            }
-            r
-        };
-        decided(match result {
-            Ok(a) => action(a, &core.spec.name),
-            Err(m) => self.failure(&m),
-        })
+        Box::pin(self.head_callback(Head::Request(head), eos))
     }
 
     fn on_request_body<'a>(&'a mut self, body: &'a mut Bytes, eos: bool) -> FilterFuture<'a> {
-        decided(self.whole_body(wit::Direction::Request, body, eos))
+        Box::pin(self.whole_body(wit::Direction::Request, body, eos))
     }
 
     fn on_response_headers<'a>(
@@ -941,38 +1330,11 @@ impl StreamFilter for ComponentStream {
         head: &'a mut http::response::Parts,
         eos: bool,
     ) -> FilterFuture<'a> {
-        let core = self.core.clone();
-        let (id, info) = (self.id, self.info.clone());
-        let result = {
-            let mut inst = match self.enter(&core) {
-                Ok(i) => i,
-                Err(a) => return decided(a),
-            };
-            inst.store.data_mut().current = Current {
-                request: None,
-                response: Some(std::mem::replace(head, crate::abi::empty_response())),
-                info: Some(info),
-                log: None,
-            };
-            let r = core.call(&mut inst, |i| {
-                i.bindings
-                    .weir_filter_filter()
-                    .call_on_response_headers(&mut i.store, id, eos)
-            });
-            let back = std::mem::take(&mut inst.store.data_mut().current);
-            if let Some(p) = back.response {
-                *head = p;
-            }
-            r
-        };
-        decided(match result {
-            Ok(a) => action(a, &core.spec.name),
-            Err(m) => self.failure(&m),
-        })
+        Box::pin(self.head_callback(Head::Response(head), eos))
     }
 
     fn on_response_body<'a>(&'a mut self, body: &'a mut Bytes, eos: bool) -> FilterFuture<'a> {
-        decided(self.whole_body(wit::Direction::Response, body, eos))
+        Box::pin(self.whole_body(wit::Direction::Response, body, eos))
     }
 
     fn request_body_filter(&mut self) -> Option<Box<dyn BodyFilter>> {
@@ -1004,48 +1366,38 @@ impl StreamFilter for ComponentStream {
             return;
         }
         let core = self.core.clone();
-        let id = self.id;
-        let mut inst = core.lock(self.index);
-        if inst.failed.is_some() {
-            return;
-        }
-        // on-done reads the exchange's outcome and attributes (the decision log's among them).
-        inst.store.data_mut().current = Current {
-            info: Some(self.info.clone()),
-            log: Some(log.clone()),
-            ..Current::default()
-        };
-        let _ = core.call(&mut inst, |i| {
-            i.bindings
-                .weir_filter_filter()
-                .call_on_done(&mut i.store, id)
-        });
-        inst.store.data_mut().current = Current::default();
-    }
-}
-
-impl ComponentStream {
-    /// A whole body (after stop-and-buffer) through the body callback.
-    fn whole_body(&mut self, dir: wit::Direction, body: &mut Bytes, eos: bool) -> Action {
-        let core = self.core.clone();
-        let (id, info) = (self.id, self.info.clone());
-        let result = {
-            let mut inst = match self.enter(&core) {
-                Ok(i) => i,
-                Err(a) => return a,
+        let (id, index, info, log) = (self.id, self.index, self.info.clone(), log.clone());
+        let done = async move |mut inst: OwnedMutexGuard<Instance>| {
+            if inst.failed.is_some() || inst.in_call {
+                return;
+            }
+            // on-done reads the exchange's outcome and attributes (the decision log's among them).
+            inst.store.data_mut().current = Current {
+                info: Some(info),
+                log: Some(log),
+                ..Current::default()
             };
-            call_body(&core, &mut inst, dir, id, info, body, eos)
+            let _ = core.invoke(&mut inst, id, Callback::Done, false).await;
+            inst.store.data_mut().current = Current::default();
         };
-        match result {
-            Ok((wit::BodyAction::Respond(r), _)) => local(r, &core.spec.name),
-            Ok(_) => Action::Continue,
-            Err(m) => self.failure(&m),
+        match self.core.slot(index).try_lock_owned() {
+            Ok(inst) => wait(done(inst)),
+            // The instance is waiting for another request's outbound call:
+            // on-done runs once it is free, without holding up this one.
+            Err(_) => match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    let core = self.core.clone();
+                    h.spawn(async move { done(core.lock(index).await).await });
+                }
+                Err(_) => wait(done(self.core.lock_now(index))),
+            },
         }
     }
 }
 
 /// Calls a body callback with `body`, replacing it with what the plugin returned.
-fn call_body(
+#[allow(clippy::too_many_arguments)]
+async fn call_body(
     core: &ComponentCore,
     inst: &mut Instance,
     dir: wit::Direction,
@@ -1053,27 +1405,24 @@ fn call_body(
     info: Arc<StreamInfo>,
     body: &mut Bytes,
     eos: bool,
-) -> Result<(wit::BodyAction, ()), String> {
+    may_wait: bool,
+) -> Result<wit::BodyAction, String> {
     inst.store.data_mut().current = Current {
-        request: None,
-        response: None,
         info: Some(info),
-        log: None,
+        ..Current::default()
     };
     let chunk = body.to_vec();
-    let r = core.call(inst, |i| {
-        let f = i.bindings.weir_filter_filter();
-        match dir {
-            wit::Direction::Request => f.call_on_request_body(&mut i.store, id, &chunk, eos),
-            wit::Direction::Response => f.call_on_response_body(&mut i.store, id, &chunk, eos),
-        }
-    });
+    let r = core
+        .invoke(inst, id, Callback::Body(dir, &chunk, eos), may_wait)
+        .await;
     inst.store.data_mut().current = Current::default();
-    let (a, bytes) = r?;
+    let Outcome::Body(a, bytes) = r? else {
+        return Ok(wit::BodyAction::Continue);
+    };
     if !matches!(a, wit::BodyAction::Buffer) {
         *body = Bytes::from(bytes);
     }
-    Ok((a, ()))
+    Ok(a)
 }
 
 /// A failure in a streaming body: skipped (open) or the stream ends (closed).
@@ -1096,11 +1445,11 @@ struct ComponentBody {
 impl BodyFilter for ComponentBody {
     fn on_data(&mut self, data: &mut Bytes, eos: bool) -> Result<BodyAction, String> {
         let core = self.core.clone();
-        let mut inst = core.lock(self.index);
+        let mut inst = core.lock_now(self.index);
         if let Some(e) = inst.failed.clone() {
             return body_failure(&core.spec, &e);
         }
-        match call_body(
+        let result = wait(call_body(
             &core,
             &mut inst,
             self.dir,
@@ -1108,10 +1457,12 @@ impl BodyFilter for ComponentBody {
             self.info.clone(),
             data,
             eos,
-        ) {
-            Ok((wit::BodyAction::Continue, ())) => Ok(BodyAction::Continue),
-            Ok((wit::BodyAction::Buffer, ())) => Ok(BodyAction::Buffer),
-            Ok((wit::BodyAction::Respond(_), ())) => Err(format!(
+            false,
+        ));
+        match result {
+            Ok(wit::BodyAction::Continue) => Ok(BodyAction::Continue),
+            Ok(wit::BodyAction::Buffer) => Ok(BodyAction::Buffer),
+            Ok(wit::BodyAction::Respond(_)) => Err(format!(
                 "plugin {:?} answered locally from a streaming body callback, after the head went on; the stream is reset",
                 core.spec.name
             )),

@@ -90,6 +90,9 @@ pub struct RawPlugins {
     pub cache_dir: Option<String>,
     /// Plugins built into weir to run before the folder's, such as `["telemetry"]`.
     pub bundled: Vec<String>,
+    /// Settings of bundled plugins by name, each what a `NAME.toml` in the
+    /// plugins folder would hold (that file, when there is one, wins).
+    pub settings: std::collections::BTreeMap<String, toml::Table>,
 }
 
 /// `[[listener]]`.

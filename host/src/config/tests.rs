@@ -227,7 +227,7 @@ fn bundled_plugins_are_named_ones() {
     let err = parse(text).unwrap_err().to_string();
     assert!(
         err.contains(
-            "plugins.bundled[1]: no bundled plugin named \"telemetri\"; weir bundles telemetry"
+            "plugins.bundled[1]: no bundled plugin named \"telemetri\"; weir bundles telemetry, authn-jwt, authz-rbac, ratelimit"
         ),
         "{err}"
     );
@@ -237,8 +237,24 @@ fn bundled_plugins_are_named_ones() {
         ["telemetry"],
         "this weir is built with it"
     );
+    let embedded = Config::embedded_default().plugin_defaults;
     assert_eq!(
-        Config::embedded_default().plugin_defaults.bundled,
-        ["telemetry"]
+        embedded.bundled,
+        ["telemetry", "authn-jwt", "authz-rbac", "ratelimit"]
+    );
+    // Their settings, as the TOML a NAME.toml would hold.
+    let authn: toml::Table = toml::from_str(&embedded.bundled_settings["authn-jwt"]).unwrap();
+    assert_eq!(authn["routes"].as_array().unwrap()[0].as_str(), Some("api"));
+    assert!(authn["config"]["providers"].is_array());
+    assert!(!embedded.bundled_settings.contains_key("telemetry"));
+}
+
+#[test]
+fn settings_of_a_plugin_not_bundled_are_refused() {
+    let text = "[plugins]\nbundled = [\"telemetry\"]\n[plugins.settings.ratelimit]\nroutes = [\"api\"]\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\n[[route]]\nname = \"e\"\necho = true\n";
+    let err = parse(text).unwrap_err().to_string();
+    assert!(
+        err.contains("plugins.settings.ratelimit: settings for \"ratelimit\", which plugins.bundled does not run"),
+        "{err}"
     );
 }

@@ -176,6 +176,7 @@ impl Validator<'_> {
                 .get(),
             failure,
             bundled: self.bundled(&raw.plugins.bundled),
+            bundled_settings: self.bundled_settings(&raw.plugins),
         };
         let quota = self.quota(&raw.quota);
         let access_log = match raw.telemetry.access_log.as_deref() {
@@ -240,6 +241,33 @@ impl Validator<'_> {
             routes,
             clusters: clusters.into_iter().flatten().collect(),
         }
+    }
+
+    /// `[plugins.settings.NAME]` as TOML text; settings for a plugin that is
+    /// not in `bundled` are an error (they would do nothing).
+    fn bundled_settings(
+        &mut self,
+        plugins: &super::raw::RawPlugins,
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for (name, table) in &plugins.settings {
+            if !plugins.bundled.contains(name) {
+                self.err(
+                    &format!("plugins.settings.{name}"),
+                    format!(
+                        "settings for {name:?}, which plugins.bundled does not run; add it there (a plugin of the folder takes its settings from its own .toml)"
+                    ),
+                );
+                continue;
+            }
+            match toml::to_string(table) {
+                Ok(text) => {
+                    out.insert(name.clone(), text);
+                }
+                Err(e) => self.err(&format!("plugins.settings.{name}"), e.to_string()),
+            }
+        }
+        out
     }
 
     /// The bundled plugins a config names that this weir has; an unknown name

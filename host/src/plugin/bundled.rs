@@ -1,15 +1,20 @@
 //! Plugins built into the weir binary (host/build.rs compiles them from
-//! plugins/): `telemetry`, which the embedded default config runs. A config
-//! asks for them with `[plugins] bundled = ["telemetry"]`; they run before
-//! the plugins folder's, named `<bundled>/NAME` in /plugins, and read their
-//! settings from `NAME.toml` in the plugins folder when there is one.
+//! plugins/): the Mixer adapters `telemetry`, `authn-jwt`, `authz-rbac` and
+//! `ratelimit`, which the embedded default config runs. A config asks for
+//! them with `[plugins] bundled = ["telemetry", ...]`; they run before the
+//! plugins folder's, in the order listed, named `<bundled>/NAME` in
+//! /plugins, and read their settings from `NAME.toml` in the plugins folder
+//! when there is one, else from `[plugins.settings.NAME]` of the config.
 
 use std::path::{Path, PathBuf};
 
 const TELEMETRY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/telemetry.wasm"));
+const AUTHN_JWT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/authn_jwt.wasm"));
+const AUTHZ_RBAC: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/authz_rbac.wasm"));
+const RATELIMIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ratelimit.wasm"));
 
 /// The names weir can bundle.
-pub const NAMES: [&str; 1] = ["telemetry"];
+pub const NAMES: [&str; 4] = ["telemetry", "authn-jwt", "authz-rbac", "ratelimit"];
 
 /// The folder-like prefix of bundled plugins' paths.
 const PREFIX: &str = "<bundled>";
@@ -17,10 +22,14 @@ const PREFIX: &str = "<bundled>";
 /// The bundled plugin `name`'s .wasm; `None` when there is no such plugin or
 /// this weir was built without it (no wasm32-wasip2 target at build time).
 pub fn get(name: &str) -> Option<&'static [u8]> {
-    match name {
-        "telemetry" if !TELEMETRY.is_empty() => Some(TELEMETRY),
-        _ => None,
-    }
+    let bytes = match name {
+        "telemetry" => TELEMETRY,
+        "authn-jwt" => AUTHN_JWT,
+        "authz-rbac" => AUTHZ_RBAC,
+        "ratelimit" => RATELIMIT,
+        _ => return None,
+    };
+    (!bytes.is_empty()).then_some(bytes)
 }
 
 /// The path a bundled plugin goes by: `<bundled>/NAME`.

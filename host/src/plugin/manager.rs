@@ -219,7 +219,8 @@ impl PluginManager {
             || s.defaults.memory_limit != defaults.memory_limit
             || s.defaults.cpu_limit != defaults.cpu_limit
             || s.defaults.failure != defaults.failure
-            || s.defaults.bundled != defaults.bundled;
+            || s.defaults.bundled != defaults.bundled
+            || s.defaults.bundled_settings != defaults.bundled_settings;
         if changed {
             *s = Settings {
                 dir,
@@ -340,9 +341,13 @@ impl PluginManager {
                 return;
             }
         };
-        // A bundled plugin's settings are NAME.toml in the plugins folder.
+        // A bundled plugin's settings are NAME.toml in the plugins folder,
+        // else [plugins.settings.NAME] of the config.
         let settings = match bundled {
-            Some(name) => read_settings(&self.settings().dir.join(format!("{name}.wasm"))),
+            Some(name) => match read_settings(&self.settings().dir.join(format!("{name}.wasm"))) {
+                Ok(None) => Ok(defaults.bundled_settings.get(name).cloned()),
+                other => other,
+            },
             None => read_settings(&slot.path),
         };
         let sha = engine::sha256_hex(&bytes);

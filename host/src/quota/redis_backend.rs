@@ -3,9 +3,11 @@
 //! Redis shares one budget per key. Connections are pooled; connecting,
 //! reading and writing are bounded by the configured timeout.
 //!
-//! A take waits for Redis's answer on the calling thread (bounded by the
-//! timeout, a round trip on a local network); when Redis is unreachable or
-//! slower than the timeout, the failure policy decides.
+//! Components take through one multiplexed async connection: the request
+//! waits for Redis's answer, the worker thread does not. proxy-wasm plugins
+//! (whose host calls cannot wait) take through a pool of blocking
+//! connections, on the calling thread. Both are bounded by the timeout;
+//! when Redis is unreachable or slower, the failure policy decides.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -52,6 +54,9 @@ pub struct Buckets {
     timeout: Duration,
     pool_size: usize,
     idle: Mutex<Vec<redis::Connection>>,
+    /// The async connection, once made; dropped after an error so the next
+    /// take connects again.
+    shared: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
 }
 
 impl Buckets {
@@ -66,6 +71,7 @@ impl Buckets {
             timeout,
             pool_size: pool_size.max(1),
             idle: Mutex::default(),
+            shared: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -81,6 +87,57 @@ impl Buckets {
             .and_then(|()| c.set_write_timeout(Some(self.timeout)))
             .map_err(|e| format!("cannot set Redis timeouts: {e}"))?;
         Ok(c)
+    }
+
+    /// The async connection, connecting when there is none.
+    async fn shared_connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        let mut slot = self.shared.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout);
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Takes `cost` tokens from `key`'s bucket in Redis, waiting for the
+    /// answer without holding the thread.
+    pub async fn take_async(&self, key: &str, cost: u32, limit: Limit) -> Result<Decision, String> {
+        let attempt = async {
+            let mut con = self.shared_connection().await?;
+            let period_ms = limit.period.as_millis().max(1) as u64;
+            let r: Result<Vec<i64>, _> = self
+                .script
+                .key(format!("weir:quota:{key}:{}:{period_ms}", limit.tokens))
+                .arg(limit.tokens)
+                .arg(period_ms)
+                .arg(cost)
+                .invoke_async(&mut con)
+                .await;
+            r.map_err(|e| format!("Redis refused or timed out: {e}"))
+        };
+        let v = match tokio::time::timeout(self.timeout * 2, attempt).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                *self.shared.lock().await = None;
+                return Err(e);
+            }
+            Err(_) => {
+                *self.shared.lock().await = None;
+                return Err(format!(
+                    "Redis did not answer within {:?}",
+                    self.timeout * 2
+                ));
+            }
+        };
+        decision(&v, limit)
     }
 
     /// Takes `cost` tokens from `key`'s bucket in Redis.
@@ -102,16 +159,21 @@ impl Buckets {
                 idle.push(con);
             }
         }
-        let [allowed, remaining, retry_ms, reset_ms] = v[..] else {
-            return Err(format!("unexpected answer from the quota script: {v:?}"));
-        };
-        let ms = |n: i64| Duration::from_millis(n.max(0) as u64);
-        Ok(Decision {
-            allowed: allowed == 1,
-            limit: limit.tokens,
-            remaining: remaining.max(0) as u32,
-            retry_after: ms(retry_ms),
-            reset: ms(reset_ms),
-        })
+        decision(&v, limit)
     }
+}
+
+/// The script's answer as a decision.
+fn decision(v: &[i64], limit: Limit) -> Result<Decision, String> {
+    let [allowed, remaining, retry_ms, reset_ms] = v[..] else {
+        return Err(format!("unexpected answer from the quota script: {v:?}"));
+    };
+    let ms = |n: i64| Duration::from_millis(n.max(0) as u64);
+    Ok(Decision {
+        allowed: allowed == 1,
+        limit: limit.tokens,
+        remaining: remaining.max(0) as u32,
+        retry_after: ms(retry_ms),
+        reset: ms(reset_ms),
+    })
 }

@@ -20,6 +20,22 @@
 //! requirement = "skip"
 //! ```
 //!
+//! Keys can also be fetched from a cluster of weir's config and refreshed:
+//!
+//! ```toml
+//! [[config.providers]]
+//! name = "idp"
+//! issuer = "https://idp.example.com/"
+//! remote_jwks = { cluster = "idp", path = "/.well-known/jwks.json", cache_duration = "5m" }
+//! ```
+//!
+//! The first request that needs the keys fetches them (the request waits;
+//! weir does not); they are kept for `cache_duration`, shared with the
+//! plugin's other instances, then fetched again. A token whose `kid` is not
+//! among the keys makes one early refetch (keys rotate), at most every 30 s.
+//! When a refetch fails the old keys keep serving; with no keys at all the
+//! request gets 401 naming the failure.
+//!
 //! Requirements per path (the first rule whose `path_prefix` matches; else
 //! `default_requirement`): `required` (a valid JWT or API key, else 401),
 //! `optional` (checked when present: an invalid one is still 401), `skip`.
@@ -67,8 +83,8 @@ pub struct ProviderConfig {
     pub audiences: Vec<String>,
     /// The JWKS, as a JSON string or a table (`{ keys = [...] }`). RSA, EC P-256, Ed25519 and oct (HS256) keys.
     pub jwks: Option<Value>,
-    /// A JWKS fetched from a cluster: not available yet (see the README).
-    pub remote_jwks: Option<Value>,
+    /// A JWKS fetched from a cluster: `{ cluster, path, cache_duration = "5m", timeout = "2s" }`. Give this or `jwks`.
+    pub remote_jwks: Option<RemoteJwks>,
     /// Where the token is: `[{ header = "authorization", prefix = "Bearer " }, { cookie = "session" }, { query = "access_token" }]`. Default: the Authorization bearer.
     #[serde(default)]
     pub from: Vec<TokenSource>,
@@ -80,6 +96,21 @@ pub struct ProviderConfig {
     /// Keep the token in the request sent upstream (default false: it is removed).
     #[serde(default)]
     pub forward_token: bool,
+}
+
+/// Where to fetch a provider's JWKS.
+#[derive(Debug, Deserialize, weir_sdk::JsonSchema)]
+#[schemars(crate = "weir_sdk::schemars")]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwks {
+    /// A cluster of weir's config that serves the JWKS.
+    pub cluster: String,
+    /// The JWKS's path on it, such as `/.well-known/jwks.json`.
+    pub path: String,
+    /// How long fetched keys are used before they are fetched again (default `"5m"`).
+    pub cache_duration: Option<String>,
+    /// How long a fetch may take (default `"2s"`).
+    pub timeout: Option<String>,
 }
 
 /// Where a token may be found.
@@ -138,11 +169,35 @@ enum Source {
     Query(String),
 }
 
+type Key = (Option<String>, Algorithm, DecodingKey);
+
+/// Where a provider's keys come from, and the keys in use.
+struct Keys {
+    list: Vec<Key>,
+    remote: Option<Remote>,
+}
+
+struct Remote {
+    cluster: String,
+    path: String,
+    cache_secs: u64,
+    timeout_ms: u32,
+    /// When the keys in use were fetched, and when a fetch was last tried (unix seconds).
+    fetched_at: Option<u64>,
+    tried_at: Option<u64>,
+}
+
+/// A fetch is not tried again sooner than this after one failed, nor (for
+/// an unknown `kid`) sooner than this after the last fetch.
+const REFETCH_SECS: u64 = 30;
+/// After a failed fetch with no keys at all, the next is tried after this.
+const RETRY_SECS: u64 = 1;
+
 struct Provider {
     name: String,
     issuer: String,
     audiences: Vec<String>,
-    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    keys: RefCell<Keys>,
     from: Vec<Source>,
     leeway: u64,
     forward_claims: Vec<(String, String)>,
@@ -193,33 +248,62 @@ fn parse_provider(i: usize, p: ProviderConfig) -> Result<Provider, String> {
             at("issuer")
         ));
     }
-    if p.remote_jwks.is_some() {
-        return Err(format!(
-            "{}: fetching a JWKS from a cluster is not implemented yet (components cannot make outbound calls in this weir); put the keys inline in jwks",
-            at("remote_jwks")
-        ));
-    }
-    let jwks: JwkSet = match p.jwks {
-        None => return Err(format!("{}: list the provider's keys (a JWKS)", at("jwks"))),
-        Some(Value::String(s)) => serde_json::from_str(&s),
-        Some(v) => serde_json::from_value(v),
-    }
-    .map_err(|e| format!("{}: not a JWKS ({{\"keys\": [...]}}): {e}", at("jwks")))?;
-    if jwks.keys.is_empty() {
-        return Err(format!("{}: the JWKS holds no key", at("jwks")));
-    }
-    let mut keys = Vec::new();
-    for (j, k) in jwks.keys.iter().enumerate() {
-        let alg = key_algorithm(&k.algorithm).ok_or_else(|| {
-            format!(
-                "{}: only RSA, EC P-256, Ed25519 and oct keys are supported",
-                at(&format!("jwks.keys[{j}]"))
-            )
-        })?;
-        let key = DecodingKey::from_jwk(k)
-            .map_err(|e| format!("{}: {e}", at(&format!("jwks.keys[{j}]"))))?;
-        keys.push((k.common.key_id.clone(), alg, key));
-    }
+    let keys = match (p.jwks, p.remote_jwks) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "{}: give jwks or remote_jwks, not both",
+                at("remote_jwks")
+            ));
+        }
+        (None, None) => {
+            return Err(format!(
+                "{}: list the provider's keys (a JWKS), or fetch them with remote_jwks",
+                at("jwks")
+            ));
+        }
+        (Some(jwks), None) => Keys {
+            list: parse_jwks(&jwks, &at("jwks"))?,
+            remote: None,
+        },
+        (None, Some(r)) => {
+            let secs = |v: &Option<String>, default: u64, field: &str| match v {
+                None => Ok(default),
+                Some(t) => humantime::parse_duration(t)
+                    .map(|d| d.as_millis() as u64)
+                    .map_err(|e| {
+                        format!(
+                            "{}: {t:?} is not a duration ({e})",
+                            at(&format!("remote_jwks.{field}"))
+                        )
+                    }),
+            };
+            if r.cluster.is_empty() {
+                return Err(format!(
+                    "{}: name the cluster that serves the JWKS",
+                    at("remote_jwks.cluster")
+                ));
+            }
+            if !r.path.starts_with('/') {
+                return Err(format!(
+                    "{}: {:?} must start with /",
+                    at("remote_jwks.path"),
+                    r.path
+                ));
+            }
+            Keys {
+                list: Vec::new(),
+                remote: Some(Remote {
+                    cache_secs: (secs(&r.cache_duration, 300_000, "cache_duration")? / 1000).max(1),
+                    timeout_ms: secs(&r.timeout, 2000, "timeout")?.clamp(1, u64::from(u32::MAX))
+                        as u32,
+                    cluster: r.cluster,
+                    path: r.path,
+                    fetched_at: None,
+                    tried_at: None,
+                }),
+            }
+        }
+    };
     let mut from = Vec::new();
     for (j, s) in p.from.iter().enumerate() {
         from.push(match (&s.header, &s.cookie, &s.query) {
@@ -250,12 +334,118 @@ fn parse_provider(i: usize, p: ProviderConfig) -> Result<Provider, String> {
         name: p.name,
         issuer: p.issuer,
         audiences: p.audiences,
-        keys,
+        keys: RefCell::new(keys),
         from,
         leeway,
         forward_claims: p.forward_claims.into_iter().collect(),
         forward_token: p.forward_token,
     })
+}
+
+/// The keys of a JWKS (a JSON string or a table); the error names `at`.
+fn parse_jwks(jwks: &Value, at: &str) -> Result<Vec<Key>, String> {
+    let jwks: JwkSet = match jwks {
+        Value::String(s) => serde_json::from_str(s),
+        v => serde_json::from_value(v.clone()),
+    }
+    .map_err(|e| format!("{at}: not a JWKS ({{\"keys\": [...]}}): {e}"))?;
+    if jwks.keys.is_empty() {
+        return Err(format!("{at}: the JWKS holds no key"));
+    }
+    let mut keys = Vec::new();
+    for (j, k) in jwks.keys.iter().enumerate() {
+        let alg = key_algorithm(&k.algorithm).ok_or_else(|| {
+            format!("{at}.keys[{j}]: only RSA, EC P-256, Ed25519 and oct keys are supported")
+        })?;
+        let key = DecodingKey::from_jwk(k).map_err(|e| format!("{at}.keys[{j}]: {e}"))?;
+        keys.push((k.common.key_id.clone(), alg, key));
+    }
+    Ok(keys)
+}
+
+impl Provider {
+    /// Makes sure remote keys are there and fresh (`kid_missing`: the token
+    /// names a key not among them). The error says why there are none.
+    fn refresh(&self, kid_missing: bool) -> Result<(), String> {
+        let mut keys = self.keys.borrow_mut();
+        let have = !keys.list.is_empty();
+        let Some(r) = keys.remote.as_mut() else {
+            return Ok(());
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let age = r.fetched_at.map(|t| now.saturating_sub(t));
+        let stale = age.is_none_or(|a| a >= r.cache_secs);
+        let rotated = kid_missing && age.is_none_or(|a| a >= REFETCH_SECS);
+        if !stale && !rotated {
+            return Ok(());
+        }
+        let backoff = if have { REFETCH_SECS } else { RETRY_SECS };
+        if r.tried_at.is_some_and(|t| now.saturating_sub(t) < backoff) && r.tried_at != r.fetched_at
+        {
+            return if have {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the keys of provider {:?} could not be fetched; the next try is within {RETRY_SECS}s",
+                    self.name
+                ))
+            };
+        }
+        // Another instance of this plugin may have fetched them already.
+        let shared_key = format!("authn-jwt/jwks/{}", self.name);
+        if !rotated
+            && let Some((value, _)) = weir_sdk::shared::get(&shared_key)
+            && let Some((at, body)) = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|v| v.split_once('\n'))
+            && let Ok(at) = at.parse::<u64>()
+            && now.saturating_sub(at) < r.cache_secs
+            && let Ok(list) = parse_jwks(&Value::String(body.to_string()), "shared")
+        {
+            r.fetched_at = Some(at);
+            r.tried_at = Some(at);
+            keys.list = list;
+            return Ok(());
+        }
+        r.tried_at = Some(now);
+        let fetched = weir_sdk::outbound::Call::get(&r.cluster, &r.path)
+            .header("accept", "application/json")
+            .timeout_ms(r.timeout_ms)
+            .send()
+            .and_then(|reply| match reply.status {
+                200 => String::from_utf8(reply.body).map_err(|_| "the JWKS is not UTF-8".into()),
+                s => Err(format!("the cluster answered {s}")),
+            })
+            .and_then(|body| {
+                let list = parse_jwks(&Value::String(body.clone()), "the fetched JWKS")?;
+                Ok((body, list))
+            });
+        match fetched {
+            Ok((body, list)) => {
+                r.fetched_at = Some(now);
+                r.tried_at = Some(now);
+                let _ =
+                    weir_sdk::shared::set(&shared_key, format!("{now}\n{body}").as_bytes(), None);
+                weir_sdk::metrics::counter_add("jwks_fetched", 1);
+                keys.list = list;
+                Ok(())
+            }
+            Err(e) => {
+                weir_sdk::metrics::counter_add("jwks_fetch_failed", 1);
+                let why = format!(
+                    "fetching the keys of provider {:?} from cluster {:?} {} failed: {e}",
+                    self.name, r.cluster, r.path
+                );
+                if have {
+                    weir_sdk::log::warn(&format!("{why}; the keys fetched before stay in use"));
+                    Ok(())
+                } else {
+                    weir_sdk::log::warn(&why);
+                    Err(why)
+                }
+            }
+        }
+    }
 }
 
 impl Filter for AuthnJwt {
@@ -455,6 +645,13 @@ impl AuthnJwt {
             .iter()
             .find(|p| p.issuer == iss)
             .ok_or_else(|| format!("issuer {iss:?} is not trusted"))?;
+        let known = |p: &Provider| {
+            p.keys.borrow().list.iter().any(|(kid, alg, _)| {
+                *alg == header.alg && (header.kid.is_none() || kid.is_none() || *kid == header.kid)
+            })
+        };
+        let fits = known(provider);
+        provider.refresh(!fits)?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = provider.leeway;
         validation.validate_nbf = true;
@@ -464,7 +661,8 @@ impl AuthnJwt {
         } else {
             validation.set_audience(&provider.audiences);
         }
-        let candidates = provider.keys.iter().filter(|(kid, alg, _)| {
+        let keys = provider.keys.borrow();
+        let candidates = keys.list.iter().filter(|(kid, alg, _)| {
             *alg == header.alg && (header.kid.is_none() || kid.is_none() || *kid == header.kid)
         });
         let mut last = format!(

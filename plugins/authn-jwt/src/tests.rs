@@ -261,7 +261,22 @@ fn bad_configurations_name_the_field() {
         (
             json!({"providers": [{"name": "r", "issuer": "i", "remote_jwks": {"cluster": "idp"}}]})
                 .to_string(),
-            "providers[0].remote_jwks: fetching a JWKS from a cluster is not implemented yet",
+            "missing field `path`",
+        ),
+        (
+            json!({"providers": [{"name": "r", "issuer": "i", "remote_jwks": {"cluster": "idp", "path": "jwks"}}]})
+                .to_string(),
+            "providers[0].remote_jwks.path: \"jwks\" must start with /",
+        ),
+        (
+            json!({"providers": [{"name": "r", "issuer": "i", "remote_jwks": {"cluster": "idp", "path": "/k", "cache_duration": "soon"}}]})
+                .to_string(),
+            "providers[0].remote_jwks.cache_duration: \"soon\" is not a duration",
+        ),
+        (
+            json!({"providers": [{"name": "r", "issuer": "i", "jwks": {"keys": []}, "remote_jwks": {"cluster": "idp", "path": "/k"}}]})
+                .to_string(),
+            "providers[0].remote_jwks: give jwks or remote_jwks, not both",
         ),
         (json!({}).to_string(), "configure at least one provider"),
     ] {
@@ -312,5 +327,167 @@ fn a_cached_token_is_still_checked_for_expiry() {
             .unwrap()
             .status,
         401
+    );
+}
+
+fn remote_config(cache: &str) -> String {
+    json!({
+        "providers": [{
+            "name": "idp",
+            "issuer": "https://id.test/",
+            "remote_jwks": {"cluster": "idp", "path": "/jwks", "cache_duration": cache, "timeout": "500ms"},
+        }]
+    })
+    .to_string()
+}
+
+fn jwks_reply(keys: Vec<Value>) -> Result<weir_sdk::outbound::Reply, String> {
+    Ok(weir_sdk::outbound::Reply {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: json!({ "keys": keys }).to_string().into_bytes(),
+    })
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[test]
+fn remote_keys_are_fetched_once_then_kept_until_they_are_stale() {
+    let mut h = Harness::<AuthnJwt>::new(&remote_config("1s")).unwrap();
+    assert!(h.calls().is_empty(), "nothing is fetched at configure");
+    h.reply(
+        "idp",
+        "/jwks",
+        jwks_reply(vec![jwk(Algorithm::RS256, "rsa")]),
+    );
+    let t = token(Algorithm::RS256, "rsa", claims(json!({})));
+    let out = h.request(get("/x").header("authorization", &bearer(&t)));
+    assert!(out.local().is_none(), "{:?}", out.local());
+    let calls = h.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        (
+            calls[0].cluster.as_str(),
+            calls[0].method.as_str(),
+            calls[0].path.as_str()
+        ),
+        ("idp", "GET", "/jwks")
+    );
+    assert_eq!(calls[0].timeout_ms, 500);
+    // Another token: the keys are still fresh, nothing is fetched.
+    let t2 = token(Algorithm::RS256, "rsa", claims(json!({"sub": "bob"})));
+    assert!(
+        h.request(get("/x").header("authorization", &bearer(&t2)))
+            .local()
+            .is_none()
+    );
+    assert_eq!(h.calls().len(), 1);
+    assert_eq!(h.counter("jwks_fetched"), 1);
+    // Stale after cache_duration: fetched again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let t3 = token(Algorithm::RS256, "rsa", claims(json!({"sub": "cy"})));
+    assert!(
+        h.request(get("/x").header("authorization", &bearer(&t3)))
+            .local()
+            .is_none()
+    );
+    assert_eq!(h.calls().len(), 2);
+}
+
+#[test]
+fn a_failed_fetch_is_a_401_naming_it_and_old_keys_outlive_a_failed_refresh() {
+    let mut h = Harness::<AuthnJwt>::new(&remote_config("1s")).unwrap();
+    h.reply("idp", "/jwks", Err("connection refused".into()));
+    let t = token(Algorithm::RS256, "rsa", claims(json!({})));
+    let out = h.request(get("/x").header("authorization", &bearer(&t)));
+    let local = out.local().expect("no keys: refused");
+    assert_eq!(local.status, 401);
+    let body = String::from_utf8_lossy(&local.body);
+    assert!(
+        body.contains("fetching the keys of provider \"idp\" from cluster \"idp\" /jwks failed: connection refused"),
+        "{body}"
+    );
+    assert_eq!(h.counter("jwks_fetch_failed"), 1);
+    // Not a fetch per request while it is down.
+    let _ = h.request(get("/x").header("authorization", &bearer(&t)));
+    assert_eq!(h.calls().len(), 1, "retried after a second, not at once");
+    // A bad JWKS is a failure too.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    h.reply(
+        "idp",
+        "/jwks",
+        Ok(weir_sdk::outbound::Reply {
+            status: 200,
+            headers: vec![],
+            body: b"{}".to_vec(),
+        }),
+    );
+    let out = h.request(get("/x").header("authorization", &bearer(&t)));
+    assert!(
+        String::from_utf8_lossy(&out.local().unwrap().body)
+            .contains("the fetched JWKS: not a JWKS")
+    );
+    // It comes back: the keys are used; when it fails again later, they stay.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    h.reply(
+        "idp",
+        "/jwks",
+        jwks_reply(vec![jwk(Algorithm::RS256, "rsa")]),
+    );
+    assert!(
+        h.request(get("/x").header("authorization", &bearer(&t)))
+            .local()
+            .is_none()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    h.reply(
+        "idp",
+        "/jwks",
+        Ok(weir_sdk::outbound::Reply {
+            status: 503,
+            headers: vec![],
+            body: vec![],
+        }),
+    );
+    let t2 = token(Algorithm::RS256, "rsa", claims(json!({"sub": "bob"})));
+    assert!(
+        h.request(get("/x").header("authorization", &bearer(&t2)))
+            .local()
+            .is_none(),
+        "stale keys keep serving"
+    );
+    assert!(
+        h.logs()
+            .iter()
+            .any(|(_, l)| l
+                .contains("the cluster answered 503; the keys fetched before stay in use")),
+        "{:?}",
+        h.logs()
+    );
+}
+
+#[test]
+fn a_token_with_an_unknown_kid_does_not_refetch_within_30_seconds() {
+    let mut h = Harness::<AuthnJwt>::new(&remote_config("5m")).unwrap();
+    h.reply(
+        "idp",
+        "/jwks",
+        jwks_reply(vec![jwk(Algorithm::RS256, "rsa")]),
+    );
+    let t = token(Algorithm::RS256, "rsa", claims(json!({})));
+    assert!(
+        h.request(get("/x").header("authorization", &bearer(&t)))
+            .local()
+            .is_none()
+    );
+    let rotated = token(Algorithm::ES256, "new", claims(json!({})));
+    let out = h.request(get("/x").header("authorization", &bearer(&rotated)));
+    assert_eq!(out.local().unwrap().status, 401);
+    assert_eq!(
+        h.calls().len(),
+        1,
+        "fetched 0 s ago: no refetch for an unknown kid"
     );
 }
