@@ -187,6 +187,9 @@ impl PluginHealth {
 
     /// Why a request must not call the plugin now: it is quarantined.
     pub fn quarantine_reason(&self) -> Option<String> {
+        if self.quarantined_until.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         self.quarantined(Instant::now()).map(|left| {
             format!(
                 "quarantined after repeated traps, for {:.1}s more",
