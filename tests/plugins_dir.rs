@@ -620,3 +620,178 @@ async fn compiled_modules_are_cached_in_memory_and_on_disk() {
     let s = plugins_status(&second).await;
     assert_eq!(plugin(&s, "pw").unwrap()["module"], "disk cache", "{s}");
 }
+
+/// The values of header `name` on a response to `url`.
+async fn header_values(c: &reqwest::Client, url: &str, name: &str) -> Vec<String> {
+    let r = c.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_canary_takes_its_share_and_a_shadow_is_compared_but_never_applied() {
+    let up = Upstream::start("app").await;
+    let (w, plugins) =
+        weir_with_plugins(&up, &[("10-ver.wasm", header_module("x-version", "v1"))]).await;
+    std::fs::create_dir(plugins.join("next")).unwrap();
+    std::fs::write(
+        plugins.join("next/10-ver.wasm"),
+        header_module("x-version", "v2"),
+    )
+    .unwrap();
+    let c = reqwest::Client::new();
+    let url = w.url("/x");
+
+    // Canary: 30% of requests on v2.
+    std::fs::write(
+        plugins.join("10-ver.toml"),
+        "canary = { file = \"next/10-ver.wasm\", weight = 30 }\n",
+    )
+    .unwrap();
+    until(Duration::from_secs(5), "the canary serves", || async {
+        plugin(&plugins_status(&w).await, "ver").is_some_and(|p| p["canary"]["state"] == "active")
+    })
+    .await;
+    let mut v2 = 0;
+    for _ in 0..300 {
+        let values = header_values(&c, &url, "x-version").await;
+        assert_eq!(values.len(), 1, "one version per request: {values:?}");
+        v2 += usize::from(values[0] == "v2");
+    }
+    assert!(
+        (45..=135).contains(&v2),
+        "about 30% of 300 on the canary: {v2}"
+    );
+    let status = plugins_status(&w).await;
+    let canary = &plugin(&status, "ver").unwrap()["canary"];
+    assert_eq!(canary["weight"], 30);
+    assert_eq!(
+        canary["file"].as_str().unwrap(),
+        plugins.join("next/10-ver.wasm").display().to_string()
+    );
+    assert_eq!(
+        canary["requests"].as_u64().unwrap() + canary["stable_requests"].as_u64().unwrap(),
+        300
+    );
+    assert_eq!(canary["requests"].as_u64().unwrap(), v2 as u64);
+    let m = w.metrics().await;
+    assert!(
+        m.contains(&format!(
+            "weir_plugin_canary_requests_total{{plugin=\"ver\",version=\"canary\"}} {v2}"
+        )),
+        "{m}"
+    );
+
+    // Shadow: every request sees v2 too, on a copy; only v1's header is applied.
+    std::fs::write(
+        plugins.join("10-ver.toml"),
+        "shadow = { file = \"next/10-ver.wasm\" }\n",
+    )
+    .unwrap();
+    until(Duration::from_secs(5), "the shadow runs", || async {
+        plugin(&plugins_status(&w).await, "ver").is_some_and(|p| p["shadow"]["state"] == "active")
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(header_values(&c, &url, "x-version").await, ["v1"]);
+    }
+    let status = plugins_status(&w).await;
+    let shadow = &plugin(&status, "ver").unwrap()["shadow"];
+    assert_eq!(shadow["decisions_differ"], 20, "{shadow}");
+    assert_eq!(
+        shadow["decisions"], 40,
+        "request and response heads of 20 requests: {shadow}"
+    );
+    assert!(
+        w.logs()
+            .contains("the shadow version decided differently (not applied)")
+    );
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_plugin_shadow_decisions_total{plugin=\"ver\",outcome=\"differ\"} 20"),
+        "{m}"
+    );
+
+    // The shadow file changes (the subfolder is watched too): now it agrees.
+    write_then_rename(
+        &plugins.join("next/10-ver.wasm"),
+        &header_module("x-version", "v1"),
+    );
+    until(Duration::from_secs(5), "the new shadow runs", || async {
+        plugin(&plugins_status(&w).await, "ver").is_some_and(|p| p["shadow"]["decisions"] == 0)
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(header_values(&c, &url, "x-version").await, ["v1"]);
+    }
+    let status = plugins_status(&w).await;
+    let shadow = &plugin(&status, "ver").unwrap()["shadow"];
+    assert_eq!(
+        (
+            shadow["decisions"].as_u64(),
+            shadow["decisions_differ"].as_u64()
+        ),
+        (Some(20), Some(0))
+    );
+
+    // A canary that cannot load: the stable version serves alone, the error shown.
+    std::fs::write(
+        plugins.join("10-ver.toml"),
+        "canary = { file = \"next/missing.wasm\", weight = 50 }\n",
+    )
+    .unwrap();
+    until(
+        Duration::from_secs(5),
+        "the failed canary is shown",
+        || async {
+            plugin(&plugins_status(&w).await, "ver")
+                .is_some_and(|p| p["canary"]["state"] == "failed")
+        },
+    )
+    .await;
+    let status = plugins_status(&w).await;
+    let canary = &plugin(&status, "ver").unwrap()["canary"];
+    assert!(
+        canary["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("missing.wasm: cannot read"),
+        "{canary}"
+    );
+    for _ in 0..20 {
+        assert_eq!(header_values(&c, &url, "x-version").await, ["v1"]);
+    }
+
+    // Bad settings are refused with the field named; the last good version keeps serving.
+    for (toml, want) in [
+        (
+            "canary = { file = \"next/10-ver.wasm\", weight = 0 }\n",
+            "canary.weight: 0 is not a percentage from 1 to 99",
+        ),
+        (
+            "canary = { file = \"20-other.wasm\", weight = 5 }\n",
+            "canary.file: \"20-other.wasm\" would be a plugin of its own: put it in a subfolder",
+        ),
+        (
+            "shadow = { file = \"../x.wasm\" }\n",
+            "shadow.file: \"../x.wasm\" must be a path inside the plugins folder",
+        ),
+        (
+            "canary = { file = \"next/10-ver.wasm\", weight = 5 }\nshadow = { file = \"next/10-ver.wasm\" }\n",
+            "set canary or shadow, not both",
+        ),
+    ] {
+        std::fs::write(plugins.join("10-ver.toml"), toml).unwrap();
+        until(Duration::from_secs(5), want, || async {
+            plugin(&plugins_status(&w).await, "ver")
+                .and_then(|p| p["last_error"].as_str().map(|e| e.contains(want)))
+                .unwrap_or(false)
+        })
+        .await;
+        assert_eq!(header_values(&c, &url, "x-version").await, ["v1"]);
+    }
+}

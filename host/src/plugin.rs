@@ -11,6 +11,7 @@ pub mod engine;
 pub mod health;
 pub mod host;
 pub mod manager;
+pub mod variant;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -46,6 +47,28 @@ pub struct PluginToml {
     pub enabled: Option<bool>,
     /// Attach to these routes only (by name). Default: every route.
     pub routes: Option<Vec<String>>,
+    /// A canary version: `{ file = "next/20-authz.wasm", weight = 10 }`.
+    pub canary: Option<CanaryToml>,
+    /// A shadow version: `{ file = "next/20-authz.wasm" }`.
+    pub shadow: Option<ShadowToml>,
+}
+
+/// `canary = { file, weight }` in a plugin's `.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryToml {
+    /// The canary's .wasm, relative to the plugins folder, in a subfolder.
+    pub file: String,
+    /// Percent of the plugin's requests it serves, 1 to 99.
+    pub weight: u32,
+}
+
+/// `shadow = { file }` in a plugin's `.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowToml {
+    /// The shadow's .wasm, relative to the plugins folder, in a subfolder.
+    pub file: String,
 }
 
 /// Everything needed to load one plugin.
@@ -73,6 +96,8 @@ pub struct PluginSpec {
     pub routes: Option<Arc<[String]>>,
     /// Its counters and trap history, shared across its versions.
     pub health: Arc<health::PluginHealth>,
+    /// A canary or shadow version to run beside it, and its file.
+    pub variant: Option<(variant::VariantKind, PathBuf)>,
 }
 
 /// A loaded plugin of any ABI: a filter, plus what the admin API reports.
@@ -197,7 +222,32 @@ pub fn spec(
             )));
         }
     }
+    let variant = match (&settings.canary, &settings.shadow) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "set canary or shadow, not both (try the shadow first, then the canary)".into(),
+            ));
+        }
+        (Some(c), None) => {
+            if !(1..=99).contains(&c.weight) {
+                return Err(err(format!(
+                    "canary.weight: {} is not a percentage from 1 to 99 (100 is a plain update: replace the file)",
+                    c.weight
+                )));
+            }
+            Some((
+                variant::VariantKind::Canary { weight: c.weight },
+                variant_path(file, &c.file).map_err(|m| err(format!("canary.file: {m}")))?,
+            ))
+        }
+        (None, Some(sh)) => Some((
+            variant::VariantKind::Shadow,
+            variant_path(file, &sh.file).map_err(|m| err(format!("shadow.file: {m}")))?,
+        )),
+        (None, None) => None,
+    };
     Ok(Some(PluginSpec {
+        variant,
         routes: settings.routes.clone().map(Arc::from),
         health,
         vm_id: settings.vm_id.clone().unwrap_or_else(|| name.clone()),
@@ -212,6 +262,36 @@ pub fn spec(
         cpu_limit: settings.cpu_limit.map_or(defaults.cpu_limit, |d| d.get()),
         failure,
     }))
+}
+
+/// Where a canary or shadow file named `rel` in the `.toml` of plugin `file`
+/// is: in a subfolder of the plugins folder, so it is not a plugin of its own.
+fn variant_path(file: &Path, rel: &str) -> Result<PathBuf, String> {
+    let rel_path = Path::new(rel);
+    if rel_path.is_absolute()
+        || rel_path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!(
+            "{rel:?} must be a path inside the plugins folder, such as \"next/20-authz.wasm\""
+        ));
+    }
+    if rel_path.components().count() < 2 {
+        return Err(format!(
+            "{rel:?} would be a plugin of its own: put it in a subfolder, such as \"next/{rel}\""
+        ));
+    }
+    let dir = file.parent().unwrap_or(Path::new("."));
+    Ok(dir.join(rel_path))
+}
+
+/// The canary or shadow file a plugin's `.toml` text names, if any (an
+/// invalid `.toml` names none; loading it reports why).
+pub fn variant_file(file: &Path, settings: Option<&str>) -> Option<PathBuf> {
+    let t: PluginToml = toml::from_str(settings?).ok()?;
+    let rel = t.canary.map(|c| c.file).or(t.shadow.map(|s| s.file))?;
+    variant_path(file, &rel).ok()
 }
 
 /// Compiles and starts one plugin from its spec and file bytes, with the ABI

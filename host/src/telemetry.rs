@@ -87,6 +87,12 @@ struct PluginOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginVersionLabels {
+    plugin: String,
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -130,6 +136,8 @@ pub struct Metrics {
     plugin_memory: Family<PluginLabel, Gauge>,
     plugin_reloads: Family<PluginOutcomeLabels, Counter>,
     plugin_up: Family<PluginLabel, Gauge>,
+    plugin_canary: Family<PluginVersionLabels, Counter>,
+    plugin_shadow: Family<PluginOutcomeLabels, Counter>,
     labeled: labeled::Labeled,
     /// 1 when the last config reload succeeded, 0 when it failed.
     pub config_last_reload_ok: Gauge,
@@ -204,6 +212,8 @@ impl Metrics {
             plugin_memory: Family::default(),
             plugin_reloads: Family::default(),
             plugin_up: Family::default(),
+            plugin_canary: Family::default(),
+            plugin_shadow: Family::default(),
             labeled: labeled::Labeled::default(),
             config_last_reload_ok: Gauge::default(),
             config_generation: Gauge::default(),
@@ -317,6 +327,16 @@ impl Metrics {
             "plugin_up",
             "1 when a version of the plugin serves, 0 when it failed to load",
             m.plugin_up.clone(),
+        );
+        registry.register(
+            "plugin_canary_requests",
+            "Requests a plugin with a canary version saw, by version (stable, canary)",
+            m.plugin_canary.clone(),
+        );
+        registry.register(
+            "plugin_shadow_decisions",
+            "Decisions of a plugin's shadow version compared with the active one's (same, differ)",
+            m.plugin_shadow.clone(),
         );
         m.labeled.register(&mut registry);
         *m.registry.lock().expect("metrics registry lock") = registry;
@@ -519,6 +539,26 @@ impl Metrics {
                 plugin: plugin.to_string(),
             })
             .set(bytes as i64);
+    }
+
+    /// Counts a request of `plugin` served by its stable or canary version.
+    pub fn plugin_canary_request(&self, plugin: &str, canary: bool) {
+        self.plugin_canary
+            .get_or_create(&PluginVersionLabels {
+                plugin: plugin.to_string(),
+                version: if canary { "canary" } else { "stable" },
+            })
+            .inc();
+    }
+
+    /// Counts a comparison of `plugin`'s shadow decision with the active one's.
+    pub fn plugin_shadow_decision(&self, plugin: &str, same: bool) {
+        self.plugin_shadow
+            .get_or_create(&PluginOutcomeLabels {
+                plugin: plugin.to_string(),
+                outcome: if same { "same" } else { "differ" },
+            })
+            .inc();
     }
 
     /// Counts a load attempt of `plugin`.

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 use super::health::PluginHealth;
 use super::host::HostServices;
+use super::variant::{Canary, Shadow, VariantKind, VariantStats};
 use super::{LoadedPlugin, PluginError, engine, plugin_name, read_settings, scan, spec};
 use crate::config::{FailurePolicy, PluginDefaults};
 use crate::filter::{
@@ -68,6 +69,21 @@ struct Active {
     vm_id: String,
     since: SystemTime,
     routes: Option<Arc<[String]>>,
+    variant: Option<Variant>,
+}
+
+/// A canary or shadow version beside the active one.
+#[derive(Clone)]
+struct Variant {
+    kind: VariantKind,
+    file: PathBuf,
+    sha256: Option<String>,
+    /// The loaded version; `None` when it failed to load (`error` says why:
+    /// the active version then serves alone).
+    plugin: Option<Arc<dyn LoadedPlugin>>,
+    error: Option<String>,
+    stats: Arc<VariantStats>,
+    health: Arc<PluginHealth>,
 }
 
 /// One plugin file and what became of it.
@@ -312,7 +328,8 @@ impl PluginManager {
             self.metrics.plugin_up(&gone.name, None);
             report.removed.push(gone.name);
         }
-        self.chain.store(Arc::new(build_chain(&slots)));
+        self.chain
+            .store(Arc::new(build_chain(&slots, &self.metrics)));
         report
     }
 
@@ -351,7 +368,21 @@ impl PluginManager {
             None => read_settings(&slot.path),
         };
         let sha = engine::sha256_hex(&bytes);
-        let key = (sha.clone(), settings.as_ref().ok().cloned().flatten());
+        // A canary or shadow file is part of the version: its change reloads.
+        let variant_bytes = settings
+            .as_ref()
+            .ok()
+            .and_then(|t| super::variant_file(&slot.path, t.as_deref()))
+            .map(|p| std::fs::read(&p).map_err(|e| format!("{}: cannot read: {e}", p.display())));
+        let variant_sha = match &variant_bytes {
+            Some(Ok(b)) => format!("+{}", engine::sha256_hex(b)),
+            Some(Err(e)) => format!("+{e}"),
+            None => String::new(),
+        };
+        let key = (
+            format!("{sha}{variant_sha}"),
+            settings.as_ref().ok().cloned().flatten(),
+        );
         if slot.attempted.as_ref() == Some(&key) && settings.is_ok() {
             return;
         }
@@ -379,8 +410,12 @@ impl PluginManager {
                 None => Ok(None),
                 Some(spec) => {
                     let (vm_id, routes) = (spec.vm_id.clone(), spec.routes.clone());
-                    super::load(spec, &bytes, &self.host, self.workers)
-                        .map(|plugin| Some((plugin, vm_id, routes)))
+                    let variant = spec.variant.clone();
+                    let plugin = super::load(spec.clone(), &bytes, &self.host, self.workers)?;
+                    let variant = variant.map(|(kind, file)| {
+                        self.load_variant(&spec, kind, file, variant_bytes.clone())
+                    });
+                    Ok(Some((plugin, vm_id, routes, variant)))
                 }
             }
         });
@@ -391,7 +426,7 @@ impl PluginManager {
             return;
         }
         match result {
-            Ok(Some((plugin, vm_id, routes))) => {
+            Ok(Some((plugin, vm_id, routes, variant))) => {
                 tracing::info!(
                     plugin.name = %slot.name,
                     file = %slot.path.display(),
@@ -405,6 +440,7 @@ impl PluginManager {
                     vm_id,
                     since: SystemTime::now(),
                     routes,
+                    variant,
                 });
                 slot.state = PluginState::Active;
                 self.metrics.plugin_reload(&slot.name, true);
@@ -441,6 +477,48 @@ impl PluginManager {
             }
         }
         slot.attempted = Some(key);
+    }
+
+    /// Loads the canary or shadow version of the plugin `spec` describes.
+    /// A failure leaves the active version serving alone, and is reported.
+    fn load_variant(
+        &self,
+        spec: &super::PluginSpec,
+        kind: VariantKind,
+        file: PathBuf,
+        bytes: Option<Result<Vec<u8>, String>>,
+    ) -> Variant {
+        let health = Arc::new(PluginHealth::new(&spec.name, None));
+        let mut v = Variant {
+            kind,
+            file: file.clone(),
+            sha256: None,
+            plugin: None,
+            error: None,
+            stats: Arc::default(),
+            health: health.clone(),
+        };
+        let loaded = bytes
+            .unwrap_or_else(|| Err(format!("{}: cannot read", file.display())))
+            .and_then(|bytes| {
+                v.sha256 = Some(engine::sha256_hex(&bytes));
+                let mut vspec = spec.clone();
+                vspec.file = file.clone();
+                vspec.health = health;
+                vspec.variant = None;
+                super::load(vspec, &bytes, &self.host, self.workers).map_err(|e| e.to_string())
+            });
+        match loaded {
+            Ok(p) => {
+                tracing::info!(plugin.name = %spec.name, file = %file.display(), version = kind.as_str(), "plugin {} version serving beside the active one", kind.as_str());
+                v.plugin = Some(p);
+            }
+            Err(e) => {
+                tracing::error!(plugin.name = %spec.name, error = %e, "the plugin's {} version failed to load; the active version serves alone", kind.as_str());
+                v.error = Some(e);
+            }
+        }
+        v
     }
 
     fn fail(&self, slot: &mut Slot, e: &PluginError) {
@@ -492,6 +570,32 @@ impl PluginManager {
                     "callback_latency_p50_us": s.health.latency_quantile(0.5).map(|d| d.as_secs_f64() * 1e6),
                     "callback_latency_p99_us": s.health.latency_quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
                     "memory_bytes": memory,
+                    "canary": a.and_then(|a| a.variant.as_ref()).filter(|v| matches!(v.kind, VariantKind::Canary { .. })).map(|v| {
+                        let VariantKind::Canary { weight } = v.kind else { unreachable!() };
+                        json!({
+                            "file": v.file.display().to_string(),
+                            "sha256": v.sha256,
+                            "state": if v.plugin.is_some() { "active" } else { "failed" },
+                            "last_error": v.error,
+                            "weight": weight,
+                            "requests": v.stats.variant.load(std::sync::atomic::Ordering::Relaxed),
+                            "stable_requests": v.stats.stable.load(std::sync::atomic::Ordering::Relaxed),
+                            "callbacks": v.health.callbacks(),
+                            "traps": v.health.traps(),
+                        })
+                    }),
+                    "shadow": a.and_then(|a| a.variant.as_ref()).filter(|v| v.kind == VariantKind::Shadow).map(|v| {
+                        json!({
+                            "file": v.file.display().to_string(),
+                            "sha256": v.sha256,
+                            "state": if v.plugin.is_some() { "active" } else { "failed" },
+                            "last_error": v.error,
+                            "decisions": v.stats.variant.load(std::sync::atomic::Ordering::Relaxed),
+                            "decisions_differ": v.stats.differ.load(std::sync::atomic::Ordering::Relaxed),
+                            "callbacks": v.health.callbacks(),
+                            "traps": v.health.traps(),
+                        })
+                    }),
                 })
             })
             .collect();
@@ -529,12 +633,12 @@ fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
     Some((m.len(), m.modified().ok()?))
 }
 
-fn build_chain(slots: &[Slot]) -> FilterChain {
+fn build_chain(slots: &[Slot], metrics: &Arc<Metrics>) -> FilterChain {
     let entries = slots
         .iter()
         .filter_map(|s| match (&s.active, s.state, s.failure) {
             (Some(a), _, _) => Some(ChainEntry {
-                filter: a.plugin.clone(),
+                filter: with_variant(a, metrics),
                 routes: a.routes.clone(),
             }),
             (None, PluginState::Failed, FailurePolicy::Closed) => Some(ChainEntry {
@@ -552,6 +656,33 @@ fn build_chain(slots: &[Slot]) -> FilterChain {
         })
         .collect();
     FilterChain::with_entries(entries)
+}
+
+/// The active version as a filter, with its canary or shadow when one loaded.
+fn with_variant(a: &Active, metrics: &Arc<Metrics>) -> Arc<dyn HttpFilter> {
+    let active: Arc<dyn HttpFilter> = a.plugin.clone();
+    let Some(v) = &a.variant else {
+        return active;
+    };
+    let Some(p) = &v.plugin else {
+        return active;
+    };
+    let other: Arc<dyn HttpFilter> = p.clone();
+    match v.kind {
+        VariantKind::Canary { weight } => Arc::new(Canary {
+            stable: active,
+            canary: other,
+            weight,
+            stats: v.stats.clone(),
+            metrics: metrics.clone(),
+        }),
+        VariantKind::Shadow => Arc::new(Shadow {
+            active,
+            shadow: other,
+            stats: v.stats.clone(),
+            metrics: metrics.clone(),
+        }),
+    }
 }
 
 /// Stands in the chain for a plugin that never loaded, with `failure = "closed"`:

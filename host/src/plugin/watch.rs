@@ -106,17 +106,19 @@ fn watch_dir(
     if let Some(p) = previous {
         let _ = watcher.unwatch(&p);
     }
-    let target = if dir.is_dir() {
-        dir.to_path_buf()
+    // The folder itself recursively (a canary or shadow version lives in
+    // a subfolder); its parent, while waiting for it, not.
+    let (target, mode) = if dir.is_dir() {
+        (dir.to_path_buf(), RecursiveMode::Recursive)
     } else {
         let parent = dir
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         tracing::info!(dir = %dir.display(), "the plugins folder does not exist; weir loads plugins as soon as it is created");
-        parent.to_path_buf()
+        (parent.to_path_buf(), RecursiveMode::NonRecursive)
     };
-    match watcher.watch(&target, RecursiveMode::NonRecursive) {
+    match watcher.watch(&target, mode) {
         Ok(()) => Some(target),
         Err(e) => {
             tracing::warn!(dir = %target.display(), error = %e, "cannot watch the plugins folder; use POST /plugins/reload or SIGHUP after changing plugins");
