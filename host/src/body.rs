@@ -150,6 +150,35 @@ impl Filtered {
     }
 }
 
+impl Filtered {
+    /// The body ends with `trailers`: as in Envoy, the filters saw their
+    /// last data with `end_of_stream` unset; each now gets the trailers (in
+    /// chain order), and what it held back goes on.
+    fn finish_with_trailers(
+        &mut self,
+        mut trailers: http::HeaderMap,
+    ) -> Result<http::HeaderMap, BoxError> {
+        let mut chunk = Bytes::new();
+        for (filter, held) in self.filters.iter_mut().zip(self.held.iter_mut()) {
+            let mut data = std::mem::take(held);
+            if !chunk.is_empty() {
+                // Released by the filter before: this one sees it first.
+                let mut joined = bytes::BytesMut::with_capacity(data.len() + chunk.len());
+                joined.extend_from_slice(&data);
+                joined.extend_from_slice(&chunk);
+                data = joined.freeze();
+                filter.on_data(&mut data, false)?;
+            }
+            filter.on_trailers(&mut trailers)?;
+            chunk = data;
+        }
+        if !chunk.is_empty() {
+            self.ready.push_back(Frame::data(chunk));
+        }
+        Ok(trailers)
+    }
+}
+
 impl HttpBody for Filtered {
     type Data = Bytes;
     type Error = BoxError;
@@ -176,9 +205,12 @@ impl HttpBody for Filtered {
                             self.done = true;
                         }
                     }
-                    Err(trailers) => {
-                        self.push(Bytes::new(), true)?;
-                        self.ready.push_back(trailers);
+                    Err(frame) => {
+                        let Ok(trailers) = frame.into_trailers() else {
+                            continue;
+                        };
+                        let trailers = self.finish_with_trailers(trailers)?;
+                        self.ready.push_back(Frame::trailers(trailers));
                         self.done = true;
                     }
                 },
@@ -261,5 +293,57 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("more than 4 bytes"), "{err}");
+    }
+
+    /// Records what it saw, holds everything back, and adds a trailer.
+    #[derive(Default)]
+    struct Trailing(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+    impl BodyFilter for Trailing {
+        fn on_data(&mut self, data: &mut Bytes, eos: bool) -> Result<BodyAction, String> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("data {data:?} eos={eos}"));
+            Ok(BodyAction::Buffer)
+        }
+        fn on_trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), String> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("trailers {}", trailers.len()));
+            trailers.insert("x-added", http::HeaderValue::from_static("1"));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn trailers_end_the_body_as_in_envoy() {
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::trailers(t)),
+        ];
+        let body =
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        let seen = Trailing::default();
+        let log = seen.0.clone();
+        let out = Filtered::wrap(body, vec![Box::new(seen), Box::new(Tag)], 1024)
+            .collect()
+            .await
+            .unwrap();
+        let trailers = out.trailers().cloned().unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["data b\"ab\" eos=false", "trailers 1"],
+            "the last data has end_of_stream unset, then the trailers"
+        );
+        assert_eq!(trailers["x-added"], "1");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(
+            out.to_bytes(),
+            "[ab]",
+            "what was held goes on after the trailers callback, through the filters after it"
+        );
     }
 }

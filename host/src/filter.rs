@@ -213,6 +213,11 @@ pub trait BodyFilter: Send {
     /// `data` holds the bytes not yet passed on (earlier buffered ones first);
     /// the filter may change them. `end_of_stream` on the last call.
     fn on_data(&mut self, data: &mut Bytes, end_of_stream: bool) -> Result<BodyAction, String>;
+    /// The body ended with trailers (after the last data, which had
+    /// `end_of_stream` unset); the filter may change them.
+    fn on_trailers(&mut self, _trailers: &mut http::HeaderMap) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A filter type: makes one [`StreamFilter`] per request.

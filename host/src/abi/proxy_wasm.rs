@@ -208,6 +208,8 @@ fn empty_exports() -> vm::Exports {
         on_request_body: None,
         on_response_headers: None,
         on_response_body: None,
+        on_request_trailers: None,
+        on_response_trailers: None,
         on_log: None,
         on_done: None,
         on_delete: None,
@@ -742,6 +744,10 @@ struct ProxyWasmBody {
 }
 
 impl crate::filter::BodyFilter for ProxyWasmBody {
+    fn on_trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), String> {
+        self.trailers(trailers)
+    }
+
     fn on_data(
         &mut self,
         data: &mut Bytes,
@@ -804,6 +810,64 @@ impl crate::filter::BodyFilter for ProxyWasmBody {
     }
 }
 
+impl ProxyWasmBody {
+    /// The trailers callback, with `trailers` readable and changeable as
+    /// the trailers map of this direction.
+    fn trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), String> {
+        let core = self.core.clone();
+        let mut vm = core.lock(self.index);
+        if vm.failed.is_some()
+            || vm.store.data().generation != self.generation
+            || !vm.store.data().streams.contains_key(&self.ctx)
+        {
+            return match core.spec.failure {
+                FailurePolicy::Open => Ok(()),
+                FailurePolicy::Closed => Err(format!(
+                    "plugin {:?} failed earlier in this stream",
+                    core.spec.name
+                )),
+            };
+        }
+        let ex = vm.exports.clone();
+        let f = match self.dir {
+            Direction::Request => ex.on_request_trailers.as_ref(),
+            Direction::Response => ex.on_response_trailers.as_ref(),
+        };
+        let Some(f) = f else {
+            return Ok(());
+        };
+        let (ctx, n) = (self.ctx, trailers.len());
+        with_stream!(vm, ctx).trailers = Some(std::mem::take(trailers));
+        let phase = if self.dir == Direction::Request {
+            Phase::RequestBody
+        } else {
+            Phase::ResponseBody
+        };
+        let called = core.call(&mut vm, ctx, phase, |vm| {
+            f.call(&mut vm.store, (ctx as i32, n as i32))
+        });
+        let st = with_stream!(vm, ctx);
+        if let Some(t) = st.trailers.take() {
+            *trailers = t;
+        }
+        if st.local.take().is_some() {
+            tracing::debug!(plugin.name = %core.spec.name, "local response from a trailers callback after the headers went on; ignored");
+        }
+        match called {
+            Called::Action(0) => Ok(()),
+            Called::Action(_) => {
+                // The body has all arrived: nothing is left to hold.
+                tracing::debug!(plugin.name = %core.spec.name, "a trailers callback paused; the trailers go on");
+                Ok(())
+            }
+            Called::Trapped(msg) => match core.spec.failure {
+                FailurePolicy::Open => Ok(()),
+                FailurePolicy::Closed => Err(format!("plugin {:?} failed: {msg}", core.spec.name)),
+            },
+        }
+    }
+}
+
 impl ProxyWasmStream {
     fn body_filter(&mut self, dir: Direction) -> Option<Box<dyn crate::filter::BodyFilter>> {
         if self.failed {
@@ -812,8 +876,12 @@ impl ProxyWasmStream {
         let (ctx, generation) = self.ctx?;
         let vm = self.core.lock(self.index);
         let exported = match dir {
-            Direction::Request => vm.exports.on_request_body.is_some(),
-            Direction::Response => vm.exports.on_response_body.is_some(),
+            Direction::Request => {
+                vm.exports.on_request_body.is_some() || vm.exports.on_request_trailers.is_some()
+            }
+            Direction::Response => {
+                vm.exports.on_response_body.is_some() || vm.exports.on_response_trailers.is_some()
+            }
         };
         drop(vm);
         exported.then(|| {

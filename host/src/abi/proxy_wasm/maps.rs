@@ -95,7 +95,14 @@ pub fn pairs(state: &mut VmState, map_type: i32) -> Result<Pairs, Status> {
             .as_ref()
             .map(response_pairs)
             .ok_or(Status::BadArgument),
-        map::HTTP_REQUEST_TRAILERS | map::HTTP_RESPONSE_TRAILERS => Ok(Vec::new()),
+        map::HTTP_REQUEST_TRAILERS | map::HTTP_RESPONSE_TRAILERS => {
+            // Readable in a trailers callback; empty before (as Envoy: no trailers yet).
+            let mut out = Vec::new();
+            if let Some(t) = state.stream().and_then(|s| s.trailers.as_ref()) {
+                header_pairs(t, &mut out);
+            }
+            Ok(out)
+        }
         _ => Err(Status::BadArgument),
     }
 }
@@ -195,7 +202,14 @@ pub fn edit(
             }
             edit_headers(&mut p.headers, &key, value, how)
         }
-        map::HTTP_REQUEST_TRAILERS | map::HTTP_RESPONSE_TRAILERS => Err(Status::BadArgument),
+        map::HTTP_REQUEST_TRAILERS | map::HTTP_RESPONSE_TRAILERS => {
+            // Changeable in a trailers callback only.
+            let t = state
+                .stream()
+                .and_then(|s| s.trailers.as_mut())
+                .ok_or(Status::BadArgument)?;
+            edit_headers(t, &key, value, how)
+        }
         _ => Err(Status::BadArgument),
     }
 }

@@ -55,6 +55,8 @@ pub struct StreamState {
     pub response: Option<http::response::Parts>,
     /// The body of the current body callback.
     pub body: Option<Bytes>,
+    /// The trailers of the current trailers callback.
+    pub trailers: Option<http::HeaderMap>,
     /// A local response the plugin asked for.
     pub local: Option<LocalResponse>,
     /// The plugin resumed the request.
@@ -169,6 +171,8 @@ pub struct Exports {
     pub on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     pub on_response_headers: Option<HeadersFn>,
     pub on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    pub on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     pub on_log: Option<TypedFunc<i32, ()>>,
     pub on_done: Option<TypedFunc<i32, i32>>,
     pub on_delete: Option<TypedFunc<i32, ()>>,
@@ -277,6 +281,8 @@ pub fn exports(
         on_request_body: get!("proxy_on_request_body"),
         on_response_headers: headers(store, "proxy_on_response_headers")?,
         on_response_body: get!("proxy_on_response_body"),
+        on_request_trailers: get!("proxy_on_request_trailers"),
+        on_response_trailers: get!("proxy_on_response_trailers"),
         on_log: get!("proxy_on_log"),
         on_done: get!("proxy_on_done"),
         on_delete: get!("proxy_on_delete"),

@@ -3,6 +3,8 @@
 //! the integration tests through the whole ABI:
 //!
 //! - every request: adds `x-pw-seen: <tag>` upstream and `x-pw-plugin: <plugin_name>` downstream;
+//! - response trailers (gRPC): adds `x-pw-grpc-status` (a copy of `grpc-status`) and
+//!   `x-pw-trailers-seen` (how many trailers it was told of); request trailers are logged;
 //! - `/deny`: answers 403 locally;
 //! - `/props`: answers with the properties it reads, one per line;
 //! - `/shared`: increments a shared-data counter with compare-and-swap and answers its value;
@@ -290,6 +292,20 @@ impl HttpContext for Stream {
         }
         let name = prop_string(self, &["plugin_name"]);
         self.set_http_response_header("x-pw-plugin", Some(&name));
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, num_trailers: usize) -> Action {
+        // As in Envoy: the response trailers are readable and changeable here.
+        let status = self.get_http_response_trailer("grpc-status").unwrap_or_default();
+        self.add_http_response_trailer("x-pw-grpc-status", &status);
+        self.add_http_response_trailer("x-pw-trailers-seen", &num_trailers.to_string());
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
+        let seen = self.get_http_request_trailers();
+        log::info!("request trailers: {num_trailers} {seen:?}");
         Action::Continue
     }
 
