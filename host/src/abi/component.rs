@@ -928,12 +928,12 @@ impl ComponentCore {
             }
         }
         let i = (0..n).find(|&i| !self.instances[i].initialized())?;
-        let cell = self.instances[i]
-            .get_or_try_init(|| async {
+        // Boxed: a cold path, kept out of every callback's future.
+        let cell = Box::pin(self.instances[i].get_or_try_init(|| async {
                 let inst = self.start_instance().await?;
                 tracing::debug!(plugin.name = %self.spec.name, slot = i, "instances are all waiting for outbound calls; added one");
                 Ok::<_, String>(Arc::new(Mutex::new(inst)))
-            })
+            }))
             .await
             .ok()?;
         cell.clone().try_lock_owned().ok().map(|g| (i, g))
@@ -1062,7 +1062,7 @@ impl ComponentCore {
                 let message = trap_message(&e);
                 self.spec.health.trapped(&message);
                 self.host.plugin_trap(&self.spec.name);
-                self.replace(inst).await;
+                Box::pin(self.replace(inst)).await;
                 Err(message)
             }
         }
@@ -1182,7 +1182,7 @@ impl ComponentStream {
         };
         if inst.in_call {
             // The request that last ran it went away mid-call.
-            core.replace(&mut inst).await;
+            Box::pin(core.replace(&mut inst)).await;
         }
         match inst.failed.clone() {
             Some(e) => {
