@@ -376,6 +376,64 @@ async fn a_component_calls_a_cluster_while_its_request_waits_and_others_go_on() 
     );
 }
 
+#[tokio::test]
+async fn a_component_that_waits_for_nothing_runs_synchronously_and_prints() {
+    let up = Upstream::start("app").await;
+    let printer = sdk_plugin("printer-test");
+    let w = weir_with(
+        &[(
+            "10-printer",
+            printer.as_path(),
+            Some("cpu_limit = \"20ms\"\n"),
+        )],
+        &up,
+    )
+    .await;
+    let c = reqwest::Client::new();
+    for path in ["/hello", "/err/x"] {
+        let r = c.get(w.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["headers"]["x-printer"], "yes");
+    }
+    let mut logs = String::new();
+    for _ in 0..50 {
+        logs = w.logs();
+        if logs.contains("printer complains about /err/x") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let line = |text: &str| {
+        logs.lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("{text:?} not logged:\n{logs}"))
+            .to_string()
+    };
+    let out = line("printer saw /hello");
+    assert!(
+        out.contains("INFO")
+            && out.contains("plugin.name=\"printer\"")
+            && out.contains("stream=\"stdout\""),
+        "{out}"
+    );
+    let err = line("printer complains about /err/x");
+    assert!(
+        err.contains("WARN") && err.contains("stream=\"stderr\""),
+        "{err}"
+    );
+    // The CPU limit stops a synchronous callback too; the next request is served.
+    let r = c.get(w.url("/loop")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("CPU time limit per callback exceeded")
+    );
+    assert_eq!(c.get(w.url("/hello")).send().await.unwrap().status(), 200);
+}
+
 /// The upstream's view of a request and what the client got, minus what
 /// differs by nature between two weirs (request ids, ports, dates).
 async fn observe(w: &Weir, path: &str) -> (u16, Option<String>, serde_json::Value) {

@@ -8,9 +8,11 @@
 //! linked with nothing behind it (no folders, environment, arguments or
 //! sockets) so that components built with Rust's standard library load.
 //!
-//! Callbacks run through wasmtime's async support: a plugin's outbound call
-//! (`outbound.call`) looks blocking to the guest, while its stream waits
-//! without holding a worker thread. The instance stays with that stream
+//! A plugin that imports a host function that waits (`outbound.call`, or
+//! `quota.take`, which may ask Redis) runs through wasmtime's async support:
+//! the call looks blocking to the guest, while its stream waits without
+//! holding a worker thread. The others (most filters) are called
+//! synchronously, which saves a fiber switch per callback. The instance stays with that stream
 //! until the answer is in; other requests that need the same instance wait
 //! for it (asynchronously), new requests pick an idle instance. The CPU limit
 //! counts the time a callback ran, not the time it waited for an answer.
@@ -25,7 +27,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::sync::{Mutex, OwnedMutexGuard};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, TypedFunc};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -725,11 +727,56 @@ impl weir::filter::env::Host for State {
 struct Instance {
     store: Store<State>,
     bindings: Plugin,
+    /// The exports, called synchronously, when the plugin imports nothing
+    /// that waits (outbound calls, quota): no fiber per callback.
+    sync: Option<SyncExports>,
     /// Why the instance is unusable, when it is.
     failed: Option<String>,
     /// A callback is under way (set while the guest runs; left set when the
     /// request that ran it went away mid-call, so the instance is replaced).
     in_call: bool,
+}
+
+type BodyFn = TypedFunc<(u64, Vec<u8>, bool), ((wit::BodyAction, Vec<u8>),)>;
+
+/// The filter's exports as synchronous functions.
+struct SyncExports {
+    configure: TypedFunc<(Vec<u8>,), (Result<(), String>,)>,
+    config_schema: TypedFunc<(), (Option<String>,)>,
+    on_request_headers: TypedFunc<(u64, bool), (wit::Action,)>,
+    on_request_body: BodyFn,
+    on_response_headers: TypedFunc<(u64, bool), (wit::Action,)>,
+    on_response_body: BodyFn,
+    on_done: TypedFunc<(u64,), ()>,
+}
+
+impl SyncExports {
+    fn new(
+        store: &mut Store<State>,
+        instance: &wasmtime::component::Instance,
+        export: &str,
+    ) -> wasmtime::Result<SyncExports> {
+        let iface = instance
+            .get_export_index(&mut *store, None, export)
+            .ok_or_else(|| wasmtime::Error::msg(format!("no export {export}")))?;
+        macro_rules! func {
+            ($name:literal) => {{
+                let idx = instance
+                    .get_export_index(&mut *store, Some(&iface), $name)
+                    .ok_or_else(|| wasmtime::Error::msg(concat!("no export ", $name)))?;
+                instance.get_typed_func(&mut *store, &idx)?
+            }};
+        }
+        Ok(SyncExports {
+            configure: func!("configure"),
+            config_schema: func!("config-schema"),
+            on_request_headers: func!("on-request-headers"),
+            on_request_body: func!("on-request-body"),
+            on_response_headers: func!("on-response-headers"),
+            on_response_body: func!("on-response-body"),
+            on_done: func!("on-done"),
+        })
+    }
 }
 
 /// Instances a plugin may have per worker thread: beyond the first, they are
@@ -742,6 +789,11 @@ pub struct ComponentCore {
     host: Arc<HostServices>,
     pre: PluginPre<State>,
     origin: engine::ModuleOrigin,
+    /// The filter export's full name (`weir:filter/filter@0.1.x`), and
+    /// whether the plugin imports a host function that waits (then every
+    /// callback runs on wasmtime's async support).
+    export: String,
+    waits: bool,
     /// Instance slots: one per worker, filled at load; the rest are filled
     /// when every instance is held by a request waiting for an outbound call.
     instances: Box<[tokio::sync::OnceCell<Arc<Mutex<Instance>>>]>,
@@ -768,8 +820,9 @@ impl ComponentPlugin {
         };
         let (component, origin) = engine::compile_component(bytes)
             .map_err(|e| err(format!("invalid component: {}", e.root_cause())))?;
-        check_world(&component).map_err(&err)?;
-        let linker = linker().map_err(&err)?;
+        let export = check_world(&component).map_err(&err)?;
+        let waits = imports_waiting(&component);
+        let linker = linker(waits).map_err(&err)?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| err(format!("linking: {}", e.root_cause())))?;
@@ -779,6 +832,8 @@ impl ComponentPlugin {
             host,
             pre,
             origin,
+            export,
+            waits,
             instances: (0..workers.max(1) * SPARE_INSTANCES)
                 .map(|_| tokio::sync::OnceCell::new())
                 .collect(),
@@ -795,12 +850,34 @@ impl ComponentPlugin {
     }
 }
 
-/// The linker every component plugin is instantiated with: WASI 0.2 (with
-/// nothing granted) and weir's host interfaces.
-fn linker() -> Result<Linker<State>, String> {
+/// Whether a component imports a host function that waits: an outbound
+/// call, or a quota take (Redis). Such a plugin's callbacks run on
+/// wasmtime's async support (a fiber per callback); the others are called
+/// synchronously, which is cheaper.
+fn imports_waiting(component: &Component) -> bool {
+    component
+        .component_type()
+        .imports(engine::engine())
+        .any(|(name, _)| {
+            name.starts_with("weir:filter/outbound") || name.starts_with("weir:filter/quota")
+        })
+}
+
+/// The linker component plugins are instantiated with: WASI 0.2 (with
+/// nothing granted) and weir's host interfaces. `waits`: WASI's async
+/// bindings, for plugins run on fibers; else the synchronous ones, with
+/// stdout and stderr writes that never block (the sync bindings would
+/// block on the runtime, which a proxy worker must not).
+fn linker(waits: bool) -> Result<Linker<State>, String> {
     let mut linker: Linker<State> = Linker::new(engine::engine());
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-        .map_err(|e| format!("linking WASI: {e}"))?;
+    if waits {
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| format!("linking WASI: {e}"))?;
+    } else {
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| format!("linking WASI: {e}"))?;
+        output::link_sync_writes(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
+    }
     Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
         .map_err(|e| format!("linking: {e}"))?;
     Ok(linker)
@@ -815,7 +892,7 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
     let ty = component.component_type();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-    let linker = linker()?;
+    let linker = linker(true)?;
     let metrics = Arc::new(crate::telemetry::Metrics::new());
     let state = State::new(
         "describe",
@@ -851,12 +928,12 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
 }
 
 /// Refuses components of another world or version, naming what they target.
-fn check_world(component: &Component) -> Result<(), String> {
+fn check_world(component: &Component) -> Result<String, String> {
     let ty = component.component_type();
     let engine = engine::engine();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-    if exports.iter().any(|e| e.starts_with(FILTER_EXPORT)) {
-        return Ok(());
+    if let Some(e) = exports.iter().find(|e| e.starts_with(FILTER_EXPORT)) {
+        return Ok(e.clone());
     }
     if let Some(other) = exports
         .iter()
@@ -959,28 +1036,58 @@ impl ComponentCore {
         store.data_mut().cpu_limit = startup;
         store.data_mut().entered = Instant::now();
         store.set_epoch_deadline(engine::ticks(startup));
-        let bindings = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| format!("instantiation failed: {}", trap_message(&e)))?;
-        let filter = bindings.weir_filter_filter();
-        if let Some(schema) = filter
-            .call_config_schema(&mut store)
-            .await
-            .map_err(|e| format!("config-schema trapped: {}", trap_message(&e)))?
+        let instantiated =
+            |e: wasmtime::Error| format!("instantiation failed: {}", trap_message(&e));
+        let (bindings, sync) = if self.waits {
+            let b = self
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(instantiated)?;
+            (b, None)
+        } else {
+            let instance = self
+                .pre
+                .instance_pre()
+                .instantiate(&mut store)
+                .map_err(instantiated)?;
+            let b = Plugin::new(&mut store, &instance).map_err(instantiated)?;
+            let f = SyncExports::new(&mut store, &instance, &self.export).map_err(instantiated)?;
+            (b, Some(f))
+        };
+        let schema = match &sync {
+            Some(f) => f.config_schema.call(&mut store, ()).map(|(s,)| s),
+            None => {
+                bindings
+                    .weir_filter_filter()
+                    .call_config_schema(&mut store)
+                    .await
+            }
+        }
+        .map_err(|e| format!("config-schema trapped: {}", trap_message(&e)))?;
+        if let Some(schema) = schema
             && !schema.trim().is_empty()
         {
             check_config(&schema, &self.spec.config)?;
         }
-        filter
-            .call_configure(&mut store, &self.spec.config)
-            .await
-            .map_err(|e| format!("configure trapped: {}", trap_message(&e)))?
-            .map_err(|m| format!("configure refused the configuration: {m}"))?;
+        match &sync {
+            Some(f) => f
+                .configure
+                .call(&mut store, (self.spec.config.to_vec(),))
+                .map(|(r,)| r),
+            None => {
+                bindings
+                    .weir_filter_filter()
+                    .call_configure(&mut store, &self.spec.config)
+                    .await
+            }
+        }
+        .map_err(|e| format!("configure trapped: {}", trap_message(&e)))?
+        .map_err(|m| format!("configure refused the configuration: {m}"))?;
         Ok(Instance {
             store,
             bindings,
+            sync,
             failed: None,
             in_call: false,
         })
@@ -1016,8 +1123,29 @@ impl ComponentCore {
             .set_epoch_deadline(engine::ticks(self.spec.cpu_limit));
         inst.in_call = true;
         let run = async {
-            let f = inst.bindings.weir_filter_filter();
             let store = &mut inst.store;
+            if let Some(f) = &inst.sync {
+                return match callback {
+                    Callback::RequestHeaders(eos) => f
+                        .on_request_headers
+                        .call(store, (id, eos))
+                        .map(|(a,)| Outcome::Action(a)),
+                    Callback::ResponseHeaders(eos) => f
+                        .on_response_headers
+                        .call(store, (id, eos))
+                        .map(|(a,)| Outcome::Action(a)),
+                    Callback::Body(dir, chunk, eos) => {
+                        let func = match dir {
+                            wit::Direction::Request => &f.on_request_body,
+                            wit::Direction::Response => &f.on_response_body,
+                        };
+                        func.call(store, (id, chunk.to_vec(), eos))
+                            .map(|((a, b),)| Outcome::Body(a, b))
+                    }
+                    Callback::Done => f.on_done.call(store, (id,)).map(|()| Outcome::Done),
+                };
+            }
+            let f = inst.bindings.weir_filter_filter();
             match callback {
                 Callback::RequestHeaders(eos) => f
                     .call_on_request_headers(store, id, eos)

@@ -178,6 +178,50 @@ impl AsyncWrite for PluginOutput {
     }
 }
 
+/// The `wasi:io/streams` instance wasmtime-wasi links (its WASI 0.2 patch version).
+const WASI_IO_STREAMS: &str = "wasi:io/streams@0.2.12";
+
+/// Replaces WASI's synchronous `blocking-write-and-flush` and
+/// `blocking-flush` of output streams with ones that never wait: the only
+/// output streams a plugin has are its stdout and stderr ([`PluginOutput`]),
+/// whose writes finish at once. The bindings they replace wait on the tokio
+/// runtime, which a callback on a proxy worker must not do.
+pub fn link_sync_writes<T: wasmtime_wasi::WasiView + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynOutputStream;
+    use wasmtime_wasi::p2::bindings::sync::io::streams::StreamError as WitStreamError;
+
+    linker.allow_shadowing(true);
+    // The version wasmtime-wasi defines (components built against earlier
+    // 0.2.x link to it); another name would define a second, incomplete
+    // instance, which the tests catch.
+    let mut streams = linker.instance(WASI_IO_STREAMS)?;
+    streams.func_wrap(
+        "[method]output-stream.blocking-write-and-flush",
+        |mut store: wasmtime::StoreContextMut<'_, T>,
+         (this, bytes): (Resource<DynOutputStream>, Vec<u8>)| {
+            let view = store.data_mut().ctx();
+            let stream = view.table.get_mut(&this)?;
+            let done = stream
+                .write(Bytes::from(bytes))
+                .and_then(|()| stream.flush());
+            Ok((done.map_err(|_| WitStreamError::Closed),))
+        },
+    )?;
+    streams.func_wrap(
+        "[method]output-stream.blocking-flush",
+        |mut store: wasmtime::StoreContextMut<'_, T>, (this,): (Resource<DynOutputStream>,)| {
+            let view = store.data_mut().ctx();
+            let stream = view.table.get_mut(&this)?;
+            Ok((stream.flush().map_err(|_| WitStreamError::Closed),))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
