@@ -958,7 +958,7 @@ fn check_world(component: &Component) -> Result<String, String> {
 enum Callback<'c> {
     RequestHeaders(bool),
     ResponseHeaders(bool),
-    Body(wit::Direction, &'c [u8], bool),
+    Body(wit::Direction, &'c mut Vec<u8>, bool),
     Done,
 }
 
@@ -1139,7 +1139,7 @@ impl ComponentCore {
                             wit::Direction::Request => &f.on_request_body,
                             wit::Direction::Response => &f.on_response_body,
                         };
-                        func.call(store, (id, chunk.to_vec(), eos))
+                        func.call(store, (id, std::mem::take(chunk), eos))
                             .map(|((a, b),)| Outcome::Body(a, b))
                     }
                     Callback::Done => f.on_done.call(store, (id,)).map(|()| Outcome::Done),
@@ -1539,9 +1539,9 @@ async fn call_body(
         info: Some(info),
         ..Current::default()
     };
-    let chunk = body.to_vec();
+    let mut chunk = body.to_vec();
     let r = core
-        .invoke(inst, id, Callback::Body(dir, &chunk, eos), may_wait)
+        .invoke(inst, id, Callback::Body(dir, &mut chunk, eos), may_wait)
         .await;
     inst.store.data_mut().current = Current::default();
     let Outcome::Body(a, bytes) = r? else {

@@ -755,17 +755,10 @@ impl crate::filter::BodyFilter for ProxyWasmBody {
     ) -> Result<crate::filter::BodyAction, String> {
         let core = self.core.clone();
         let mut vm = core.lock(self.index);
-        if vm.failed.is_some()
-            || vm.store.data().generation != self.generation
-            || !vm.store.data().streams.contains_key(&self.ctx)
-        {
-            return match core.spec.failure {
-                FailurePolicy::Open => Ok(crate::filter::BodyAction::Continue),
-                FailurePolicy::Closed => Err(format!(
-                    "plugin {:?} failed earlier in this stream",
-                    core.spec.name
-                )),
-            };
+        if self.gone(&vm) {
+            return self
+                .failed_earlier()
+                .map(|()| crate::filter::BodyAction::Continue);
         }
         let ex = vm.exports.clone();
         let f = match self.dir {
@@ -811,22 +804,32 @@ impl crate::filter::BodyFilter for ProxyWasmBody {
 }
 
 impl ProxyWasmBody {
+    /// Whether the stream's instance trapped or was replaced since it began.
+    fn gone(&self, vm: &vm::Vm) -> bool {
+        vm.failed.is_some()
+            || vm.store.data().generation != self.generation
+            || !vm.store.data().streams.contains_key(&self.ctx)
+    }
+
+    /// What the rest of a stream whose plugin failed gets: skipped (open)
+    /// or ended (closed).
+    fn failed_earlier(&self) -> Result<(), String> {
+        match self.core.spec.failure {
+            FailurePolicy::Open => Ok(()),
+            FailurePolicy::Closed => Err(format!(
+                "plugin {:?} failed earlier in this stream",
+                self.core.spec.name
+            )),
+        }
+    }
+
     /// The trailers callback, with `trailers` readable and changeable as
     /// the trailers map of this direction.
     fn trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), String> {
         let core = self.core.clone();
         let mut vm = core.lock(self.index);
-        if vm.failed.is_some()
-            || vm.store.data().generation != self.generation
-            || !vm.store.data().streams.contains_key(&self.ctx)
-        {
-            return match core.spec.failure {
-                FailurePolicy::Open => Ok(()),
-                FailurePolicy::Closed => Err(format!(
-                    "plugin {:?} failed earlier in this stream",
-                    core.spec.name
-                )),
-            };
+        if self.gone(&vm) {
+            return self.failed_earlier();
         }
         let ex = vm.exports.clone();
         let f = match self.dir {

@@ -216,25 +216,70 @@ impl ShadowStream {
     }
 }
 
-/// What a request head looks like after a filter, for comparison.
-fn request_text(head: &http::request::Parts) -> String {
-    let mut headers: Vec<String> = head
-        .headers
+/// Headers in a stable order, for comparison.
+fn headers_text(headers: &http::HeaderMap) -> String {
+    let mut lines: Vec<String> = headers
         .iter()
         .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
         .collect();
-    headers.sort();
-    format!("{} {} | {}", head.method, head.uri, headers.join(", "))
+    lines.sort();
+    lines.join(", ")
+}
+
+/// What a request head looks like after a filter, for comparison.
+fn request_text(head: &http::request::Parts) -> String {
+    format!(
+        "{} {} | {}",
+        head.method,
+        head.uri,
+        headers_text(&head.headers)
+    )
 }
 
 fn response_text(head: &http::response::Parts) -> String {
-    let mut headers: Vec<String> = head
-        .headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
-        .collect();
-    headers.sort();
-    format!("{} | {}", head.status.as_u16(), headers.join(", "))
+    format!("{} | {}", head.status.as_u16(), headers_text(&head.headers))
+}
+
+impl ShadowStream {
+    /// A whole body through the active version and, when the shadow asked
+    /// for the body, through the shadow on a copy.
+    async fn body_phase(
+        &mut self,
+        response: bool,
+        body: &mut Bytes,
+        end_of_stream: bool,
+    ) -> Action {
+        let original = body.clone();
+        let action = if response {
+            self.active.on_response_body(body, end_of_stream).await
+        } else {
+            self.active.on_request_body(body, end_of_stream).await
+        };
+        let wanted = if response {
+            self.wants_response_body
+        } else {
+            self.wants_request_body
+        };
+        if wanted {
+            let mut copy = original;
+            let shadow = self.shadow();
+            let decided = if response {
+                shadow.on_response_body(&mut copy, end_of_stream).await
+            } else {
+                shadow.on_request_body(&mut copy, end_of_stream).await
+            };
+            self.compare(
+                if response {
+                    "response_body"
+                } else {
+                    "request_body"
+                },
+                (outcome(&action), format!("{} bytes", body.len())),
+                (outcome(&decided), format!("{} bytes", copy.len())),
+            );
+        }
+        action
+    }
 }
 
 impl StreamFilter for ShadowStream {
@@ -265,23 +310,7 @@ impl StreamFilter for ShadowStream {
         body: &'a mut Bytes,
         end_of_stream: bool,
     ) -> FilterFuture<'a> {
-        Box::pin(async move {
-            let original = body.clone();
-            let action = self.active.on_request_body(body, end_of_stream).await;
-            if self.wants_request_body {
-                let mut copy = original;
-                let shadow = self
-                    .shadow()
-                    .on_request_body(&mut copy, end_of_stream)
-                    .await;
-                self.compare(
-                    "request_body",
-                    (outcome(&action), format!("{} bytes", body.len())),
-                    (outcome(&shadow), format!("{} bytes", copy.len())),
-                );
-            }
-            action
-        })
+        Box::pin(self.body_phase(false, body, end_of_stream))
     }
 
     fn on_response_headers<'a>(
@@ -311,23 +340,7 @@ impl StreamFilter for ShadowStream {
         body: &'a mut Bytes,
         end_of_stream: bool,
     ) -> FilterFuture<'a> {
-        Box::pin(async move {
-            let original = body.clone();
-            let action = self.active.on_response_body(body, end_of_stream).await;
-            if self.wants_response_body {
-                let mut copy = original;
-                let shadow = self
-                    .shadow()
-                    .on_response_body(&mut copy, end_of_stream)
-                    .await;
-                self.compare(
-                    "response_body",
-                    (outcome(&action), format!("{} bytes", body.len())),
-                    (outcome(&shadow), format!("{} bytes", copy.len())),
-                );
-            }
-            action
-        })
+        Box::pin(self.body_phase(true, body, end_of_stream))
     }
 
     fn request_body_filter(&mut self) -> Option<Box<dyn BodyFilter>> {
