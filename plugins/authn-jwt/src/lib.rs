@@ -180,18 +180,20 @@ struct Keys {
 struct Remote {
     cluster: String,
     path: String,
-    cache_secs: u64,
+    cache_ms: u64,
     timeout_ms: u32,
-    /// When the keys in use were fetched, and when a fetch was last tried (unix seconds).
+    /// When the keys in use were fetched, and when a fetch was last tried
+    /// (unix milliseconds: a whole-second clock would make a 1 s cache last
+    /// anywhere between 0 and 1 s).
     fetched_at: Option<u64>,
     tried_at: Option<u64>,
 }
 
 /// A fetch is not tried again sooner than this after one failed, nor (for
 /// an unknown `kid`) sooner than this after the last fetch.
-const REFETCH_SECS: u64 = 30;
+const REFETCH_MS: u64 = 30_000;
 /// After a failed fetch with no keys at all, the next is tried after this.
-const RETRY_SECS: u64 = 1;
+const RETRY_MS: u64 = 1000;
 
 struct Provider {
     name: String,
@@ -293,7 +295,7 @@ fn parse_provider(i: usize, p: ProviderConfig) -> Result<Provider, String> {
             Keys {
                 list: Vec::new(),
                 remote: Some(Remote {
-                    cache_secs: (secs(&r.cache_duration, 300_000, "cache_duration")? / 1000).max(1),
+                    cache_ms: secs(&r.cache_duration, 300_000, "cache_duration")?.max(1000),
                     timeout_ms: secs(&r.timeout, 2000, "timeout")?.clamp(1, u64::from(u32::MAX))
                         as u32,
                     cluster: r.cluster,
@@ -372,22 +374,23 @@ impl Provider {
         let Some(r) = keys.remote.as_mut() else {
             return Ok(());
         };
-        let now = jsonwebtoken::get_current_timestamp();
+        let now = weir_sdk::shared::now_nanos() / 1_000_000;
         let age = r.fetched_at.map(|t| now.saturating_sub(t));
-        let stale = age.is_none_or(|a| a >= r.cache_secs);
-        let rotated = kid_missing && age.is_none_or(|a| a >= REFETCH_SECS);
+        let stale = age.is_none_or(|a| a >= r.cache_ms);
+        let rotated = kid_missing && age.is_none_or(|a| a >= REFETCH_MS);
         if !stale && !rotated {
             return Ok(());
         }
-        let backoff = if have { REFETCH_SECS } else { RETRY_SECS };
+        let backoff = if have { REFETCH_MS } else { RETRY_MS };
         if r.tried_at.is_some_and(|t| now.saturating_sub(t) < backoff) && r.tried_at != r.fetched_at
         {
             return if have {
                 Ok(())
             } else {
                 Err(format!(
-                    "the keys of provider {:?} could not be fetched; the next try is within {RETRY_SECS}s",
-                    self.name
+                    "the keys of provider {:?} could not be fetched; the next try is within {}s",
+                    self.name,
+                    RETRY_MS / 1000
                 ))
             };
         }
@@ -399,7 +402,7 @@ impl Provider {
                 .ok()
                 .and_then(|v| v.split_once('\n'))
             && let Ok(at) = at.parse::<u64>()
-            && now.saturating_sub(at) < r.cache_secs
+            && now.saturating_sub(at) < r.cache_ms
             && let Ok(list) = parse_jwks(&Value::String(body.to_string()), "shared")
         {
             r.fetched_at = Some(at);

@@ -362,7 +362,10 @@ fn remote_keys_are_fetched_once_then_kept_until_they_are_stale() {
         "/jwks",
         jwks_reply(vec![jwk(Algorithm::RS256, "rsa")]),
     );
+    // Signed before the clock matters: signing is slow in a debug build.
     let t = token(Algorithm::RS256, "rsa", claims(json!({})));
+    let t2 = token(Algorithm::RS256, "rsa", claims(json!({"sub": "bob"})));
+    let t3 = token(Algorithm::RS256, "rsa", claims(json!({"sub": "cy"})));
     let out = h.request(get("/x").header("authorization", &bearer(&t)));
     assert!(out.local().is_none(), "{:?}", out.local());
     let calls = h.calls();
@@ -377,7 +380,6 @@ fn remote_keys_are_fetched_once_then_kept_until_they_are_stale() {
     );
     assert_eq!(calls[0].timeout_ms, 500);
     // Another token: the keys are still fresh, nothing is fetched.
-    let t2 = token(Algorithm::RS256, "rsa", claims(json!({"sub": "bob"})));
     assert!(
         h.request(get("/x").header("authorization", &bearer(&t2)))
             .local()
@@ -387,7 +389,6 @@ fn remote_keys_are_fetched_once_then_kept_until_they_are_stale() {
     assert_eq!(h.counter("jwks_fetched"), 1);
     // Stale after cache_duration: fetched again.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let t3 = token(Algorithm::RS256, "rsa", claims(json!({"sub": "cy"})));
     assert!(
         h.request(get("/x").header("authorization", &bearer(&t3)))
             .local()
