@@ -27,6 +27,22 @@ async fn weir_with_ratelimit(limits: &str, quota: &str, up: &Upstream) -> Weir {
     Weir::start_in(dir, admin, port, &config).await
 }
 
+/// How weir calls plugin `name`, as /plugins shows it.
+async fn calls_of(w: &Weir, name: &str) -> String {
+    let plugins: serde_json::Value = reqwest::get(w.admin_url("/plugins"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list = plugins["plugins"].as_array().expect("a plugin list");
+    let p = list
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no plugin {name}: {plugins}"));
+    p["calls"].as_str().unwrap_or_default().to_string()
+}
+
 async fn statuses(urls: &[String]) -> Vec<u16> {
     let client = reqwest::Client::new();
     let mut out = Vec::new();
@@ -78,6 +94,8 @@ async fn the_local_backend_holds_a_limit_exactly_across_concurrent_clients() {
         }
     }
     assert_eq!((ok, limited), (20, 20));
+    // A local take never waits: the plugin is called without a fiber.
+    assert_eq!(calls_of(&w, "ratelimit").await, "synchronous");
     assert_eq!(up.hits(), 20, "limited requests never reached the upstream");
     let m = w.metrics().await;
     assert!(
@@ -153,6 +171,8 @@ async fn two_weirs_share_one_budget_through_redis_and_follow_their_failure_polic
         .map(|i| if i % 2 == 0 { a.url("/x") } else { b.url("/x") })
         .collect();
     let got = statuses(&urls).await;
+    // A Redis take waits on the network: the plugin's callbacks run on fibers.
+    assert_eq!(calls_of(&a, "ratelimit").await, "async");
     assert_eq!(got.iter().filter(|s| **s == 200).count(), 10, "{got:?}");
     assert_eq!(got.iter().filter(|s| **s == 429).count(), 6, "{got:?}");
     assert!(

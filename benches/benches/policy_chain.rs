@@ -84,24 +84,30 @@ fn bench(c: &mut Criterion) {
         ("authz_rbac", "[config]\ndefault = \"deny\"\n[[config.policies]]\nname = \"p\"\naction = \"allow\"\nprincipals = [\"https://bench/*\"]\n".into()),
         ("ratelimit", "[[config.limits]]\nname = \"c\"\ndescriptor = [\"source.ip\"]\ntokens = 1000000000\nperiod = \"1s\"\n".into()),
     ];
-    let entries = plugins
-        .iter()
-        .map(|(file, settings)| {
-            let path = dir.join(format!("{file}.wasm"));
-            let health = Arc::new(weir::plugin::health::PluginHealth::new(file, None));
-            let spec = weir::plugin::spec(&path, Some(settings), &defaults, &[], health)
-                .unwrap()
-                .unwrap();
-            let loaded =
-                weir::plugin::load(spec, &std::fs::read(&path).unwrap(), &host, 1).unwrap();
-            let filter: Arc<dyn HttpFilter> = loaded;
-            ChainEntry {
-                filter,
-                routes: None,
-            }
-        })
-        .collect();
-    let chain = FilterChain::with_entries(entries);
+    let entry = |(file, settings): &(&str, String)| {
+        let path = dir.join(format!("{file}.wasm"));
+        let health = Arc::new(weir::plugin::health::PluginHealth::new(file, None));
+        let spec = weir::plugin::spec(&path, Some(settings), &defaults, &[], health)
+            .unwrap()
+            .unwrap();
+        let loaded = weir::plugin::load(spec, &std::fs::read(&path).unwrap(), &host, 1).unwrap();
+        let filter: Arc<dyn HttpFilter> = loaded;
+        ChainEntry {
+            filter,
+            routes: None,
+        }
+    };
+    // The whole chain, then each plugin alone (where the chain's time goes).
+    let mut chains = vec![(
+        "policy_chain".to_string(),
+        FilterChain::with_entries(plugins.iter().map(entry).collect()),
+    )];
+    for p in &plugins {
+        chains.push((
+            format!("policy_chain/{}", p.0),
+            FilterChain::with_entries(vec![entry(p)]),
+        ));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -113,38 +119,47 @@ fn bench(c: &mut Criterion) {
         cluster: Some("app".into()),
     };
     let bearer = format!("Bearer {token}");
-    c.bench_function("policy_chain", |b| {
-        b.iter(|| {
-            let info = Arc::new(StreamInfo {
-                listener: "bench".into(),
-                route: Some("api".into()),
-                peer: addr,
-                local: addr,
-                tls: false,
-                tls_session: None,
-                attributes: Default::default(),
-                start: std::time::SystemTime::now(),
-            });
-            let mut stream = chain.start(&info);
-            let (mut head, ()) = http::Request::get("/orders")
-                .header("host", "example.com")
-                .header("authorization", bearer.as_str())
-                .body(())
-                .unwrap()
-                .into_parts();
-            let allowed = rt.block_on(stream.request_headers(&mut head, true, &|_| None));
-            assert!(allowed.is_ok(), "the chain let the request through");
-            let (mut resp, ()) = http::Response::builder()
-                .status(200)
-                .header("content-length", "2")
-                .body(())
-                .unwrap()
-                .into_parts();
-            let _ = rt.block_on(stream.response_headers(&mut resp, false));
-            stream.log(&log);
-            black_box((head, resp))
-        })
-    });
+    for (name, chain) in &chains {
+        let alone_authz = name.ends_with("/authz_rbac");
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let info = Arc::new(StreamInfo {
+                    listener: "bench".into(),
+                    route: Some("api".into()),
+                    peer: addr,
+                    local: addr,
+                    tls: false,
+                    tls_session: None,
+                    attributes: Default::default(),
+                    start: std::time::SystemTime::now(),
+                });
+                if alone_authz {
+                    // What authn-jwt publishes in the whole chain.
+                    let _ = info
+                        .attributes
+                        .set("request.auth.principal", b"https://bench/u".to_vec());
+                }
+                let mut stream = chain.start(&info);
+                let (mut head, ()) = http::Request::get("/orders")
+                    .header("host", "example.com")
+                    .header("authorization", bearer.as_str())
+                    .body(())
+                    .unwrap()
+                    .into_parts();
+                let allowed = rt.block_on(stream.request_headers(&mut head, true, &|_| None));
+                assert!(allowed.is_ok(), "the chain let the request through");
+                let (mut resp, ()) = http::Response::builder()
+                    .status(200)
+                    .header("content-length", "2")
+                    .body(())
+                    .unwrap()
+                    .into_parts();
+                let _ = rt.block_on(stream.response_headers(&mut resp, false));
+                stream.log(&log);
+                black_box((head, resp))
+            })
+        });
+    }
 }
 
 criterion_group!(benches, bench);

@@ -108,6 +108,13 @@ pub trait LoadedPlugin: HttpFilter {
     fn memory_bytes(&self) -> u64;
     /// Where its compiled module came from.
     fn module_origin(&self) -> engine::ModuleOrigin;
+    /// How weir calls it: `synchronous`, or `async` when it imports a host
+    /// function that waits (each callback then runs on a fiber, which costs
+    /// more per call). /plugins shows it, so a filter author sees the price
+    /// of an import.
+    fn calls(&self) -> &'static str {
+        "synchronous"
+    }
 }
 
 /// A plugin that could not be loaded: which file, and why.

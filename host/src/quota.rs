@@ -119,6 +119,11 @@ impl Quota {
         }
     }
 
+    /// Whether a take may wait on the network (Redis); a local take never does.
+    pub fn may_wait(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
+    }
+
     /// Takes `cost` tokens from bucket `key` sized `limit`. When the backend
     /// cannot answer (Redis unreachable or slow), the configured failure
     /// policy decides and the error is counted in

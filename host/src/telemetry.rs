@@ -490,28 +490,26 @@ impl Metrics {
         }
     }
 
-    /// Adds to a labeled counter of `plugin` (registered on first use).
+    /// A labeled counter of `plugin` (registered on first use); `None` past
+    /// the metric's label-set cap.
     pub fn plugin_counter_labeled(
         &self,
         plugin: &str,
         name: &str,
         labels: Vec<(String, String)>,
-        delta: u64,
-    ) {
-        self.labeled
-            .counter_add(&self.registry, plugin, name, labels, delta);
+    ) -> Option<Counter> {
+        self.labeled.counter(&self.registry, plugin, name, labels)
     }
 
-    /// Records in a labeled histogram of `plugin` (registered on first use).
+    /// A labeled histogram of `plugin` (registered on first use); `None` past
+    /// the metric's label-set cap.
     pub fn plugin_histogram_labeled(
         &self,
         plugin: &str,
         name: &str,
         labels: Vec<(String, String)>,
-        value: f64,
-    ) {
-        self.labeled
-            .histogram_record(&self.registry, plugin, name, labels, value);
+    ) -> Option<Histogram> {
+        self.labeled.histogram(&self.registry, plugin, name, labels)
     }
 
     /// Counts a trap of `plugin`.

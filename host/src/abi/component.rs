@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, TypedFunc};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
@@ -102,6 +104,33 @@ pub struct State {
     host: Arc<HostServices>,
     current: Current,
     metrics: std::collections::HashMap<(String, u8), PluginMetric>,
+    /// Labeled metrics by name and label set: a plugin records the same few
+    /// label sets over and over, and this skips the process-wide lookup.
+    labeled_counters: std::collections::HashMap<(String, Labels), Counter>,
+    labeled_histograms: std::collections::HashMap<(String, Labels), Histogram>,
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Labeled metrics an instance keeps handles to; past this it forgets them
+/// all and starts over (each one is capped process-wide anyway).
+const LABELED_HANDLES: usize = 4096;
+
+/// The handle cached under `key` in `cache`, else made by `make` and kept.
+fn labeled_handle<M: Clone>(
+    cache: &mut std::collections::HashMap<(String, Labels), M>,
+    key: (String, Labels),
+    make: impl FnOnce(&str, Labels) -> Option<M>,
+) -> Option<M> {
+    if let Some(m) = cache.get(&key) {
+        return Some(m.clone());
+    }
+    let m = make(&key.0, key.1.clone())?;
+    if cache.len() >= LABELED_HANDLES {
+        cache.clear();
+    }
+    cache.insert(key, m.clone());
+    Some(m)
 }
 
 impl WasiView for State {
@@ -206,6 +235,8 @@ impl State {
             host,
             current: Current::default(),
             metrics: Default::default(),
+            labeled_counters: Default::default(),
+            labeled_histograms: Default::default(),
         }
     }
 }
@@ -519,25 +550,53 @@ impl weir::filter::quota::Host for State {
         let d = self
             .host
             .quota()
-            .take_async(
-                &key,
-                cost,
-                crate::quota::Limit {
-                    tokens: limit.tokens,
-                    period: std::time::Duration::from_millis(u64::from(limit.period_ms)),
-                },
-            )
+            .take_async(&key, cost, quota_limit(limit))
             .await;
         self.waited += started.elapsed();
-        let d = d?;
-        Ok(weir::filter::quota::Decision {
-            allowed: d.allowed,
-            limit: d.limit,
-            remaining: d.remaining,
-            retry_after_ms: d.retry_after_ms(),
-            reset_ms: d.reset_ms(),
-        })
+        d.map(quota_decision)
     }
+}
+
+fn quota_limit(limit: weir::filter::quota::Limit) -> crate::quota::Limit {
+    crate::quota::Limit {
+        tokens: limit.tokens,
+        period: Duration::from_millis(u64::from(limit.period_ms)),
+    }
+}
+
+fn quota_decision(d: crate::quota::Decision) -> weir::filter::quota::Decision {
+    weir::filter::quota::Decision {
+        allowed: d.allowed,
+        limit: d.limit,
+        remaining: d.remaining,
+        retry_after_ms: d.retry_after_ms(),
+        reset_ms: d.reset_ms(),
+    }
+}
+
+/// Links `quota.take` as a synchronous function, for plugins called
+/// synchronously: with the `local` backend a take never waits, so a plugin
+/// that imports quota (and nothing else that waits) needs no fiber.
+fn link_sync_quota(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut quota = linker.instance(&format!(
+        "weir:filter/quota@{}",
+        &WORLD["weir:filter@".len()..]
+    ))?;
+    quota.func_wrap(
+        "take",
+        |store: wasmtime::StoreContextMut<'_, State>,
+         (key, cost, limit): (String, u32, weir::filter::quota::Limit)| {
+            let d = store
+                .data()
+                .host
+                .quota()
+                .take(&key, cost, quota_limit(limit));
+            Ok((d.map(quota_decision),))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 impl weir::filter::log::Host for State {
@@ -599,8 +658,12 @@ impl weir::filter::metrics::Host for State {
     }
 
     fn counter_add_labeled(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) {
-        self.host
-            .counter_labeled(&self.plugin, &name, labels, delta);
+        let (host, plugin) = (&self.host, &*self.plugin);
+        if let Some(c) = labeled_handle(&mut self.labeled_counters, (name, labels), |n, l| {
+            host.counter_labeled(plugin, n, l)
+        }) {
+            c.inc_by(delta);
+        }
     }
 
     fn histogram_record_labeled(
@@ -609,8 +672,12 @@ impl weir::filter::metrics::Host for State {
         labels: Vec<(String, String)>,
         value: f64,
     ) {
-        self.host
-            .histogram_labeled(&self.plugin, &name, labels, value);
+        let (host, plugin) = (&self.host, &*self.plugin);
+        if let Some(h) = labeled_handle(&mut self.labeled_histograms, (name, labels), |n, l| {
+            host.histogram_labeled(plugin, n, l)
+        }) {
+            h.observe(value);
+        }
     }
 }
 
@@ -821,7 +888,7 @@ impl ComponentPlugin {
         let (component, origin) = engine::compile_component(bytes)
             .map_err(|e| err(format!("invalid component: {}", e.root_cause())))?;
         let export = check_world(&component).map_err(&err)?;
-        let waits = imports_waiting(&component);
+        let waits = imports_waiting(&component, host.quota().may_wait());
         let linker = linker(waits).map_err(&err)?;
         let pre = linker
             .instantiate_pre(&component)
@@ -851,15 +918,17 @@ impl ComponentPlugin {
 }
 
 /// Whether a component imports a host function that waits: an outbound
-/// call, or a quota take (Redis). Such a plugin's callbacks run on
+/// call, or a quota take when the quota backend is remote (`quota_waits`:
+/// Redis; a local take never waits). Such a plugin's callbacks run on
 /// wasmtime's async support (a fiber per callback); the others are called
 /// synchronously, which is cheaper.
-fn imports_waiting(component: &Component) -> bool {
+fn imports_waiting(component: &Component, quota_waits: bool) -> bool {
     component
         .component_type()
         .imports(engine::engine())
         .any(|(name, _)| {
-            name.starts_with("weir:filter/outbound") || name.starts_with("weir:filter/quota")
+            name.starts_with("weir:filter/outbound")
+                || (quota_waits && name.starts_with("weir:filter/quota"))
         })
 }
 
@@ -880,6 +949,9 @@ fn linker(waits: bool) -> Result<Linker<State>, String> {
     }
     Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
         .map_err(|e| format!("linking: {e}"))?;
+    if !waits {
+        link_sync_quota(&mut linker).map_err(|e| format!("linking: {e}"))?;
+    }
     Ok(linker)
 }
 
@@ -1249,6 +1321,10 @@ impl LoadedPlugin for ComponentPlugin {
 
     fn module_origin(&self) -> engine::ModuleOrigin {
         self.0.origin
+    }
+
+    fn calls(&self) -> &'static str {
+        if self.0.waits { "async" } else { "synchronous" }
     }
 }
 

@@ -117,28 +117,25 @@ impl HostServices {
         }
     }
 
-    /// Adds to a labeled counter of `plugin`.
+    /// A labeled counter of `plugin`, to keep and add to; `None` past the
+    /// metric's label-set cap.
     pub fn counter_labeled(
         &self,
         plugin: &str,
         name: &str,
         labels: Vec<(String, String)>,
-        delta: u64,
-    ) {
-        self.metrics
-            .plugin_counter_labeled(plugin, name, labels, delta);
+    ) -> Option<prometheus_client::metrics::counter::Counter> {
+        self.metrics.plugin_counter_labeled(plugin, name, labels)
     }
 
-    /// Records in a labeled histogram of `plugin`.
+    /// A labeled histogram of `plugin`, as [`HostServices::counter_labeled`].
     pub fn histogram_labeled(
         &self,
         plugin: &str,
         name: &str,
         labels: Vec<(String, String)>,
-        value: f64,
-    ) {
-        self.metrics
-            .plugin_histogram_labeled(plugin, name, labels, value);
+    ) -> Option<prometheus_client::metrics::histogram::Histogram> {
+        self.metrics.plugin_histogram_labeled(plugin, name, labels)
     }
 
     /// Reads shared data of `vm_id`: the value and its CAS token.

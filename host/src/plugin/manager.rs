@@ -557,6 +557,7 @@ impl PluginManager {
                     "sha256": a.map(|a| a.sha256.clone()),
                     "abi": a.map(|a| a.plugin.abi()),
                     "module": a.map(|a| a.plugin.module_origin().as_str()),
+                    "calls": a.map(|a| a.plugin.calls()),
                     "vm_id": a.map(|a| a.vm_id.clone()),
                     "state": if quarantined.is_some() { "quarantined" } else { s.state.as_str() },
                     "quarantined_for_seconds": quarantined.map(|d| d.as_secs_f64()),

@@ -117,15 +117,17 @@ impl Labeled {
         Some(family.clone())
     }
 
-    /// Adds `delta` to counter `name` of `plugin` with `labels`.
-    pub fn counter_add(
+    /// The counter `name` of `plugin` for `labels` (made on first use), to
+    /// add to directly: callers keep it for the next time they see the same
+    /// labels. `None` when the metric holds [`MAX_LABEL_SETS`] label sets
+    /// already (counted as dropped).
+    pub fn counter(
         &self,
         registry: &Mutex<Registry>,
         plugin: &str,
         name: &str,
         labels: Labels,
-        delta: u64,
-    ) {
+    ) -> Option<Counter> {
         let labels = clean(labels);
         let family = self.family(
             registry,
@@ -134,33 +136,29 @@ impl Labeled {
             &labels,
             |st| &mut st.counters,
             Family::default,
-        );
-        if let Some(f) = family {
-            f.get_or_create(&labels).inc_by(delta);
-        }
+        )?;
+        Some(family.get_or_create(&labels).clone())
     }
 
-    /// Records `value` in histogram `name` of `plugin` with `labels`.
-    pub fn histogram_record(
+    /// The histogram `name` of `plugin` for `labels`, as [`Labeled::counter`].
+    pub fn histogram(
         &self,
         registry: &Mutex<Registry>,
         plugin: &str,
         name: &str,
         labels: Labels,
-        value: f64,
-    ) {
+    ) -> Option<Histogram> {
         let labels = clean(labels);
         let make = || -> HistogramFamily { Family::new_with_constructor(buckets) };
-        if let Some(f) = self.family(
+        let family = self.family(
             registry,
             plugin,
             name,
             &labels,
             |st| &mut st.histograms,
             make,
-        ) {
-            f.get_or_create(&labels).observe(value);
-        }
+        )?;
+        Some(family.get_or_create(&labels).clone())
     }
 }
 
@@ -173,29 +171,31 @@ mod tests {
         let registry = Mutex::new(Registry::with_prefix("weir"));
         let l = Labeled::default();
         l.register(&mut registry.lock().unwrap());
-        for i in 0..(MAX_LABEL_SETS + 5) {
-            l.counter_add(
+        let counter = |code: String| {
+            l.counter(
                 &registry,
                 "tele-metry",
                 "requests",
-                vec![("code".into(), i.to_string())],
-                1,
-            );
+                vec![("code".into(), code)],
+            )
+        };
+        for i in 0..(MAX_LABEL_SETS + 5) {
+            let c = counter(i.to_string());
+            assert_eq!(c.is_some(), i < MAX_LABEL_SETS, "label set {i}");
+            if let Some(c) = c {
+                c.inc();
+            }
         }
-        l.counter_add(
-            &registry,
-            "tele-metry",
-            "requests",
-            vec![("code".into(), "0".into())],
-            2,
-        );
-        l.histogram_record(
+        // A handle taken again is the same counter.
+        counter("0".into()).unwrap().inc_by(2);
+        l.histogram(
             &registry,
             "tele-metry",
             "duration_ms",
             vec![("route".into(), "r".into())],
-            3.0,
-        );
+        )
+        .unwrap()
+        .observe(3.0);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry.lock().unwrap()).unwrap();
         assert!(

@@ -41,6 +41,7 @@
 //! `optional` (checked when present: an invalid one is still 401), `skip`.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::collections::{BTreeMap, HashMap};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
@@ -206,20 +207,26 @@ struct Provider {
     forward_token: bool,
 }
 
-/// Verified tokens kept (by SHA-256) so that a client's next requests with the
+/// Verified tokens kept (keyed by the whole token) so that a client's next requests with the
 /// same token skip the signature check; `exp` and `nbf` are checked on every use.
 const CACHE_SIZE: usize = 1024;
 
 struct Verified {
     provider: usize,
     claims: Map<String, Value>,
+    /// What is published for the plugins after this one: `iss/sub`, and
+    /// the claims as JSON (made once per token, not per request).
+    principal: String,
+    claims_json: String,
     exp: Option<i64>,
     nbf: Option<i64>,
 }
 
 /// The filter.
 pub struct AuthnJwt {
-    cache: RefCell<HashMap<[u8; 32], Verified>>,
+    /// Keyed by the token itself: a hit compares the whole token, so no
+    /// hash collision can pass one token for another.
+    cache: RefCell<HashMap<Box<str>, Rc<Verified>>>,
     providers: Vec<Provider>,
     rules: Vec<(String, Requirement)>,
     default: Requirement,
@@ -547,18 +554,11 @@ impl Filter for AuthnJwt {
             };
         };
         match self.verify(&token) {
-            Ok((provider, claims)) => {
-                let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
-                let _ = req.set_attribute(
-                    "request.auth.principal",
-                    &format!("{}/{sub}", provider.issuer),
-                );
-                let _ = req.set_attribute(
-                    "request.auth.claims",
-                    &Value::Object(claims.clone()).to_string(),
-                );
+            Ok((provider, verified)) => {
+                let _ = req.set_attribute("request.auth.principal", &verified.principal);
+                let _ = req.set_attribute("request.auth.claims", &verified.claims_json);
                 for (claim, header) in &provider.forward_claims {
-                    match claims.get(claim) {
+                    match verified.claims.get(claim) {
                         Some(Value::String(s)) => {
                             let _ = req.set_header(header, s);
                         }
@@ -588,9 +588,8 @@ impl Filter for AuthnJwt {
 impl AuthnJwt {
     /// Verifies `token`, from the cache of verified tokens when it is there
     /// (re-checking its times), else by its signature.
-    fn verify(&self, token: &str) -> Result<(&Provider, Map<String, Value>), String> {
-        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        if let Some(v) = self.cache.borrow().get(&key) {
+    fn verify(&self, token: &str) -> Result<(&Provider, Rc<Verified>), String> {
+        if let Some(v) = self.cache.borrow().get(token) {
             let p = &self.providers[v.provider];
             let now = jsonwebtoken::get_current_timestamp() as i64;
             let leeway = p.leeway as i64;
@@ -600,7 +599,7 @@ impl AuthnJwt {
             if v.nbf.is_some_and(|n| now + leeway < n) {
                 return Err("the token is not valid yet (nbf)".into());
             }
-            return Ok((p, v.claims.clone()));
+            return Ok((p, v.clone()));
         }
         let (p, claims) = self.verify_signature(token)?;
         let index = self
@@ -608,20 +607,21 @@ impl AuthnJwt {
             .iter()
             .position(|x| std::ptr::eq(x, p))
             .expect("the provider is one of ours");
+        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
+        let verified = Rc::new(Verified {
+            provider: index,
+            exp: claims.get("exp").and_then(Value::as_i64),
+            nbf: claims.get("nbf").and_then(Value::as_i64),
+            principal: format!("{}/{sub}", p.issuer),
+            claims_json: Value::Object(claims.clone()).to_string(),
+            claims,
+        });
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= CACHE_SIZE {
             cache.clear();
         }
-        cache.insert(
-            key,
-            Verified {
-                provider: index,
-                exp: claims.get("exp").and_then(Value::as_i64),
-                nbf: claims.get("nbf").and_then(Value::as_i64),
-                claims: claims.clone(),
-            },
-        );
-        Ok((p, claims))
+        cache.insert(token.into(), verified.clone());
+        Ok((p, verified))
     }
 
     fn verify_signature(&self, token: &str) -> Result<(&Provider, Map<String, Value>), String> {
