@@ -397,11 +397,11 @@ fn plugin_describe_names_the_abi_and_imports() {
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(
-            "abi: component weir:filter@0.1.1 (world plugin; this weir runs weir:filter@0.1.1)"
+            "abi: component weir:filter@0.1.2 (world plugin; this weir runs weir:filter@0.1.2)"
         ),
         "{out}"
     );
-    assert!(out.contains("weir:filter/http@0.1.1"), "{out}");
+    assert!(out.contains("weir:filter/http@0.1.2"), "{out}");
     assert!(
         out.contains("configuration schema (JSON Schema): {") && out.contains("\"request_set\""),
         "the schema the SDK derived from the config type: {out}"

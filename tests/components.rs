@@ -89,12 +89,58 @@ async fn an_sdk_component_runs_beside_a_proxy_wasm_module_in_one_chain() {
         .json()
         .await
         .unwrap();
-    assert_eq!(s["plugins"][1]["abi"], "component weir:filter@0.1.1", "{s}");
+    assert_eq!(s["plugins"][1]["abi"], "component weir:filter@0.1.2", "{s}");
     assert!(
         s["plugins"][1]["memory_bytes"].as_u64().unwrap() >= 65536,
         "a component's linear memory is counted: {s}"
     );
     assert_eq!(s["plugins"][0]["abi"], "proxy-wasm 0.2.1", "{s}");
+}
+
+/// The callbacks /plugins counts for plugin `name`.
+async fn callbacks_of(w: &Weir, name: &str) -> u64 {
+    let s: serde_json::Value = reqwest::get(w.admin_url("/plugins"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    s["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["callbacks"].as_u64())
+        .unwrap_or_else(|| panic!("no callbacks count for {name}: {s}"))
+}
+
+#[tokio::test]
+async fn phases_a_component_leaves_to_the_sdk_defaults_are_no_longer_called() {
+    let up = Upstream::start("app").await;
+    let component = sdk_plugin("header-rewrite");
+    let w = weir_with(&[("20-rewrite", component.as_path(), Some(CONFIG))], &up).await;
+    let c = reqwest::Client::new();
+    let get = || c.get(w.url("/hello")).header("x-api-version", "2").send();
+    // The first request runs every phase; the SDK then tells weir that
+    // header-rewrite does nothing in the bodies and on-done.
+    assert_eq!(get().await.unwrap().status(), 200);
+    let before = callbacks_of(&w, "rewrite").await;
+    for _ in 0..5 {
+        let r = get().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["x-served-by"],
+            "weir-sdk",
+            "the response head is still the plugin's"
+        );
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["headers"]["x-gateway"], "weir", "and the request head");
+    }
+    assert_eq!(
+        callbacks_of(&w, "rewrite").await - before,
+        10,
+        "two heads per request: the response body chunks and on-done are skipped"
+    );
 }
 
 /// `weir validate` with one plugin file; its exit code and stderr.
@@ -137,7 +183,7 @@ fn components_of_other_worlds_and_bad_configurations_are_refused_by_name() {
     .unwrap();
     let (_, err) = validate(&future, None);
     assert!(
-        err.contains("targets weir:filter@0.2.0; this weir runs weir:filter@0.1.1"),
+        err.contains("targets weir:filter@0.2.0; this weir runs weir:filter@0.1.2"),
         "{err}"
     );
     let component = std::fs::read(sdk_plugin("header-rewrite")).unwrap();

@@ -133,6 +133,22 @@ mod imp {
     pub fn now_nanos() -> u64 {
         env::now_nanos()
     }
+    pub fn skip_phases(bits: u8) {
+        use crate::__private::bindings::weir::filter::callbacks::{Phases, skip};
+        use crate::__private::phase;
+        let all = [
+            (phase::REQUEST_HEADERS, Phases::REQUEST_HEADERS),
+            (phase::REQUEST_BODY, Phases::REQUEST_BODY),
+            (phase::RESPONSE_HEADERS, Phases::RESPONSE_HEADERS),
+            (phase::RESPONSE_BODY, Phases::RESPONSE_BODY),
+            (phase::DONE, Phases::DONE),
+        ];
+        let unused = all
+            .into_iter()
+            .filter(|(b, _)| bits & b != 0)
+            .fold(Phases::empty(), |acc, (_, p)| acc | p);
+        skip(unused);
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -236,9 +252,16 @@ mod imp {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     }
+    pub fn skip_phases(bits: u8) {
+        // The harness calls every phase regardless (as a 0.1.1 host would),
+        // and keeps what was declared for the SDK's own tests.
+        crate::__private::record_declared(bits);
+    }
 }
 
-pub(crate) use imp::{add_header, attribute, get_header, get_headers, set_attribute, set_header};
+pub(crate) use imp::{
+    add_header, attribute, get_header, get_headers, set_attribute, set_header, skip_phases,
+};
 
 /// Logging into weir's log, tagged with the plugin's name.
 pub mod log {

@@ -2,7 +2,7 @@
 //!
 //! A filter is a type implementing [`Filter`]: built once from its typed
 //! configuration, then called for every request with a per-request
-//! [`Filter::State`]. [`export_filter!`] turns it into a `weir:filter@0.1.1`
+//! [`Filter::State`]. [`export_filter!`] turns it into a `weir:filter@0.1.2`
 //! component; `cargo build --release --target wasm32-wasip2` gives the `.wasm`
 //! to drop into weir's plugins folder. [`testing::Harness`] runs the same
 //! filter natively in unit tests, with no proxy and no Wasm.
@@ -154,6 +154,7 @@ pub trait Filter: Sized + 'static {
 
     /// The request head arrived; `req` reads and changes it.
     fn on_request_headers(&self, _state: &mut Self::State, _req: &mut Request) -> Action {
+        __private::defaulted(__private::phase::REQUEST_HEADERS);
         Action::Continue
     }
 
@@ -164,11 +165,13 @@ pub trait Filter: Sized + 'static {
         _chunk: &mut Vec<u8>,
         _end_of_stream: bool,
     ) -> BodyAction {
+        __private::defaulted(__private::phase::REQUEST_BODY);
         BodyAction::Continue
     }
 
     /// The response head arrived; `resp` reads and changes it.
     fn on_response_headers(&self, _state: &mut Self::State, _resp: &mut Response) -> Action {
+        __private::defaulted(__private::phase::RESPONSE_HEADERS);
         Action::Continue
     }
 
@@ -179,11 +182,14 @@ pub trait Filter: Sized + 'static {
         _chunk: &mut Vec<u8>,
         _end_of_stream: bool,
     ) -> BodyAction {
+        __private::defaulted(__private::phase::RESPONSE_BODY);
         BodyAction::Continue
     }
 
     /// The exchange is over; the state is dropped after this.
-    fn on_done(&self, _state: &mut Self::State) {}
+    fn on_done(&self, _state: &mut Self::State) {
+        __private::defaulted(__private::phase::DONE);
+    }
 }
 
 /// The request of the current callback.

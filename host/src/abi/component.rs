@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -59,9 +59,9 @@ use bindings::weir::filter::types as wit;
 use bindings::{Plugin, PluginPre, weir};
 
 /// The package and version of the world weir runs.
-pub const WORLD: &str = "weir:filter@0.1.1";
+pub const WORLD: &str = "weir:filter@0.1.2";
 /// The export every plugin component must have, at any 0.1.x version (0.1
-/// releases only add; wasmtime links a 0.1.0 plugin to this 0.1.1 host).
+/// releases only add; wasmtime links a 0.1.0 plugin to this 0.1.2 host).
 const FILTER_EXPORT: &str = "weir:filter/filter@0.1.";
 
 /// Whether `bytes` hold a component (rather than a core module): the two
@@ -108,6 +108,27 @@ pub struct State {
     /// label sets over and over, and this skips the process-wide lookup.
     labeled_counters: std::collections::HashMap<(String, Labels), Counter>,
     labeled_histograms: std::collections::HashMap<(String, Labels), Histogram>,
+    /// The phases the plugin declared it does nothing in (`callbacks.skip`),
+    /// shared by its instances: [`Skip`] bits.
+    skip: Arc<AtomicU8>,
+}
+
+/// Bits of the phases a plugin declared unused (`weir:filter/callbacks`).
+struct Skip;
+
+impl Skip {
+    const REQUEST_HEADERS: u8 = 1;
+    const REQUEST_BODY: u8 = 2;
+    const RESPONSE_HEADERS: u8 = 4;
+    const RESPONSE_BODY: u8 = 8;
+    const DONE: u8 = 16;
+
+    fn body(dir: wit::Direction) -> u8 {
+        match dir {
+            wit::Direction::Request => Skip::REQUEST_BODY,
+            wit::Direction::Response => Skip::RESPONSE_BODY,
+        }
+    }
 }
 
 type Labels = Vec<(String, String)>;
@@ -237,6 +258,7 @@ impl State {
             metrics: Default::default(),
             labeled_counters: Default::default(),
             labeled_histograms: Default::default(),
+            skip: Arc::default(),
         }
     }
 }
@@ -599,6 +621,26 @@ fn link_sync_quota(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+impl weir::filter::callbacks::Host for State {
+    fn skip(&mut self, unused: weir::filter::callbacks::Phases) {
+        use weir::filter::callbacks::Phases;
+        let bits = [
+            (Phases::REQUEST_HEADERS, Skip::REQUEST_HEADERS),
+            (Phases::REQUEST_BODY, Skip::REQUEST_BODY),
+            (Phases::RESPONSE_HEADERS, Skip::RESPONSE_HEADERS),
+            (Phases::RESPONSE_BODY, Skip::RESPONSE_BODY),
+            (Phases::DONE, Skip::DONE),
+        ]
+        .into_iter()
+        .filter(|(p, _)| unused.contains(*p))
+        .fold(0, |acc, (_, b)| acc | b);
+        let before = self.skip.fetch_or(bits, Ordering::Relaxed);
+        if before | bits != before {
+            tracing::debug!(plugin.name = %self.plugin, skipped = before | bits, "the plugin declared phases it does nothing in; weir no longer calls them");
+        }
+    }
+}
+
 impl weir::filter::log::Host for State {
     fn write(&mut self, level: wit::Level, message: String) {
         let plugin = &*self.plugin;
@@ -867,6 +909,8 @@ pub struct ComponentCore {
     workers: usize,
     memory: Arc<AtomicU64>,
     next_stream: AtomicU64,
+    /// The phases the plugin declared it does nothing in ([`Skip`] bits).
+    skip: Arc<AtomicU8>,
 }
 
 /// The filter a component plugin contributes to the chain.
@@ -907,6 +951,7 @@ impl ComponentPlugin {
             workers: workers.max(1),
             memory: Arc::new(AtomicU64::new(0)),
             next_stream: AtomicU64::new(1),
+            skip: Arc::default(),
         };
         for i in 0..core.workers {
             let inst = wait(core.start_instance()).map_err(&err)?;
@@ -1042,6 +1087,11 @@ enum Outcome {
 }
 
 impl ComponentCore {
+    /// Whether the plugin declared it does nothing in the phases `bits`.
+    fn skips(&self, bits: u8) -> bool {
+        self.skip.load(Ordering::Relaxed) & bits != 0
+    }
+
     /// Slot `i`'s instance (a stream's slot is always filled).
     fn slot(&self, i: usize) -> Arc<Mutex<Instance>> {
         self.instances[i]
@@ -1089,7 +1139,7 @@ impl ComponentCore {
     }
 
     async fn start_instance(&self) -> Result<Instance, String> {
-        let state = State::new(
+        let mut state = State::new(
             &self.spec.name,
             &self.spec.vm_id,
             self.host.clone(),
@@ -1103,6 +1153,7 @@ impl ComponentCore {
             self.spec.memory_limit,
             self.memory.clone(),
         );
+        state.skip = self.skip.clone();
         let mut store = new_store(state);
         let startup = self.spec.cpu_limit.max(Duration::from_secs(1));
         store.data_mut().cpu_limit = startup;
@@ -1341,6 +1392,7 @@ impl HttpFilter for ComponentPlugin {
             info: info.clone(),
             failed: false,
             started: false,
+            reached: false,
         })
     }
 }
@@ -1352,7 +1404,11 @@ struct ComponentStream {
     id: u64,
     info: Arc<StreamInfo>,
     failed: bool,
+    /// Whether the stream has taken an instance (its first callback ran).
     started: bool,
+    /// Whether the chain reached the plugin (a head phase came, called or
+    /// skipped): on-done is for streams the plugin saw.
+    reached: bool,
 }
 
 impl ComponentStream {
@@ -1399,6 +1455,14 @@ impl ComponentStream {
 
     /// Runs a head callback with `head` current, putting back what the plugin changed.
     async fn head_callback(&mut self, mut head: Head<'_>, eos: bool) -> Action {
+        let phase = match head {
+            Head::Request(_) => Skip::REQUEST_HEADERS,
+            Head::Response(_) => Skip::RESPONSE_HEADERS,
+        };
+        self.reached = true;
+        if self.core.skips(phase) {
+            return Action::Continue;
+        }
         let mut inst = match self.enter().await {
             Ok(i) => i,
             Err(a) => return a,
@@ -1458,6 +1522,9 @@ impl ComponentStream {
 
     /// A whole body (after stop-and-buffer) through the body callback.
     async fn whole_body(&mut self, dir: wit::Direction, body: &mut Bytes, eos: bool) -> Action {
+        if self.core.skips(Skip::body(dir)) {
+            return Action::Continue;
+        }
         let mut inst = match self.enter().await {
             Ok(i) => i,
             Err(a) => return a,
@@ -1542,7 +1609,7 @@ impl StreamFilter for ComponentStream {
     }
 
     fn request_body_filter(&mut self) -> Option<Box<dyn BodyFilter>> {
-        (!self.failed).then(|| {
+        (!self.failed && !self.core.skips(Skip::REQUEST_BODY)).then(|| {
             Box::new(ComponentBody {
                 core: self.core.clone(),
                 index: self.index,
@@ -1554,7 +1621,7 @@ impl StreamFilter for ComponentStream {
     }
 
     fn response_body_filter(&mut self) -> Option<Box<dyn BodyFilter>> {
-        (!self.failed).then(|| {
+        (!self.failed && !self.core.skips(Skip::RESPONSE_BODY)).then(|| {
             Box::new(ComponentBody {
                 core: self.core.clone(),
                 index: self.index,
@@ -1566,7 +1633,7 @@ impl StreamFilter for ComponentStream {
     }
 
     fn on_log(&mut self, log: &LogInfo) {
-        if !self.started {
+        if !self.reached || self.core.skips(Skip::DONE) {
             return;
         }
         let core = self.core.clone();
@@ -1648,6 +1715,9 @@ struct ComponentBody {
 
 impl BodyFilter for ComponentBody {
     fn on_data(&mut self, data: &mut Bytes, eos: bool) -> Result<BodyAction, String> {
+        if self.core.skips(Skip::body(self.dir)) {
+            return Ok(BodyAction::Continue);
+        }
         let core = self.core.clone();
         let mut inst = core.lock_now(self.index);
         if let Some(e) = inst.failed.clone() {
