@@ -99,19 +99,9 @@ async fn an_sdk_component_runs_beside_a_proxy_wasm_module_in_one_chain() {
 
 /// The callbacks /plugins counts for plugin `name`.
 async fn callbacks_of(w: &Weir, name: &str) -> u64 {
-    let s: serde_json::Value = reqwest::get(w.admin_url("/plugins"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    s["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .and_then(|p| p["callbacks"].as_u64())
-        .unwrap_or_else(|| panic!("no callbacks count for {name}: {s}"))
+    w.plugin_status(name).await["callbacks"]
+        .as_u64()
+        .expect("a callbacks count")
 }
 
 /// The callbacks count once the requests' last callbacks (on-done runs

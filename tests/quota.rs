@@ -29,18 +29,10 @@ async fn weir_with_ratelimit(limits: &str, quota: &str, up: &Upstream) -> Weir {
 
 /// How weir calls plugin `name`, as /plugins shows it.
 async fn calls_of(w: &Weir, name: &str) -> String {
-    let plugins: serde_json::Value = reqwest::get(w.admin_url("/plugins"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let list = plugins["plugins"].as_array().expect("a plugin list");
-    let p = list
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no plugin {name}: {plugins}"));
-    p["calls"].as_str().unwrap_or_default().to_string()
+    w.plugin_status(name).await["calls"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 async fn statuses(urls: &[String]) -> Vec<u16> {

@@ -206,6 +206,21 @@ impl Weir {
     }
 
     /// The /metrics text.
+    /// Plugin `name`'s entry in /plugins; panics naming the list when it is not there.
+    pub async fn plugin_status(&self, name: &str) -> serde_json::Value {
+        let s: serde_json::Value = reqwest::get(self.admin_url("/plugins"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        s["plugins"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no plugin {name} in /plugins: {s}"))
+    }
+
     pub async fn metrics(&self) -> String {
         if let Some(ns) = &self.netns {
             return netns_curl(ns, &[&self.admin_url("/metrics")]);

@@ -84,19 +84,6 @@ pub fn declared() -> u8 {
     SEEN_DECLARED.with(Cell::get)
 }
 
-/// Runs `f` on stream `id`'s state (a fresh one for stateless filters).
-fn on_state<F: Filter, R>(
-    streams: &mut HashMap<u64, F::State>,
-    id: u64,
-    f: impl FnOnce(&mut F::State) -> R,
-) -> R {
-    if stateless::<F>() {
-        f(&mut F::State::default())
-    } else {
-        f(streams.entry(id).or_default())
-    }
-}
-
 struct Runtime<F: Filter> {
     filter: F,
     streams: HashMap<u64, F::State>,
@@ -158,30 +145,34 @@ fn unconfigured() -> Action {
     )
 }
 
+/// Runs one phase of stream `id` on its state (a fresh one for stateless
+/// filters; `None` before configure), then declares what the defaults left.
+fn phase_of<F: Filter, R>(id: u64, f: impl FnOnce(&F, &mut F::State) -> R) -> Option<R> {
+    let out = with::<F, _>(|rt| {
+        if stateless::<F>() {
+            f(&rt.filter, &mut F::State::default())
+        } else {
+            f(&rt.filter, rt.streams.entry(id).or_default())
+        }
+    });
+    declare::<F>();
+    out
+}
+
 /// The request-headers phase of stream `id`.
 pub fn request_headers<F: Filter>(id: u64, _eos: bool) -> Action {
-    let action = with::<F, _>(|rt| {
-        let filter = &rt.filter;
-        on_state::<F, _>(&mut rt.streams, id, |state| {
-            filter.on_request_headers(state, &mut Request::current())
-        })
+    phase_of::<F, _>(id, |f, state| {
+        f.on_request_headers(state, &mut Request::current())
     })
-    .unwrap_or_else(unconfigured);
-    declare::<F>();
-    action
+    .unwrap_or_else(unconfigured)
 }
 
 /// The response-headers phase of stream `id`.
 pub fn response_headers<F: Filter>(id: u64, _eos: bool) -> Action {
-    let action = with::<F, _>(|rt| {
-        let filter = &rt.filter;
-        on_state::<F, _>(&mut rt.streams, id, |state| {
-            filter.on_response_headers(state, &mut Response::current())
-        })
+    phase_of::<F, _>(id, |f, state| {
+        f.on_response_headers(state, &mut Response::current())
     })
-    .unwrap_or_else(unconfigured);
-    declare::<F>();
-    action
+    .unwrap_or_else(unconfigured)
 }
 
 /// A body chunk of stream `id`; returns the decision and the bytes to pass on.
@@ -191,18 +182,14 @@ pub fn body<F: Filter>(
     eos: bool,
     request: bool,
 ) -> (BodyAction, Vec<u8>) {
-    let action = with::<F, _>(|rt| {
-        let filter = &rt.filter;
-        on_state::<F, _>(&mut rt.streams, id, |state| {
-            if request {
-                filter.on_request_body(state, &mut chunk, eos)
-            } else {
-                filter.on_response_body(state, &mut chunk, eos)
-            }
-        })
+    let action = phase_of::<F, _>(id, |f, state| {
+        if request {
+            f.on_request_body(state, &mut chunk, eos)
+        } else {
+            f.on_response_body(state, &mut chunk, eos)
+        }
     })
     .unwrap_or(BodyAction::Continue);
-    declare::<F>();
     (action, chunk)
 }
 

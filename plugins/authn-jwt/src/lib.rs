@@ -395,9 +395,8 @@ impl Provider {
                 Ok(())
             } else {
                 Err(format!(
-                    "the keys of provider {:?} could not be fetched; the next try is within {}s",
-                    self.name,
-                    RETRY_MS / 1000
+                    "the keys of provider {:?} could not be fetched; the next try is within {RETRY_MS} ms",
+                    self.name
                 ))
             };
         }
