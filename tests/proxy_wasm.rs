@@ -260,6 +260,107 @@ async fn bodies_stream_through_body_callbacks_which_may_buffer_and_replace_them(
 }
 
 #[tokio::test]
+async fn a_local_response_from_a_body_or_trailers_callback_answers_the_client_as_in_envoy() {
+    use http_body_util::BodyExt;
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let c = reqwest::Client::new();
+    // The headers went on (Continue), then a request body chunk is refused.
+    // Envoy sends the filter's local reply to the client and resets the
+    // upstream request; the reply passes the plugin's response callbacks.
+    // Checked by hand against Envoy 1.40 with the same pw_test.wasm (curl,
+    // chunked body): 403, x-denied-by: pw-test-body, x-pw-plugin: pw-test,
+    // this body. For /response-body-deny Envoy sends the 200 head and then
+    // resets the stream (curl: partial file over HTTP/1.1, stream error
+    // over HTTP/2).
+    let chunks = futures_util::stream::iter(
+        ["harmless start, ", "then forbidden words"]
+            .map(|s| Ok::<_, std::io::Error>(bytes::Bytes::from(s))),
+    );
+    let r = c
+        .post(w.url("/body-deny"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-denied-by"], "pw-test-body");
+    assert_eq!(
+        r.headers()["x-pw-plugin"],
+        "pw-test",
+        "the local reply went through on_http_response_headers, as in Envoy"
+    );
+    assert_eq!(
+        r.text().await.unwrap(),
+        "denied by pw-test in the request body\n"
+    );
+    // A body the filter lets through reaches the upstream.
+    let r = c
+        .post(w.url("/body-deny"))
+        .body("all fine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["body"], "all fine");
+
+    // The same from the request trailers callback (HTTP/2 with trailers).
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-deny", "1".parse().unwrap());
+    let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"data"))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = http::Request::post(w.url("/trailers"))
+        .body(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["x-denied-by"], "pw-test-trailers");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "denied by pw-test in the request trailers\n");
+
+    // After the response head went to the client a new response is
+    // impossible: Envoy resets the stream, and so does weir.
+    // (Whether the head reached the client before the reset is up to the
+    // socket; either way the client never gets a complete response.)
+    match c.get(w.url("/response-body-deny")).send().await {
+        Ok(r) => {
+            assert_eq!(
+                r.status(),
+                200,
+                "the head had gone before the body callback"
+            );
+            assert!(
+                r.bytes().await.is_err(),
+                "the stream is reset, not completed"
+            );
+        }
+        Err(e) => assert!(!e.is_timeout(), "reset, not hung: {e}"),
+    }
+    let mut logged = false;
+    for _ in 0..50 {
+        logged = w
+            .logs()
+            .contains("after the response head went to the client; the stream is reset");
+        if logged {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(logged, "the reset is logged with its cause: {}", w.logs());
+    // The next request on a fresh stream is served normally.
+    let r = c.get(w.url("/hello")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
 async fn grpc_streams_pass_a_plugin_with_body_callbacks_without_being_held() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;

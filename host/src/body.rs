@@ -7,6 +7,8 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 
+use crate::filter::LocalResponse;
+
 /// Errors carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -76,6 +78,69 @@ impl<G: Unpin> HttpBody for Guarded<G> {
     }
 }
 
+/// Where a local response made by a request body filter waits for the proxy
+/// to send it: the filtered body ends with [`AnsweredLocally`], which ends the
+/// upstream request, and the proxy then answers the client from here.
+#[derive(Clone, Default)]
+pub struct ReplySlot(std::sync::Arc<std::sync::Mutex<Option<LocalResponse>>>);
+
+impl ReplySlot {
+    /// The local response a body filter made, if any (once).
+    pub fn take(&self) -> Option<LocalResponse> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn put(&self, local: LocalResponse) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // A second local reply on one stream is ignored, as in Envoy.
+        if slot.is_none() {
+            *slot = Some(local);
+        }
+    }
+}
+
+/// The error a filtered request body ends with when a filter answered the
+/// client itself; the response waits in the body's [`ReplySlot`].
+#[derive(Debug)]
+pub struct AnsweredLocally {
+    /// The filter that answered.
+    pub by: String,
+}
+
+impl std::fmt::Display for AnsweredLocally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "plugin {:?} answered the client from a request body callback",
+            self.by
+        )
+    }
+}
+
+impl std::error::Error for AnsweredLocally {}
+
+/// What a filter's local response becomes inside a body: for a request
+/// body, the reply is kept for the proxy to send; for a response body,
+/// whose head has already gone to the client, the stream is reset (Envoy
+/// does the same).
+fn answered(reply: Option<&ReplySlot>, local: LocalResponse) -> BoxError {
+    match reply {
+        Some(slot) => {
+            let by = local.by.clone();
+            slot.put(local);
+            Box::new(AnsweredLocally { by })
+        }
+        None => {
+            let message = format!(
+                "plugin {:?} answered locally ({}) from a response body callback after the response head went to the client; the stream is reset, as in Envoy",
+                local.by, local.status
+            );
+            tracing::warn!(plugin.name = %local.by, "{message}");
+            message.into()
+        }
+    }
+}
+
 /// A body passed through streaming filters chunk by chunk: each filter gets
 /// the bytes the filters before it passed on, and may change them or hold
 /// them back until more arrive. Trailers pass after the last data.
@@ -86,6 +151,7 @@ pub struct Filtered {
     ready: std::collections::VecDeque<Frame<Bytes>>,
     done: bool,
     limit: usize,
+    reply: Option<ReplySlot>,
 }
 
 /// Most bytes a filter may hold back from a response body.
@@ -93,11 +159,14 @@ pub const RESPONSE_BUFFER_LIMIT: usize = 16 << 20;
 
 impl Filtered {
     /// Wraps `inner` in `filters` (none: `inner` itself). A filter holding back
-    /// more than `limit` bytes ends the stream with an error.
+    /// more than `limit` bytes ends the stream with an error. `reply`: where a
+    /// filter's local response goes (a request body); `None` for a response
+    /// body, where a local response resets the stream.
     pub fn wrap(
         inner: Body,
         filters: Vec<Box<dyn crate::filter::BodyFilter>>,
         limit: usize,
+        reply: Option<ReplySlot>,
     ) -> Body {
         if filters.is_empty() {
             return inner;
@@ -110,6 +179,7 @@ impl Filtered {
             ready: Default::default(),
             done: false,
             limit,
+            reply,
         }
         .boxed_unsync()
     }
@@ -136,6 +206,10 @@ impl Filtered {
                     }
                     *held = data;
                     return Ok(());
+                }
+                crate::filter::BodyAction::Respond(local) => {
+                    self.done = true;
+                    return Err(answered(self.reply.as_ref(), local));
                 }
                 _ => {
                     *held = Bytes::new();
@@ -167,9 +241,17 @@ impl Filtered {
                 joined.extend_from_slice(&data);
                 joined.extend_from_slice(&chunk);
                 data = joined.freeze();
-                filter.on_data(&mut data, false)?;
+                if let crate::filter::BodyAction::Respond(local) =
+                    filter.on_data(&mut data, false)?
+                {
+                    self.done = true;
+                    return Err(answered(self.reply.as_ref(), local));
+                }
             }
-            filter.on_trailers(&mut trailers)?;
+            if let Some(local) = filter.on_trailers(&mut trailers)? {
+                self.done = true;
+                return Err(answered(self.reply.as_ref(), local));
+            }
             chunk = data;
         }
         if !chunk.is_empty() {
@@ -269,7 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn chunks_stream_through_filters_in_order_and_buffering_holds_them() {
-        let out = Filtered::wrap(chunks(&["ab", "cd"]), vec![Box::new(Tag)], 1024)
+        let out = Filtered::wrap(chunks(&["ab", "cd"]), vec![Box::new(Tag)], 1024, None)
             .collect()
             .await
             .unwrap()
@@ -279,6 +361,7 @@ mod tests {
             chunks(&["ab", "cd"]),
             vec![Box::new(Upper), Box::new(Tag)],
             1024,
+            None,
         )
         .collect()
         .await
@@ -288,7 +371,7 @@ mod tests {
             out, "[ABCD]",
             "a buffering filter holds chunks back from the filters after it"
         );
-        let err = Filtered::wrap(chunks(&["abc", "def"]), vec![Box::new(Upper)], 4)
+        let err = Filtered::wrap(chunks(&["abc", "def"]), vec![Box::new(Upper)], 4, None)
             .collect()
             .await
             .unwrap_err();
@@ -306,13 +389,16 @@ mod tests {
                 .push(format!("data {data:?} eos={eos}"));
             Ok(BodyAction::Buffer)
         }
-        fn on_trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), String> {
+        fn on_trailers(
+            &mut self,
+            trailers: &mut http::HeaderMap,
+        ) -> Result<Option<LocalResponse>, String> {
             self.0
                 .lock()
                 .unwrap()
                 .push(format!("trailers {}", trailers.len()));
             trailers.insert("x-added", http::HeaderValue::from_static("1"));
-            Ok(())
+            Ok(None)
         }
     }
 
@@ -328,7 +414,7 @@ mod tests {
             http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
         let seen = Trailing::default();
         let log = seen.0.clone();
-        let out = Filtered::wrap(body, vec![Box::new(seen), Box::new(Tag)], 1024)
+        let out = Filtered::wrap(body, vec![Box::new(seen), Box::new(Tag)], 1024, None)
             .collect()
             .await
             .unwrap();
@@ -344,6 +430,52 @@ mod tests {
             out.to_bytes(),
             "[ab]",
             "what was held goes on after the trailers callback, through the filters after it"
+        );
+    }
+
+    /// Answers 403 once it has seen a chunk containing "bad".
+    struct Refuse;
+    impl BodyFilter for Refuse {
+        fn on_data(&mut self, data: &mut Bytes, _eos: bool) -> Result<BodyAction, String> {
+            if data.windows(3).any(|w| w == b"bad") {
+                return Ok(BodyAction::Respond(LocalResponse {
+                    status: http::StatusCode::FORBIDDEN,
+                    headers: vec![],
+                    body: Bytes::from_static(b"no\n"),
+                    by: "refuse".into(),
+                }));
+            }
+            Ok(BodyAction::Continue)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_response_from_a_request_body_ends_the_body_and_waits_in_the_slot() {
+        let slot = ReplySlot::default();
+        let err = Filtered::wrap(
+            chunks(&["fine ", "bad ", "never read"]),
+            vec![Box::new(Refuse), Box::new(Tag)],
+            1024,
+            Some(slot.clone()),
+        )
+        .collect()
+        .await
+        .unwrap_err();
+        assert!(err.is::<AnsweredLocally>(), "{err}");
+        let local = slot.take().expect("the response waits for the proxy");
+        assert_eq!(local.status, 403);
+        assert_eq!(local.by, "refuse");
+        assert!(slot.take().is_none(), "taken once");
+
+        // A response body's head has gone to the client: the stream is reset.
+        let err = Filtered::wrap(chunks(&["bad"]), vec![Box::new(Refuse)], 1024, None)
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("after the response head went to the client; the stream is reset"),
+            "{err}"
         );
     }
 }

@@ -199,13 +199,18 @@ pub struct LogInfo {
 }
 
 /// What a streaming body filter decides about the bytes it holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum BodyAction {
     /// Pass on what is buffered now.
     Continue,
     /// Keep buffering; the next call sees these bytes and the next chunk together.
     /// At the end of the stream, what is buffered is passed on regardless.
     Buffer,
+    /// Answer the client with this instead. On a request body the upstream
+    /// request is abandoned and the client gets this response (through the
+    /// response filters, as in Envoy); on a response body whose head has
+    /// already gone to the client the stream is reset, as Envoy does.
+    Respond(LocalResponse),
 }
 
 /// Sees a body chunk by chunk as it streams, without holding it whole.
@@ -214,9 +219,13 @@ pub trait BodyFilter: Send {
     /// the filter may change them. `end_of_stream` on the last call.
     fn on_data(&mut self, data: &mut Bytes, end_of_stream: bool) -> Result<BodyAction, String>;
     /// The body ended with trailers (after the last data, which had
-    /// `end_of_stream` unset); the filter may change them.
-    fn on_trailers(&mut self, _trailers: &mut http::HeaderMap) -> Result<(), String> {
-        Ok(())
+    /// `end_of_stream` unset); the filter may change them, or answer the
+    /// client instead (`Some`, with the same meaning as [`BodyAction::Respond`]).
+    fn on_trailers(
+        &mut self,
+        _trailers: &mut http::HeaderMap,
+    ) -> Result<Option<LocalResponse>, String> {
+        Ok(None)
     }
 }
 

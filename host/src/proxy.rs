@@ -206,6 +206,7 @@ async fn handle(
     } else {
         body::boxed(Limited::new(incoming, limit as usize))
     };
+    let reply = body::ReplySlot::default();
     let started = {
         let chain = shared.chain.load();
         (!chain.is_empty()).then(|| {
@@ -250,10 +251,36 @@ async fn handle(
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             body = body::full(bytes);
         } else if !body.is_end_stream() {
-            body = body::Filtered::wrap(body, chain.request_body_filters(), limit as usize);
+            body = body::Filtered::wrap(
+                body,
+                chain.request_body_filters(),
+                limit as usize,
+                Some(reply.clone()),
+            );
         }
         ex.chain = Some(chain);
     }
+    let result = route_request(rt, down, head, body, upgrade, ex).await;
+    // A request body filter answered the client itself: the upstream
+    // request ended with the body, and the client gets the filter's reply.
+    if let Some(local) = reply.take() {
+        ex.upstream = None;
+        return Ok(local_response(local));
+    }
+    result
+}
+
+/// Routes a filtered request head and sends it with its body where the
+/// route says.
+async fn route_request(
+    rt: &Runtime,
+    down: &Downstream,
+    mut head: http::request::Parts,
+    body: Body,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ex: &mut Exchange,
+) -> Result<Response<Body>, ProxyError> {
+    let limit = down.listener.max_request_body;
     let host = request_host(&head).to_string();
     let Some(index) = find_route(rt, &down.listener.name, &head) else {
         return Err(ProxyError::NoRoute {
@@ -667,6 +694,7 @@ async fn filter_response(chain: &mut ChainStream, resp: Response<Body>) -> Respo
                 body,
                 chain.response_body_filters(),
                 body::RESPONSE_BUFFER_LIMIT,
+                None,
             ),
         );
     }

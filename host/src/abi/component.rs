@@ -1557,6 +1557,10 @@ enum Head<'h> {
 }
 
 fn local(r: wit::LocalResponse, by: &str) -> Action {
+    Action::Respond(local_response(r, by))
+}
+
+fn local_response(r: wit::LocalResponse, by: &str) -> LocalResponse {
     let headers = r
         .headers
         .into_iter()
@@ -1567,12 +1571,12 @@ fn local(r: wit::LocalResponse, by: &str) -> Action {
             ))
         })
         .collect();
-    Action::Respond(LocalResponse {
+    LocalResponse {
         status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         headers,
         body: Bytes::from(r.body),
         by: by.to_string(),
-    })
+    }
 }
 
 fn action(a: wit::Action, by: &str) -> Action {
@@ -1736,10 +1740,9 @@ impl BodyFilter for ComponentBody {
         match result {
             Ok(wit::BodyAction::Continue) => Ok(BodyAction::Continue),
             Ok(wit::BodyAction::Buffer) => Ok(BodyAction::Buffer),
-            Ok(wit::BodyAction::Respond(_)) => Err(format!(
-                "plugin {:?} answered locally from a streaming body callback, after the head went on; the stream is reset",
-                core.spec.name
-            )),
+            Ok(wit::BodyAction::Respond(r)) => {
+                Ok(BodyAction::Respond(local_response(r, &core.spec.name)))
+            }
             Err(m) => body_failure(&core.spec, &m),
         }
     }

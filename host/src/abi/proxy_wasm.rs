@@ -744,7 +744,10 @@ struct ProxyWasmBody {
 }
 
 impl crate::filter::BodyFilter for ProxyWasmBody {
-    fn on_trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), String> {
+    fn on_trailers(
+        &mut self,
+        trailers: &mut http::HeaderMap,
+    ) -> Result<Option<LocalResponse>, String> {
         self.trailers(trailers)
     }
 
@@ -792,8 +795,9 @@ impl crate::filter::BodyFilter for ProxyWasmBody {
         if let Some(b) = st.body.take() {
             *data = b;
         }
-        if st.local.take().is_some() {
-            tracing::debug!(plugin.name = %core.spec.name, "local response from a body callback after the headers went on; ignored");
+        // As in Envoy: a local reply overrides the callback's return value.
+        if let Some(local) = st.local.take() {
+            return Ok(crate::filter::BodyAction::Respond(local));
         }
         Ok(if code == 0 {
             crate::filter::BodyAction::Continue
@@ -825,11 +829,14 @@ impl ProxyWasmBody {
 
     /// The trailers callback, with `trailers` readable and changeable as
     /// the trailers map of this direction.
-    fn trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), String> {
+    fn trailers(
+        &mut self,
+        trailers: &mut http::HeaderMap,
+    ) -> Result<Option<LocalResponse>, String> {
         let core = self.core.clone();
         let mut vm = core.lock(self.index);
         if self.gone(&vm) {
-            return self.failed_earlier();
+            return self.failed_earlier().map(|()| None);
         }
         let ex = vm.exports.clone();
         let f = match self.dir {
@@ -837,7 +844,7 @@ impl ProxyWasmBody {
             Direction::Response => ex.on_response_trailers.as_ref(),
         };
         let Some(f) = f else {
-            return Ok(());
+            return Ok(None);
         };
         let (ctx, n) = (self.ctx, trailers.len());
         with_stream!(vm, ctx).trailers = Some(std::mem::take(trailers));
@@ -853,18 +860,18 @@ impl ProxyWasmBody {
         if let Some(t) = st.trailers.take() {
             *trailers = t;
         }
-        if st.local.take().is_some() {
-            tracing::debug!(plugin.name = %core.spec.name, "local response from a trailers callback after the headers went on; ignored");
+        if let Some(local) = st.local.take() {
+            return Ok(Some(local));
         }
         match called {
-            Called::Action(0) => Ok(()),
+            Called::Action(0) => Ok(None),
             Called::Action(_) => {
                 // The body has all arrived: nothing is left to hold.
                 tracing::debug!(plugin.name = %core.spec.name, "a trailers callback paused; the trailers go on");
-                Ok(())
+                Ok(None)
             }
             Called::Trapped(msg) => match core.spec.failure {
-                FailurePolicy::Open => Ok(()),
+                FailurePolicy::Open => Ok(None),
                 FailurePolicy::Closed => Err(format!("plugin {:?} failed: {msg}", core.spec.name)),
             },
         }

@@ -263,6 +263,19 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.path == "/body-deny" {
+            // The headers went on (Continue); a WAF-style check of each chunk.
+            let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+            if body.windows(9).any(|w| w == b"forbidden") {
+                self.send_http_response(
+                    403,
+                    vec![("x-denied-by", "pw-test-body")],
+                    Some(b"denied by pw-test in the request body\n"),
+                );
+                return Action::Pause;
+            }
+            return Action::Continue;
+        }
         if self.path != "/upper" {
             return Action::Continue;
         }
@@ -275,6 +288,11 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.path == "/response-body-deny" {
+            // Too late: the response head has gone to the client.
+            self.send_http_response(500, vec![], Some(b"too late\n"));
+            return Action::Pause;
+        }
         if self.path != "/replace-response" {
             return Action::Continue;
         }
@@ -306,6 +324,14 @@ impl HttpContext for Stream {
     fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
         let seen = self.get_http_request_trailers();
         log::info!("request trailers: {num_trailers} {seen:?}");
+        if seen.iter().any(|(k, _)| k == "x-deny") {
+            self.send_http_response(
+                403,
+                vec![("x-denied-by", "pw-test-trailers")],
+                Some(b"denied by pw-test in the request trailers\n"),
+            );
+            return Action::Pause;
+        }
         Action::Continue
     }
 
