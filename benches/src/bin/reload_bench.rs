@@ -3,7 +3,7 @@
 //! every second does to latency under load.
 //!
 //! ```text
-//! cargo run --release -p weir-benches --bin reload_bench -- [--trials 15] [--load-seconds 60] [--reload-cached]
+//! cargo run --release -p weir-benches --bin reload_bench -- [--trials 15] [--load-seconds 60] [--rounds 3] [--reload-cached]
 //! ```
 //!
 //! Runs a release weir (built first) on 127.0.0.1 with the built-in echo route
@@ -12,12 +12,12 @@
 //! as deployment tools do) and polls on a keep-alive connection until the new
 //! value shows: "cold" versions are new bytes (compiled), "cached" ones were
 //! loaded before (taken from the module cache). It prints the median, min and
-//! max of each. Then, if wrk is installed, it runs wrk twice for
-//! `--load-seconds` (32 connections, 2 threads): once without reloads, once
-//! with a new version of the small plugin every second (with --reload-cached:
-//! one of two versions, alternately, so no compilation), and prints p50, p99
-//! and the non-2xx count of both. Everything stays on loopback and is bounded
-//! in time.
+//! max of each. Then, if wrk is installed, it runs wrk for `--load-seconds`
+//! (32 connections, 2 threads) `--rounds` times in pairs: once without
+//! reloads, once with a new version of the small plugin every second (with
+//! --reload-cached: one of two versions, alternately, so no compilation). It
+//! prints p50, p99 and the non-2xx count of every run, and the medians of the
+//! rounds. Everything stays on loopback and is bounded in time.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -230,7 +230,7 @@ fn main() {
     let mut trials = 15usize;
     let mut load_seconds = 60u64;
     let mut reload_cached = false;
-    let mut rounds = 1;
+    let mut rounds = 3;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -298,44 +298,59 @@ fn main() {
     }
     std::fs::write(&file, module("steady", fillers_for(100 * 1024))).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    for _ in 1..rounds {
+    // Made beforehand: generating modules during a run would take CPU from it.
+    let fillers = fillers_for(100 * 1024);
+    let per_run = if reload_cached {
+        2
+    } else {
+        load_seconds as usize + 5
+    };
+    let mut versions = (0..rounds * per_run).map(|v| module(&format!("load-{v}"), fillers));
+    // Interleaved: a run without reloads, then one with, `rounds` times, so
+    // that drift on the machine hits both alike; medians at the end.
+    let (mut plain, mut reloading) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
         let (p50, p99, n, bad) = wrk(load_seconds);
         println!(
-            "wrk {load_seconds}s, no reloads:      p50 {p50:.3} ms  p99 {p99:.3} ms  {n} requests, {bad} non-2xx or errors"
+            "round {round}: wrk {load_seconds}s, no reloads:      p50 {p50:.3} ms  p99 {p99:.3} ms  {n} requests, {bad} non-2xx or errors"
         );
+        plain.push((p50, p99, n, bad));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let batch: Vec<Vec<u8>> = versions.by_ref().take(per_run).collect();
+        let reloader = {
+            let (stop, file) = (stop.clone(), file.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    write_then_rename(&file, &batch[n % batch.len()]);
+                    n += 1;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                n
+            })
+        };
+        let (p50r, p99r, nr, badr) = wrk(load_seconds);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reloads = reloader.join().unwrap();
+        println!(
+            "round {round}: wrk {load_seconds}s, reload every 1s:  p50 {p50r:.3} ms  p99 {p99r:.3} ms  {nr} requests, {badr} non-2xx or errors ({reloads} reloads)"
+        );
+        reloading.push((p50r, p99r, nr, badr));
     }
-    let (p50, p99, n, bad) = wrk(load_seconds);
-    println!(
-        "wrk {load_seconds}s, no reloads:      p50 {p50:.3} ms  p99 {p99:.3} ms  {n} requests, {bad} non-2xx or errors"
-    );
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reloader = {
-        let (stop, file) = (stop.clone(), file.clone());
-        let cached = reload_cached;
-        // Made beforehand: generating modules here would take CPU from the run.
-        let fillers = fillers_for(100 * 1024);
-        let versions: Vec<Vec<u8>> = (0..if cached { 2 } else { load_seconds + 5 })
-            .map(|v| module(&format!("load-{v}"), fillers))
-            .collect();
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                write_then_rename(&file, &versions[n % versions.len()]);
-                n += 1;
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            n
-        })
+    let median = |v: &[(f64, f64, u64, u64)], f: fn(&(f64, f64, u64, u64)) -> f64| {
+        let mut xs: Vec<f64> = v.iter().map(f).collect();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
     };
-    let (p50r, p99r, nr, badr) = wrk(load_seconds);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let reloads = reloader.join().unwrap();
-    println!(
-        "wrk {load_seconds}s, reload every 1s:  p50 {p50r:.3} ms  p99 {p99r:.3} ms  {nr} requests, {badr} non-2xx or errors ({reloads} reloads)"
+    let (p99, p99r) = (median(&plain, |r| r.1), median(&reloading, |r| r.1));
+    let (n, nr) = (
+        median(&plain, |r| r.2 as f64),
+        median(&reloading, |r| r.2 as f64),
     );
+    let bad: u64 = reloading.iter().map(|r| r.3).sum();
     println!(
-        "p99 with reloads / without: x{:.2}; req/s with / without: x{:.2}",
+        "medians of {rounds}: p99 {p99:.3} ms without reloads, {p99r:.3} ms with: x{:.2}; req/s with / without: x{:.2}; non-2xx or errors with reloads: {bad}",
         p99r / p99,
-        nr as f64 / n as f64
+        nr / n
     );
 }
