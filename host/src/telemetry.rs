@@ -104,11 +104,6 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
 }
 
-fn callback_histogram() -> Histogram {
-    // 1µs to about 16ms.
-    Histogram::new(exponential_buckets(0.000001, 2.0, 15))
-}
-
 fn value_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 4.0, 16))
 }
@@ -132,7 +127,7 @@ pub struct Metrics {
     plugin_gauges: Family<PluginMetricLabels, Gauge>,
     plugin_histograms: HistogramFamily<PluginMetricLabels>,
     plugin_traps: Family<PluginLabel, Counter>,
-    plugin_callbacks: HistogramFamily<PluginLabel>,
+    plugin_callbacks: Family<PluginLabel, crate::plugin::health::CallbackHistogram>,
     plugin_memory: Family<PluginLabel, Gauge>,
     plugin_reloads: Family<PluginOutcomeLabels, Counter>,
     plugin_up: Family<PluginLabel, Gauge>,
@@ -208,7 +203,7 @@ impl Metrics {
             plugin_gauges: Family::default(),
             plugin_histograms: Family::new_with_constructor(value_histogram),
             plugin_traps: Family::default(),
-            plugin_callbacks: Family::new_with_constructor(callback_histogram),
+            plugin_callbacks: Family::default(),
             plugin_memory: Family::default(),
             plugin_reloads: Family::default(),
             plugin_up: Family::default(),
@@ -522,7 +517,10 @@ impl Metrics {
     }
 
     /// The callback-duration histogram of `plugin`.
-    pub fn plugin_callback_histogram(&self, plugin: &str) -> Histogram {
+    pub fn plugin_callback_histogram(
+        &self,
+        plugin: &str,
+    ) -> crate::plugin::health::CallbackHistogram {
         self.plugin_callbacks
             .get_or_create(&PluginLabel {
                 plugin: plugin.to_string(),

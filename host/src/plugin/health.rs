@@ -6,7 +6,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::histogram::Histogram;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 
 /// This many traps within [`TRAP_WINDOW`] quarantine a plugin.
 pub const QUARANTINE_TRAPS: usize = 5;
@@ -22,14 +25,104 @@ const LOG_EVERY: Duration = Duration::from_secs(1);
 /// Latency buckets: bucket `i` holds durations up to `2^(i/4)` nanoseconds.
 const BUCKETS: usize = 4 * 36;
 
+/// The latency bucket of `took`: `ceil(4 * log2(ns))`, in integers (this
+/// runs once per plugin callback, where a floating-point log2 costs more
+/// than the bookkeeping around it).
+fn bucket_of(took: Duration) -> usize {
+    let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let octave = 63 - ns.leading_zeros() as u64;
+    // ns / 2^octave in [1, 2) as a 1.32 fixed-point fraction (exact: ns < 2^64).
+    let frac = ((u128::from(ns) << 32) >> octave) as u64;
+    // 1, 2^(1/4), 2^(2/4), 2^(3/4) in 1.32 fixed point (rounded down; the
+    // irrational ones are never hit exactly): how many of these bounds
+    // the fraction is above is the quarter-octave, as ceil() counts it.
+    const BOUNDS: [u64; 4] = [1 << 32, 5_107_605_667, 6_074_000_999, 7_223_245_205];
+    let quarter = BOUNDS.iter().filter(|&&b| frac > b).count() as u64;
+    ((4 * octave + quarter) as usize).min(BUCKETS - 1)
+}
+
+/// One plugin's callback latencies, recorded lock-free in quarter-octave
+/// buckets: read by `/plugins` (p50, p99) and exported on `/metrics` as the
+/// `weir_plugin_callback_duration_seconds` histogram, whose bounds are the
+/// powers of two from 2^10 ns (1.024 µs) to 2^24 ns (16.8 ms), so that the
+/// cumulative counts are exact sums of these buckets.
+#[derive(Clone, Debug)]
+pub struct CallbackHistogram(Arc<LatencyCells>);
+
+#[derive(Debug)]
+struct LatencyCells {
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+    buckets: Box<[AtomicU64]>,
+}
+
+impl Default for CallbackHistogram {
+    fn default() -> Self {
+        CallbackHistogram(Arc::new(LatencyCells {
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }))
+    }
+}
+
+impl CallbackHistogram {
+    fn record(&self, took: Duration) {
+        let c = &self.0;
+        c.count.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        c.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        c.buckets[bucket_of(took)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn counts(&self) -> Vec<u64> {
+        self.0
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// The exported bounds: 2^FIRST_OCTAVE ns up to 2^LAST_OCTAVE ns.
+const FIRST_OCTAVE: usize = 10;
+const LAST_OCTAVE: usize = 24;
+
+impl TypedMetric for CallbackHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for CallbackHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.counts();
+        let mut buckets = Vec::with_capacity(LAST_OCTAVE - FIRST_OCTAVE + 2);
+        let (mut cumulative, mut next) = (0, 0);
+        for octave in FIRST_OCTAVE..=LAST_OCTAVE {
+            // Bucket i holds durations up to 2^(i/4) ns: all up to 4 * octave.
+            while next <= 4 * octave {
+                cumulative += counts[next];
+                next += 1;
+            }
+            buckets.push(((1u64 << octave) as f64 / 1e9, cumulative));
+        }
+        let total: u64 = counts.iter().sum();
+        buckets.push((f64::MAX, total));
+        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, total, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// One plugin's counters and trap history. Shared by every version of the
 /// plugin the manager loads, so counts continue across reloads.
 pub struct PluginHealth {
     name: String,
     callbacks: AtomicU64,
     traps: AtomicU64,
-    latency: Box<[AtomicU64]>,
-    histogram: Option<Histogram>,
+    latency: CallbackHistogram,
     started: Instant,
     /// Milliseconds since `started` until which the plugin is quarantined (0: not).
     quarantined_until: AtomicU64,
@@ -65,14 +158,14 @@ impl std::fmt::Debug for PluginHealth {
 }
 
 impl PluginHealth {
-    /// Fresh health for `name`; `histogram` receives every callback's duration in seconds.
-    pub fn new(name: &str, histogram: Option<Histogram>) -> PluginHealth {
+    /// Fresh health for `name`, recording callback latencies into
+    /// `histogram` (the plugin's `/metrics` series; `None`: a private one).
+    pub fn new(name: &str, histogram: Option<CallbackHistogram>) -> PluginHealth {
         PluginHealth {
             name: name.to_string(),
             callbacks: AtomicU64::new(0),
             traps: AtomicU64::new(0),
-            latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            histogram,
+            latency: histogram.unwrap_or_default(),
             started: Instant::now(),
             quarantined_until: AtomicU64::new(0),
             trap_state: Mutex::new(TrapState::default()),
@@ -82,12 +175,7 @@ impl PluginHealth {
     /// Records one callback that took `took`.
     pub fn record_callback(&self, took: Duration) {
         self.callbacks.fetch_add(1, Ordering::Relaxed);
-        let ns = took.as_nanos().max(1) as f64;
-        let bucket = ((ns.log2() * 4.0).ceil() as usize).min(BUCKETS - 1);
-        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
-        if let Some(h) = &self.histogram {
-            h.observe(took.as_secs_f64());
-        }
+        self.latency.record(took);
     }
 
     /// Callbacks run so far.
@@ -103,11 +191,7 @@ impl PluginHealth {
     /// The callback latency below which a fraction `q` of callbacks fall,
     /// to within one bucket (±19%); `None` before any callback.
     pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
-        let counts: Vec<u64> = self
-            .latency
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
+        let counts = self.latency.counts();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -213,6 +297,54 @@ impl PluginHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integer_buckets_match_ceil_of_four_log2() {
+        let float = |ns: u64| ((ns.max(1) as f64).log2() * 4.0).ceil() as usize;
+        let mut ns = 1u64;
+        while ns < 1 << 40 {
+            for n in [
+                ns,
+                ns + 1,
+                ns * 5 / 4,
+                ns * 4 / 3,
+                ns * 3 / 2,
+                ns * 5 / 3,
+                ns * 7 / 4,
+            ] {
+                assert_eq!(
+                    bucket_of(Duration::from_nanos(n)),
+                    float(n).min(BUCKETS - 1),
+                    "{n} ns"
+                );
+            }
+            ns = ns * 9 / 8 + 1;
+        }
+        assert_eq!(bucket_of(Duration::ZERO), 0);
+        assert_eq!(bucket_of(Duration::from_secs(1 << 40)), BUCKETS - 1);
+    }
+
+    #[test]
+    fn the_exported_histogram_sums_the_buckets_under_each_power_of_two() {
+        let h = CallbackHistogram::default();
+        let health = PluginHealth::new("p", Some(h.clone()));
+        for ns in [500, 1024, 1025, 3000, 40_000_000] {
+            health.record_callback(Duration::from_nanos(ns));
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("cb", "callbacks", h);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        // 500 and 1024 ns are at most 2^10 ns; 1025 is not; 3000 is under
+        // 2^12; 40 ms is only under +Inf.
+        assert!(text.contains("cb_bucket{le=\"1.024e-6\"} 2"), "{text}");
+        assert!(text.contains("cb_bucket{le=\"2.048e-6\"} 3"), "{text}");
+        assert!(text.contains("cb_bucket{le=\"4.096e-6\"} 4"), "{text}");
+        assert!(text.contains("cb_bucket{le=\"0.016777216\"} 4"), "{text}");
+        assert!(text.contains("cb_bucket{le=\"+Inf\"} 5"), "{text}");
+        assert!(text.contains("cb_count 5"), "{text}");
+        assert!(text.contains("cb_sum 0.040005549"), "{text}");
+    }
 
     #[test]
     fn traps_quarantine_with_doubling_backoff_and_rate_limited_logs() {

@@ -400,6 +400,7 @@ fn resume(s: &mut VmState, kind: i32) -> Result<(), Status> {
         2 | 3 => return Err(Status::Unimplemented),
         _ => return Err(Status::BadArgument),
     }
+    s.wake = true;
     Ok(())
 }
 
@@ -425,6 +426,7 @@ fn link_stream_control(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             match c.data_mut().stream() {
                 Some(st) => {
                     st.closed = true;
+                    c.data_mut().wake = true;
                     Ok(0)
                 }
                 None => Ok(Status::NotFound as i32),
@@ -487,6 +489,7 @@ fn link_stream_control(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                     by,
                 });
             }
+            c.data_mut().wake = true;
             Ok(0)
         },
     )?;

@@ -105,8 +105,11 @@ pub struct VmState {
     pub effective: Option<u32>,
     /// What the running callback may touch.
     pub phase: Phase,
-    /// Live stream contexts.
-    pub streams: HashMap<u32, StreamState>,
+    /// Live stream contexts (small integer keys: a fast hash, no SipHash).
+    pub streams: rustc_hash::FxHashMap<u32, StreamState>,
+    /// A callback resumed, closed or answered a stream: paused streams are
+    /// checked for waking after it returns (otherwise nothing to check).
+    pub wake: bool,
     /// The response being delivered to `proxy_on_http_call_response`.
     pub call_response: Option<CallResponse>,
     /// The message being delivered to `proxy_on_grpc_receive`.
@@ -232,7 +235,8 @@ pub fn new_state(
         current: 0,
         effective: None,
         phase: Phase::Init,
-        streams: HashMap::new(),
+        streams: Default::default(),
+        wake: false,
         call_response: None,
         grpc_message: None,
         grpc_status: None,
