@@ -96,17 +96,21 @@ impl EncodeMetric for CallbackHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let counts = self.counts();
         let mut buckets = Vec::with_capacity(LAST_OCTAVE - FIRST_OCTAVE + 2);
-        let (mut cumulative, mut next) = (0, 0);
+        // The encoder takes each bucket's own count and sums them into the
+        // cumulative `le` series itself.
+        let mut next = 0;
         for octave in FIRST_OCTAVE..=LAST_OCTAVE {
-            // Bucket i holds durations up to 2^(i/4) ns: all up to 4 * octave.
-            while next <= 4 * octave {
-                cumulative += counts[next];
-                next += 1;
-            }
-            buckets.push(((1u64 << octave) as f64 / 1e9, cumulative));
+            // Bucket i holds durations up to 2^(i/4) ns: those up to
+            // 2^octave are the buckets up to 4 * octave.
+            let upto = 4 * octave + 1;
+            buckets.push((
+                (1u64 << octave) as f64 / 1e9,
+                counts[next..upto].iter().sum(),
+            ));
+            next = upto;
         }
+        buckets.push((f64::MAX, counts[next..].iter().sum()));
         let total: u64 = counts.iter().sum();
-        buckets.push((f64::MAX, total));
         let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
         encoder.encode_histogram::<NoLabelSet>(sum, total, &buckets, None)
     }
@@ -337,9 +341,9 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         // 500 and 1024 ns are at most 2^10 ns; 1025 is not; 3000 is under
         // 2^12; 40 ms is only under +Inf.
-        assert!(text.contains("cb_bucket{le=\"1.024e-6\"} 2"), "{text}");
-        assert!(text.contains("cb_bucket{le=\"2.048e-6\"} 3"), "{text}");
-        assert!(text.contains("cb_bucket{le=\"4.096e-6\"} 4"), "{text}");
+        assert!(text.contains("cb_bucket{le=\"0.000001024\"} 2"), "{text}");
+        assert!(text.contains("cb_bucket{le=\"0.000002048\"} 3"), "{text}");
+        assert!(text.contains("cb_bucket{le=\"0.000004096\"} 4"), "{text}");
         assert!(text.contains("cb_bucket{le=\"0.016777216\"} 4"), "{text}");
         assert!(text.contains("cb_bucket{le=\"+Inf\"} 5"), "{text}");
         assert!(text.contains("cb_count 5"), "{text}");
