@@ -189,7 +189,13 @@ impl Loader {
                         &reloads
                     };
                     let job = || match pool {
-                        Some(pool) => pool.install(job),
+                        // install runs the job on a pool thread: it enters
+                        // the runtime there too (plugins start timers and
+                        // calls on it when they start).
+                        Some(pool) => pool.install(|| {
+                            let _entered = runtime.as_ref().map(|h| h.enter());
+                            job()
+                        }),
                         None => job(),
                     };
                     // A bug in loading one plugin must not end plugin loading for good.
