@@ -680,9 +680,10 @@ impl ProxyWasmStream {
         );
         let root = s.root;
         self.ctx = Some((id, generation));
-        // A TypedFunc is a plain handle: cloning it (not the Arc of all
-        // exports) costs no atomic operation on the request path.
-        if let Some(f) = vm.exports.on_context_create.clone()
+        // The Arc of all exports, not the TypedFunc: cloning a TypedFunc
+        // clones its registered type, which costs more (criterion).
+        let ex = vm.exports.clone();
+        if let Some(f) = ex.on_context_create.as_ref()
             && let Called::Trapped(_) = self.core.call(vm, id, Phase::Other, |vm| {
                 f.call(&mut vm.store, (id as i32, root as i32)).map(|()| 0)
             })
@@ -769,9 +770,10 @@ impl crate::filter::BodyFilter for ProxyWasmBody {
                 .failed_earlier()
                 .map(|()| crate::filter::BodyAction::Continue);
         }
+        let ex = vm.exports.clone();
         let f = match self.dir {
-            Direction::Request => vm.exports.on_request_body.clone(),
-            Direction::Response => vm.exports.on_response_body.clone(),
+            Direction::Request => ex.on_request_body.as_ref(),
+            Direction::Response => ex.on_response_body.as_ref(),
         };
         let Some(f) = f else {
             return Ok(crate::filter::BodyAction::Continue);
@@ -843,9 +845,10 @@ impl ProxyWasmBody {
         if self.gone(&vm) {
             return self.failed_earlier().map(|()| None);
         }
+        let ex = vm.exports.clone();
         let f = match self.dir {
-            Direction::Request => vm.exports.on_request_trailers.clone(),
-            Direction::Response => vm.exports.on_response_trailers.clone(),
+            Direction::Request => ex.on_request_trailers.as_ref(),
+            Direction::Response => ex.on_response_trailers.as_ref(),
         };
         let Some(f) = f else {
             return Ok(None);
@@ -911,14 +914,14 @@ impl ProxyWasmStream {
 }
 
 impl ProxyWasmStream {
-    /// Enters the instance for the callback `pick` finds among the module's
-    /// exports: the locked instance, the stream's context and the callback, or the
+    /// Enters the instance for a callback that `has` says the module exports:
+    /// the locked instance, the stream's context and the exports, or the
     /// action to take instead (skip, or the failure policy).
-    fn enter<'c, F: Clone>(
+    fn enter<'c>(
         &mut self,
         core: &'c Arc<PluginCore>,
-        pick: fn(&vm::Exports) -> Option<&F>,
-    ) -> Result<(MutexGuard<'c, Vm>, u32, F), Action> {
+        has: fn(&vm::Exports) -> bool,
+    ) -> Result<(MutexGuard<'c, Vm>, u32, Arc<vm::Exports>), Action> {
         if self.failed {
             return Err(Action::Continue);
         }
@@ -932,11 +935,12 @@ impl ProxyWasmStream {
             drop(vm);
             return Err(self.failure(&e));
         }
-        let Some(f) = pick(&vm.exports).cloned() else {
+        let ex = vm.exports.clone();
+        if !has(&ex) {
             return Err(Action::Continue);
-        };
+        }
         match self.context(&mut vm) {
-            Some(ctx) => Ok((vm, ctx, f)),
+            Some(ctx) => Ok((vm, ctx, ex)),
             None => {
                 drop(vm);
                 Err(self.failure("the plugin instance was restarted"))
@@ -952,10 +956,11 @@ impl StreamFilter for ProxyWasmStream {
         eos: bool,
     ) -> FilterFuture<'a> {
         let core = self.core.clone();
-        let (mut vm, ctx, f) = match self.enter(&core, |e| e.on_request_headers.as_ref()) {
+        let (mut vm, ctx, ex) = match self.enter(&core, |e| e.on_request_headers.is_some()) {
             Ok(entered) => entered,
             Err(action) => return decided(action),
         };
+        let f = ex.on_request_headers.as_ref().expect("checked by enter");
         let n = head.headers.len() + 4;
         {
             let st = with_stream!(vm, ctx);
@@ -963,7 +968,7 @@ impl StreamFilter for ProxyWasmStream {
             st.request = Some(std::mem::replace(head, empty_request()));
         }
         let called = core.call(&mut vm, ctx, Phase::RequestHeaders, |vm| {
-            vm::call_headers(&f, &mut vm.store, ctx, n, eos)
+            vm::call_headers(f, &mut vm.store, ctx, n, eos)
         });
         let code = match called {
             Called::Action(c) => c,
@@ -1014,14 +1019,15 @@ impl StreamFilter for ProxyWasmStream {
         eos: bool,
     ) -> FilterFuture<'a> {
         let core = self.core.clone();
-        let (mut vm, ctx, f) = match self.enter(&core, |e| e.on_response_headers.as_ref()) {
+        let (mut vm, ctx, ex) = match self.enter(&core, |e| e.on_response_headers.is_some()) {
             Ok(entered) => entered,
             Err(action) => return decided(action),
         };
+        let f = ex.on_response_headers.as_ref().expect("checked by enter");
         let n = head.headers.len() + 1;
         with_stream!(vm, ctx).response = Some(std::mem::replace(head, empty_response()));
         let code = match core.call(&mut vm, ctx, Phase::ResponseHeaders, |vm| {
-            vm::call_headers(&f, &mut vm.store, ctx, n, eos)
+            vm::call_headers(f, &mut vm.store, ctx, n, eos)
         }) {
             Called::Action(c) => c,
             Called::Trapped(msg) => {
@@ -1077,27 +1083,23 @@ impl StreamFilter for ProxyWasmStream {
             st.log = Some(info.clone());
             st.waiter = None;
         }
-        let (on_log, on_done, on_delete) = (
-            vm.exports.on_log.clone(),
-            vm.exports.on_done.clone(),
-            vm.exports.on_delete.clone(),
-        );
+        let ex = vm.exports.clone();
         // Envoy's order for HTTP streams: log, done, delete.
-        if let Some(f) = on_log
+        if let Some(f) = ex.on_log.as_ref()
             && let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Log, |vm| {
                 f.call(&mut vm.store, ctx as i32).map(|()| 0)
             })
         {
             return;
         }
-        if let Some(f) = on_done
+        if let Some(f) = ex.on_done.as_ref()
             && let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Other, |vm| {
                 f.call(&mut vm.store, ctx as i32)
             })
         {
             return;
         }
-        if let Some(f) = on_delete
+        if let Some(f) = ex.on_delete.as_ref()
             && let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Other, |vm| {
                 f.call(&mut vm.store, ctx as i32).map(|()| 0)
             })

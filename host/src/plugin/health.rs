@@ -124,7 +124,6 @@ impl EncodeMetric for CallbackHistogram {
 /// plugin the manager loads, so counts continue across reloads.
 pub struct PluginHealth {
     name: String,
-    callbacks: AtomicU64,
     traps: AtomicU64,
     latency: CallbackHistogram,
     started: Instant,
@@ -167,7 +166,6 @@ impl PluginHealth {
     pub fn new(name: &str, histogram: Option<CallbackHistogram>) -> PluginHealth {
         PluginHealth {
             name: name.to_string(),
-            callbacks: AtomicU64::new(0),
             traps: AtomicU64::new(0),
             latency: histogram.unwrap_or_default(),
             started: Instant::now(),
@@ -178,13 +176,13 @@ impl PluginHealth {
 
     /// Records one callback that took `took`.
     pub fn record_callback(&self, took: Duration) {
-        self.callbacks.fetch_add(1, Ordering::Relaxed);
         self.latency.record(took);
     }
 
     /// Callbacks run so far.
     pub fn callbacks(&self) -> u64 {
-        self.callbacks.load(Ordering::Relaxed)
+        // The histogram counts every callback it records.
+        self.latency.0.count.load(Ordering::Relaxed)
     }
 
     /// Traps so far.
