@@ -412,6 +412,12 @@ impl ChainStream {
         Ok(wants_body)
     }
 
+    /// Records that `r` answers the request (a filter's local response made
+    /// outside the chain's own phases, e.g. from a streaming request body).
+    pub fn answered(&self, r: LocalResponse) -> LocalResponse {
+        answered(&self.info, r)
+    }
+
     fn active(&mut self) -> impl DoubleEndedIterator<Item = &mut Stage> {
         self.streams.iter_mut().filter(|s| s.active)
     }

@@ -206,7 +206,8 @@ async fn handle(
     } else {
         body::boxed(Limited::new(incoming, limit as usize))
     };
-    let reply = body::ReplySlot::default();
+    // Only a request body that streams through filters can be answered from.
+    let mut reply = None;
     let started = {
         let chain = shared.chain.load();
         (!chain.is_empty()).then(|| {
@@ -251,20 +252,25 @@ async fn handle(
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             body = body::full(bytes);
         } else if !body.is_end_stream() {
-            body = body::Filtered::wrap(
-                body,
-                chain.request_body_filters(),
-                limit as usize,
-                Some(reply.clone()),
-            );
+            let filters = chain.request_body_filters();
+            if !filters.is_empty() {
+                let slot = body::ReplySlot::default();
+                reply = Some(slot.clone());
+                body = body::Filtered::wrap(body, filters, limit as usize, Some(slot));
+            }
         }
         ex.chain = Some(chain);
     }
     let result = route_request(rt, down, head, body, upgrade, ex).await;
     // A request body filter answered the client itself: the upstream
     // request ended with the body, and the client gets the filter's reply.
-    if let Some(local) = reply.take() {
+    if let Some(local) = reply.as_ref().and_then(body::ReplySlot::take) {
         ex.upstream = None;
+        // Recorded for the decision log like an answer from a headers callback.
+        let local = match &ex.chain {
+            Some(chain) => chain.answered(local),
+            None => local,
+        };
         return Ok(local_response(local));
     }
     result
