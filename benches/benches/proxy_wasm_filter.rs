@@ -1,8 +1,15 @@
 #![allow(missing_docs)] // criterion_group! generates an undocumented function
-//! One proxy-wasm filter's request-headers callback, host round trip included:
-//! the Rust SDK test filter reads `:path` and sets one header (target: under
-//! 2 µs per filter per request). The stream's context creation and teardown
-//! (on_log, on_done, on_delete) are included, as every request pays them.
+//! One proxy-wasm filter's request-headers callback, host round trip included
+//! (target: under 2 µs per filter per request). The stream's context creation
+//! and teardown (on_log, on_done, on_delete) are included, as every request
+//! pays them. Two filters, both built with the proxy-wasm Rust SDK:
+//!
+//! - `proxy_wasm_request_headers`: tests/wasm/pw-header, the filter the target
+//!   names: reads `:path`, adds one header, every other callback the SDK's
+//!   default (the load bench's filter, too);
+//! - `proxy_wasm_request_headers_pw_test`: the integration tests' pw-test
+//!   filter, which also sets a header, reads a second one, and reads a
+//!   property and writes a debug log line in `on_log`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -19,9 +26,24 @@ use weir::plugin::host::HostServices;
 mod build_filters;
 
 fn bench(c: &mut Criterion) {
-    let file = build_filters::test_filters_dir().join("pw_test.wasm");
+    one(
+        c,
+        "proxy_wasm_request_headers",
+        "pw_header.wasm",
+        "pw-header",
+    );
+    one(
+        c,
+        "proxy_wasm_request_headers_pw_test",
+        "pw_test.wasm",
+        "pw-test",
+    );
+}
+
+fn one(c: &mut Criterion, bench: &str, wasm: &str, name: &str) {
+    let file = build_filters::test_filters_dir().join(wasm);
     let defaults = weir::config::Config::embedded_default().plugin_defaults;
-    let health = Arc::new(weir::plugin::health::PluginHealth::new("pw-test", None));
+    let health = Arc::new(weir::plugin::health::PluginHealth::new(name, None));
     let spec = weir::plugin::spec(&file, None, &defaults, &[], health)
         .unwrap()
         .unwrap();
@@ -48,10 +70,10 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let log = weir::filter::LogInfo {
         status: 200,
-        route: None,
-        cluster: None,
+        route: Some("all".into()),
+        cluster: Some("upstream".into()),
     };
-    c.bench_function("proxy_wasm_request_headers", |b| {
+    c.bench_function(bench, |b| {
         b.iter(|| {
             let mut req = http::Request::get("/bench")
                 .header("host", "example.com")

@@ -30,12 +30,41 @@ pub enum Action {
 }
 
 /// A filter's decision, perhaps still to come: a filter that waits (for an
-/// outbound call, a timer) returns a future that resolves when it has decided.
-pub type FilterFuture<'a> = Pin<Box<dyn Future<Output = Action> + Send + 'a>>;
+/// outbound call, a timer) returns [`FilterFuture::wait`], which resolves when
+/// it has decided; one that decided at once returns [`decided`], which costs
+/// no allocation (most callbacks of most requests).
+pub struct FilterFuture<'a>(Decision<'a>);
+
+enum Decision<'a> {
+    Ready(Option<Action>),
+    Waiting(Pin<Box<dyn Future<Output = Action> + Send + 'a>>),
+}
+
+impl<'a> FilterFuture<'a> {
+    /// A decision that comes when `future` resolves.
+    pub fn wait(future: impl Future<Output = Action> + Send + 'a) -> Self {
+        FilterFuture(Decision::Waiting(Box::pin(future)))
+    }
+}
+
+impl Future for FilterFuture<'_> {
+    type Output = Action;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Action> {
+        match &mut self.get_mut().0 {
+            Decision::Ready(action) => std::task::Poll::Ready(
+                action
+                    .take()
+                    .expect("a filter's decision is taken only once"),
+            ),
+            Decision::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
+}
 
 /// A decision that is already made.
 pub fn decided<'a>(action: Action) -> FilterFuture<'a> {
-    Box::pin(std::future::ready(action))
+    FilterFuture(Decision::Ready(Some(action)))
 }
 
 /// A response made by weir or a filter instead of the upstream.
@@ -192,10 +221,10 @@ pub fn host_owned(name: &str) -> bool {
 pub struct LogInfo {
     /// The status sent downstream.
     pub status: u16,
-    /// The route taken, if any.
-    pub route: Option<String>,
+    /// The route taken, if any (shared: every filter of the chain keeps a copy).
+    pub route: Option<Arc<str>>,
     /// The cluster used, if any.
-    pub cluster: Option<String>,
+    pub cluster: Option<Arc<str>>,
 }
 
 /// What a streaming body filter decides about the bytes it holds.
@@ -547,7 +576,7 @@ mod tests {
             head.headers
                 .append("x-order", HeaderValue::from_static(self.0));
             // Wait, then decide, as a filter waiting on a call would.
-            Box::pin(async move {
+            FilterFuture::wait(async move {
                 tokio::task::yield_now().await;
                 match self.1 {
                     Some(status) => Action::Respond(LocalResponse {

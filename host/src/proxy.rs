@@ -170,8 +170,8 @@ pub async fn serve(
         resp = filter_response(&mut chain, resp).await;
         let info = crate::filter::LogInfo {
             status: resp.status().as_u16(),
-            route: ex.route.map(|i| rt.config.routes[i].name.clone()),
-            cluster: ex.cluster.as_ref().map(|c| c.config.name.clone()),
+            route: ex.route.map(|i| rt.config.routes[i].name.as_str().into()),
+            cluster: ex.cluster.as_ref().map(|c| c.config.name.as_str().into()),
         };
         log = Some(LogAtEnd { chain, info });
     }

@@ -517,7 +517,7 @@ impl weir::filter::attributes::Host for State {
                 .current
                 .log
                 .as_ref()
-                .and_then(|l| l.route.clone())
+                .and_then(|l| l.route.as_deref().map(str::to_string))
                 .or_else(|| info.as_ref().and_then(|i| i.route.clone())),
             "source.address" => info.map(|i| i.peer.to_string()),
             "source.port" => info.map(|i| i.peer.port().to_string()),
@@ -542,7 +542,11 @@ impl weir::filter::attributes::Host for State {
                 .map(|r| r.status.as_u16())
                 .or(self.current.log.as_ref().map(|l| l.status))
                 .map(|c| c.to_string()),
-            "cluster_name" => self.current.log.as_ref().and_then(|l| l.cluster.clone()),
+            "cluster_name" => self
+                .current
+                .log
+                .as_ref()
+                .and_then(|l| l.cluster.as_deref().map(str::to_string)),
             other => info.and_then(|i| {
                 i.attributes
                     .get(other)
@@ -1593,11 +1597,11 @@ impl StreamFilter for ComponentStream {
         head: &'a mut http::request::Parts,
         eos: bool,
     ) -> FilterFuture<'a> {
-        Box::pin(self.head_callback(Head::Request(head), eos))
+        FilterFuture::wait(self.head_callback(Head::Request(head), eos))
     }
 
     fn on_request_body<'a>(&'a mut self, body: &'a mut Bytes, eos: bool) -> FilterFuture<'a> {
-        Box::pin(self.whole_body(wit::Direction::Request, body, eos))
+        FilterFuture::wait(self.whole_body(wit::Direction::Request, body, eos))
     }
 
     fn on_response_headers<'a>(
@@ -1605,11 +1609,11 @@ impl StreamFilter for ComponentStream {
         head: &'a mut http::response::Parts,
         eos: bool,
     ) -> FilterFuture<'a> {
-        Box::pin(self.head_callback(Head::Response(head), eos))
+        FilterFuture::wait(self.head_callback(Head::Response(head), eos))
     }
 
     fn on_response_body<'a>(&'a mut self, body: &'a mut Bytes, eos: bool) -> FilterFuture<'a> {
-        Box::pin(self.whole_body(wit::Direction::Response, body, eos))
+        FilterFuture::wait(self.whole_body(wit::Direction::Response, body, eos))
     }
 
     fn request_body_filter(&mut self) -> Option<Box<dyn BodyFilter>> {

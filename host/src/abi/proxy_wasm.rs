@@ -634,10 +634,13 @@ impl HttpFilter for ProxyWasmPlugin {
     fn new_stream(&self, info: &Arc<StreamInfo>) -> Box<dyn StreamFilter> {
         Box::new(ProxyWasmStream {
             core: self.0.clone(),
-            index: crate::abi::worker_index(self.0.instances.len()),
-            ctx: None,
-            info: info.clone(),
-            failed: false,
+            side: Side {
+                index: crate::abi::worker_index(self.0.instances.len()),
+                ctx: None,
+                info: info.clone(),
+                failed: false,
+                exports: None,
+            },
         })
     }
 }
@@ -645,12 +648,24 @@ impl HttpFilter for ProxyWasmPlugin {
 /// One request's view of a plugin.
 struct ProxyWasmStream {
     core: Arc<PluginCore>,
+    side: Side,
+}
+
+/// A stream's own state, apart from the plugin it belongs to, so that a
+/// callback can hold the plugin's instance locked and change this at once
+/// (no `Arc` clone per callback).
+struct Side {
     index: usize,
     /// (context id, instance generation), once created.
     ctx: Option<(u32, u64)>,
     info: Arc<StreamInfo>,
     /// The plugin failed on this request (open policy: it is skipped from now on).
     failed: bool,
+    /// The exports of the instance the context lives in, taken when the
+    /// context is made: every later callback of the stream calls through
+    /// these (one `Arc` clone per stream, not one per callback). A replaced
+    /// instance has a new generation, and the stream then no longer calls it.
+    exports: Option<Arc<vm::Exports>>,
 }
 
 /// Which way a callback looks.
@@ -660,10 +675,10 @@ enum Direction {
     Response,
 }
 
-impl ProxyWasmStream {
+impl Side {
     /// The stream's context in `vm`, created (Envoy creates it lazily) if needed;
     /// `None` when the instance was replaced since the stream started.
-    fn context(&mut self, vm: &mut Vm) -> Option<u32> {
+    fn context(&mut self, core: &Arc<PluginCore>, vm: &mut Vm) -> Option<u32> {
         let generation = vm.store.data().generation;
         if let Some((id, g)) = self.ctx {
             return (g == generation && vm.store.data().streams.contains_key(&id)).then_some(id);
@@ -682,9 +697,9 @@ impl ProxyWasmStream {
         self.ctx = Some((id, generation));
         // The Arc of all exports, not the TypedFunc: cloning a TypedFunc
         // clones its registered type, which costs more (criterion).
-        let ex = vm.exports.clone();
+        let ex = self.exports.insert(vm.exports.clone());
         if let Some(f) = ex.on_context_create.as_ref()
-            && let Called::Trapped(_) = self.core.call(vm, id, Phase::Other, |vm| {
+            && let Called::Trapped(_) = core.call(vm, id, Phase::Other, |vm| {
                 f.call(&mut vm.store, (id as i32, root as i32)).map(|()| 0)
             })
         {
@@ -693,9 +708,43 @@ impl ProxyWasmStream {
         Some(id)
     }
 
-    fn failure(&mut self, message: &str) -> Action {
+    fn failure(&mut self, core: &PluginCore, message: &str) -> Action {
         self.failed = true;
-        crate::abi::failure_action(self.core.spec.failure, &self.core.spec.name, message)
+        crate::abi::failure_action(core.spec.failure, &core.spec.name, message)
+    }
+
+    /// Enters the instance for a callback that `has` says the module exports:
+    /// the locked instance and the stream's context (the exports are then in
+    /// `self.exports`), or the action to take instead (skip, or the failure
+    /// policy).
+    fn enter<'c>(
+        &mut self,
+        core: &'c Arc<PluginCore>,
+        has: fn(&vm::Exports) -> bool,
+    ) -> Result<(MutexGuard<'c, Vm>, u32), Action> {
+        if self.failed {
+            return Err(Action::Continue);
+        }
+        if self.ctx.is_none()
+            && let Some(reason) = core.spec.health.quarantine_reason()
+        {
+            return Err(self.failure(core, &reason));
+        }
+        let mut vm = core.lock(self.index);
+        if let Some(e) = vm.failed.clone() {
+            drop(vm);
+            return Err(self.failure(core, &e));
+        }
+        if !has(&vm.exports) {
+            return Err(Action::Continue);
+        }
+        match self.context(core, &mut vm) {
+            Some(ctx) => Ok((vm, ctx)),
+            None => {
+                drop(vm);
+                Err(self.failure(core, "the plugin instance was restarted"))
+            }
+        }
     }
 
     /// After a callback: decide from the stream's state and the returned code.
@@ -744,6 +793,8 @@ macro_rules! with_stream {
 /// sees everything buffered so far).
 struct ProxyWasmBody {
     core: Arc<PluginCore>,
+    /// The exports of the instance the stream's context lives in.
+    exports: Arc<vm::Exports>,
     index: usize,
     ctx: u32,
     generation: u64,
@@ -763,14 +814,13 @@ impl crate::filter::BodyFilter for ProxyWasmBody {
         data: &mut Bytes,
         eos: bool,
     ) -> Result<crate::filter::BodyAction, String> {
-        let core = self.core.clone();
+        let (core, ex) = (&self.core, &self.exports);
         let mut vm = core.lock(self.index);
         if self.gone(&vm) {
             return self
                 .failed_earlier()
                 .map(|()| crate::filter::BodyAction::Continue);
         }
-        let ex = vm.exports.clone();
         let f = match self.dir {
             Direction::Request => ex.on_request_body.as_ref(),
             Direction::Response => ex.on_response_body.as_ref(),
@@ -840,12 +890,11 @@ impl ProxyWasmBody {
         &mut self,
         trailers: &mut http::HeaderMap,
     ) -> Result<Option<LocalResponse>, String> {
-        let core = self.core.clone();
+        let (core, ex) = (&self.core, &self.exports);
         let mut vm = core.lock(self.index);
         if self.gone(&vm) {
             return self.failed_earlier().map(|()| None);
         }
-        let ex = vm.exports.clone();
         let f = match self.dir {
             Direction::Request => ex.on_request_trailers.as_ref(),
             Direction::Response => ex.on_response_trailers.as_ref(),
@@ -887,65 +936,29 @@ impl ProxyWasmBody {
 
 impl ProxyWasmStream {
     fn body_filter(&mut self, dir: Direction) -> Option<Box<dyn crate::filter::BodyFilter>> {
-        if self.failed {
+        if self.side.failed {
             return None;
         }
-        let (ctx, generation) = self.ctx?;
-        let vm = self.core.lock(self.index);
+        let (ctx, generation) = self.side.ctx?;
+        let exports = self.side.exports.as_ref()?;
         let exported = match dir {
             Direction::Request => {
-                vm.exports.on_request_body.is_some() || vm.exports.on_request_trailers.is_some()
+                exports.on_request_body.is_some() || exports.on_request_trailers.is_some()
             }
             Direction::Response => {
-                vm.exports.on_response_body.is_some() || vm.exports.on_response_trailers.is_some()
+                exports.on_response_body.is_some() || exports.on_response_trailers.is_some()
             }
         };
-        drop(vm);
         exported.then(|| {
             Box::new(ProxyWasmBody {
                 core: self.core.clone(),
-                index: self.index,
+                exports: exports.clone(),
+                index: self.side.index,
                 ctx,
                 generation,
                 dir,
             }) as Box<dyn crate::filter::BodyFilter>
         })
-    }
-}
-
-impl ProxyWasmStream {
-    /// Enters the instance for a callback that `has` says the module exports:
-    /// the locked instance, the stream's context and the exports, or the
-    /// action to take instead (skip, or the failure policy).
-    fn enter<'c>(
-        &mut self,
-        core: &'c Arc<PluginCore>,
-        has: fn(&vm::Exports) -> bool,
-    ) -> Result<(MutexGuard<'c, Vm>, u32, Arc<vm::Exports>), Action> {
-        if self.failed {
-            return Err(Action::Continue);
-        }
-        if self.ctx.is_none()
-            && let Some(reason) = core.spec.health.quarantine_reason()
-        {
-            return Err(self.failure(&reason));
-        }
-        let mut vm = core.lock(self.index);
-        if let Some(e) = vm.failed.clone() {
-            drop(vm);
-            return Err(self.failure(&e));
-        }
-        let ex = vm.exports.clone();
-        if !has(&ex) {
-            return Err(Action::Continue);
-        }
-        match self.context(&mut vm) {
-            Some(ctx) => Ok((vm, ctx, ex)),
-            None => {
-                drop(vm);
-                Err(self.failure("the plugin instance was restarted"))
-            }
-        }
     }
 }
 
@@ -955,17 +968,23 @@ impl StreamFilter for ProxyWasmStream {
         head: &'a mut http::request::Parts,
         eos: bool,
     ) -> FilterFuture<'a> {
-        let core = self.core.clone();
-        let (mut vm, ctx, ex) = match self.enter(&core, |e| e.on_request_headers.is_some()) {
+        let core = &self.core;
+        let (mut vm, ctx) = match self.side.enter(core, |e| e.on_request_headers.is_some()) {
             Ok(entered) => entered,
             Err(action) => return decided(action),
         };
+        let ex = self.side.exports.as_deref().expect("set with the context");
         let f = ex.on_request_headers.as_ref().expect("checked by enter");
         let n = head.headers.len() + 4;
         {
-            let st = with_stream!(vm, ctx);
-            st.facts = Some(properties::RequestFacts::of(head, self.info.tls));
-            st.request = Some(std::mem::replace(head, empty_request()));
+            let s = vm.store.data_mut();
+            let spare = s.spare_request.take().unwrap_or_else(empty_request);
+            let st = s
+                .streams
+                .get_mut(&ctx)
+                .expect("the stream's context exists while the instance lives");
+            st.facts = Some(properties::RequestFacts::of(head, self.side.info.tls));
+            st.request = Some(std::mem::replace(head, spare));
         }
         let called = core.call(&mut vm, ctx, Phase::RequestHeaders, |vm| {
             vm::call_headers(f, &mut vm.store, ctx, n, eos)
@@ -975,30 +994,34 @@ impl StreamFilter for ProxyWasmStream {
             Called::Trapped(msg) => {
                 drop(vm);
                 // The request head was lent to the trapped instance and is gone with it.
-                return decided(self.failure(&msg));
+                return decided(self.side.failure(core, &msg));
             }
         };
         let st = with_stream!(vm, ctx);
-        match Self::settle(st, Direction::Request, code) {
+        match Side::settle(st, Direction::Request, code) {
             Ok(action) => {
                 if let Some(p) = st.request.take() {
-                    *head = p;
+                    let spare = std::mem::replace(head, p);
+                    vm.store.data_mut().spare_request = Some(spare);
                 }
                 decided(action)
             }
             Err(rx) => {
                 drop(vm);
-                Box::pin(async move {
+                let side = &mut self.side;
+                FilterFuture::wait(async move {
                     let _ = rx.await;
-                    let mut vm = core.lock(self.index);
-                    let Some(st) = self
+                    let mut vm = core.lock(side.index);
+                    let Some(st) = side
                         .ctx
                         .filter(|(_, g)| *g == vm.store.data().generation)
                         .and_then(|(id, _)| vm.store.data_mut().streams.get_mut(&id))
                     else {
                         drop(vm);
-                        return self
-                            .failure("the plugin instance was restarted while the request waited");
+                        return side.failure(
+                            core,
+                            "the plugin instance was restarted while the request waited",
+                        );
                     };
                     if let Some(p) = st.request.take() {
                         *head = p;
@@ -1018,11 +1041,12 @@ impl StreamFilter for ProxyWasmStream {
         head: &'a mut http::response::Parts,
         eos: bool,
     ) -> FilterFuture<'a> {
-        let core = self.core.clone();
-        let (mut vm, ctx, ex) = match self.enter(&core, |e| e.on_response_headers.is_some()) {
+        let core = &self.core;
+        let (mut vm, ctx) = match self.side.enter(core, |e| e.on_response_headers.is_some()) {
             Ok(entered) => entered,
             Err(action) => return decided(action),
         };
+        let ex = self.side.exports.as_deref().expect("set with the context");
         let f = ex.on_response_headers.as_ref().expect("checked by enter");
         let n = head.headers.len() + 1;
         with_stream!(vm, ctx).response = Some(std::mem::replace(head, empty_response()));
@@ -1032,12 +1056,12 @@ impl StreamFilter for ProxyWasmStream {
             Called::Action(c) => c,
             Called::Trapped(msg) => {
                 drop(vm);
-                return decided(self.failure(&msg));
+                return decided(self.side.failure(core, &msg));
             }
         };
         let st = with_stream!(vm, ctx);
         let back = st.response.take();
-        let settled = Self::settle(st, Direction::Response, code);
+        let settled = Side::settle(st, Direction::Response, code);
         if let Some(p) = back {
             *head = p;
         }
@@ -1046,10 +1070,11 @@ impl StreamFilter for ProxyWasmStream {
             // Pausing a response head waits for the plugin to resume it; the head stays with weir meanwhile.
             Err(rx) => {
                 drop(vm);
-                Box::pin(async move {
+                let side = &self.side;
+                FilterFuture::wait(async move {
                     let _ = rx.await;
-                    let mut vm = core.lock(self.index);
-                    match self
+                    let mut vm = core.lock(side.index);
+                    match side
                         .ctx
                         .and_then(|(id, _)| vm.store.data_mut().streams.get_mut(&id))
                         .and_then(|st| st.local.take())
@@ -1071,11 +1096,12 @@ impl StreamFilter for ProxyWasmStream {
     }
 
     fn on_log(&mut self, info: &LogInfo) {
-        let Some((ctx, generation)) = self.ctx else {
+        let (Some((ctx, generation)), Some(ex)) = (self.side.ctx, self.side.exports.as_deref())
+        else {
             return;
         };
-        let core = self.core.clone();
-        let mut vm = core.lock(self.index);
+        let core = &self.core;
+        let mut vm = core.lock(self.side.index);
         if vm.failed.is_some() || vm.store.data().generation != generation {
             return;
         }
@@ -1083,7 +1109,6 @@ impl StreamFilter for ProxyWasmStream {
             st.log = Some(info.clone());
             st.waiter = None;
         }
-        let ex = vm.exports.clone();
         // Envoy's order for HTTP streams: log, done, delete.
         if let Some(f) = ex.on_log.as_ref()
             && let Called::Trapped(_) = core.call(&mut vm, ctx, Phase::Log, |vm| {
@@ -1125,8 +1150,8 @@ impl Drop for PluginCore {
 impl Drop for ProxyWasmStream {
     fn drop(&mut self) {
         // A request that ended without its log phase (client gone) still frees its context.
-        if let Some((ctx, generation)) = self.ctx.take() {
-            let mut vm = self.core.lock(self.index);
+        if let Some((ctx, generation)) = self.side.ctx.take() {
+            let mut vm = self.core.lock(self.side.index);
             if vm.store.data().generation == generation {
                 vm.store.data_mut().streams.remove(&ctx);
             }

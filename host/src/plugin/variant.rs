@@ -288,7 +288,7 @@ impl StreamFilter for ShadowStream {
         head: &'a mut http::request::Parts,
         end_of_stream: bool,
     ) -> FilterFuture<'a> {
-        Box::pin(async move {
+        FilterFuture::wait(async move {
             let mut copy = copy_request(head);
             let shadow = self
                 .shadow()
@@ -310,7 +310,7 @@ impl StreamFilter for ShadowStream {
         body: &'a mut Bytes,
         end_of_stream: bool,
     ) -> FilterFuture<'a> {
-        Box::pin(self.body_phase(false, body, end_of_stream))
+        FilterFuture::wait(self.body_phase(false, body, end_of_stream))
     }
 
     fn on_response_headers<'a>(
@@ -318,7 +318,7 @@ impl StreamFilter for ShadowStream {
         head: &'a mut http::response::Parts,
         end_of_stream: bool,
     ) -> FilterFuture<'a> {
-        Box::pin(async move {
+        FilterFuture::wait(async move {
             let mut copy = copy_response(head);
             let shadow = self
                 .shadow()
@@ -340,7 +340,7 @@ impl StreamFilter for ShadowStream {
         body: &'a mut Bytes,
         end_of_stream: bool,
     ) -> FilterFuture<'a> {
-        Box::pin(self.body_phase(true, body, end_of_stream))
+        FilterFuture::wait(self.body_phase(true, body, end_of_stream))
     }
 
     fn request_body_filter(&mut self) -> Option<Box<dyn BodyFilter>> {

@@ -170,12 +170,12 @@ pub fn get(state: &mut VmState, raw_path: &[u8]) -> Option<Vec<u8>> {
         }
         ["connection", "tls"] => info.map(|i| vec![u8::from(i.tls)]),
         ["route_name"] | ["xds", "route_name"] => log
-            .and_then(|l| l.route.clone())
-            .or_else(|| info.and_then(|i| i.route.clone()))
-            .map(String::into_bytes),
-        ["cluster_name"] | ["xds", "cluster_name"] => {
-            log.and_then(|l| l.cluster.clone()).map(String::into_bytes)
-        }
+            .and_then(|l| l.route.as_deref())
+            .or_else(|| info.and_then(|i| i.route.as_deref()))
+            .map(|r| r.as_bytes().to_vec()),
+        ["cluster_name"] | ["xds", "cluster_name"] => log
+            .and_then(|l| l.cluster.as_deref())
+            .map(|c| c.as_bytes().to_vec()),
         _ => info.and_then(|i| i.attributes.get(&path.join("."))),
     }
 }

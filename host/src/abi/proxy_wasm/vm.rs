@@ -126,6 +126,9 @@ pub struct VmState {
     pub metrics: Vec<PluginMetric>,
     /// Values set with `proxy_set_property` on the root context.
     pub root_props: HashMap<Vec<u8>, Vec<u8>>,
+    /// An empty request head, left in the caller's place while the real one
+    /// is lent to a callback, and kept for the next: making one parses a URI.
+    pub spare_request: Option<http::request::Parts>,
 }
 
 impl VmState {
@@ -245,6 +248,7 @@ pub fn new_state(
         tick_task: None,
         metrics: Vec::new(),
         root_props: HashMap::new(),
+        spare_request: None,
     }
 }
 
