@@ -245,6 +245,7 @@ impl PluginCore {
             self.spec.memory_limit,
         );
         let mut store = Store::new(self.pre.module().engine(), state);
+        store.data_mut().callbacks = Some(self.spec.health.callback_shard());
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         store.set_epoch_deadline(engine::ticks(
             self.spec.cpu_limit.max(Duration::from_secs(1)),
@@ -326,7 +327,11 @@ impl PluginCore {
         // for a fraction of what clock_gettime costs on a VM.
         let started = quanta::Instant::now();
         let result = f(vm);
-        self.spec.health.record_callback(started.elapsed());
+        let took = started.elapsed();
+        match &vm.store.data().callbacks {
+            Some(shard) => shard.record(took),
+            None => self.spec.health.record_callback(took),
+        }
         let s = vm.store.data_mut();
         s.effective = None;
         s.phase = Phase::Other;

@@ -59,10 +59,15 @@ pub fn give(
     if bytes.is_empty() {
         return Ok(write_u32(caller, ret_ptr, 0).and_then(|()| write_u32(caller, ret_len, 0)));
     }
-    let Some(malloc) = caller.data().malloc.clone() else {
+    // Taken out for the call and put back, not cloned: cloning a TypedFunc
+    // clones its registered type. (A guest allocator that called back into
+    // a hostcall handing out memory would find none and get an error.)
+    let Some(malloc) = caller.data_mut().malloc.take() else {
         return Ok(Err(Status::InternalFailure));
     };
-    let ptr = malloc.call(&mut *caller, bytes.len() as i32)?;
+    let ptr = malloc.call(&mut *caller, bytes.len() as i32);
+    caller.data_mut().malloc = Some(malloc);
+    let ptr = ptr?;
     if ptr == 0 {
         return Ok(Err(Status::InvalidMemoryAccess));
     }

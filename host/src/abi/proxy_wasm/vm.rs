@@ -129,6 +129,9 @@ pub struct VmState {
     /// An empty request head, left in the caller's place while the real one
     /// is lent to a callback, and kept for the next: making one parses a URI.
     pub spare_request: Option<http::request::Parts>,
+    /// This instance's part of the plugin's callback histogram (recorded
+    /// under the instance's lock, without atomic read-modify-writes).
+    pub callbacks: Option<crate::plugin::health::CallbackShard>,
 }
 
 impl VmState {
@@ -249,6 +252,7 @@ pub fn new_state(
         metrics: Vec::new(),
         root_props: HashMap::new(),
         spare_request: None,
+        callbacks: None,
     }
 }
 
