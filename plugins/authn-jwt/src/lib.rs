@@ -384,7 +384,9 @@ impl Provider {
         let now = weir_sdk::shared::now_nanos() / 1_000_000;
         let age = r.fetched_at.map(|t| now.saturating_sub(t));
         let stale = age.is_none_or(|a| a >= r.cache_ms);
-        let rotated = kid_missing && age.is_none_or(|a| a >= REFETCH_MS);
+        // A missing kid means rotation only when this instance has keys: one
+        // that has none yet first looks for the keys another instance fetched.
+        let rotated = have && kid_missing && age.is_none_or(|a| a >= REFETCH_MS);
         if !stale && !rotated {
             return Ok(());
         }
