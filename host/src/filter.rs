@@ -84,9 +84,9 @@ pub struct LocalResponse {
 #[derive(Clone, Debug)]
 pub struct StreamInfo {
     /// The listener's name.
-    pub listener: String,
+    pub listener: Arc<str>,
     /// The route the request matched as it entered the chain (`route_name`).
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// The client's address.
     pub peer: SocketAddr,
     /// The address the client connected to.

@@ -217,6 +217,7 @@ async fn serve_conn<I>(
     let idle = listener.idle_timeout;
     let down = Arc::new(Downstream {
         local,
+        listener_name: listener.name.as_str().into(),
         listener,
         peer,
         tls: tls.is_some(),

@@ -45,6 +45,8 @@ pub struct Shared {
 pub struct Downstream {
     /// The listener it came in on.
     pub listener: Arc<ListenerConfig>,
+    /// That listener's name, shared with every request's filters.
+    pub listener_name: Arc<str>,
     /// The client's address.
     pub peer: SocketAddr,
     /// The address the client connected to.
@@ -170,8 +172,8 @@ pub async fn serve(
         resp = filter_response(&mut chain, resp).await;
         let info = crate::filter::LogInfo {
             status: resp.status().as_u16(),
-            route: ex.route.map(|i| rt.config.routes[i].name.as_str().into()),
-            cluster: ex.cluster.as_ref().map(|c| c.config.name.as_str().into()),
+            route: ex.route.map(|i| rt.route_names[i].clone()),
+            cluster: ex.cluster.as_ref().map(|c| c.name.clone()),
         };
         log = Some(LogAtEnd { chain, info });
     }
@@ -213,8 +215,8 @@ async fn handle(
         (!chain.is_empty()).then(|| {
             let info = Arc::new(crate::filter::StreamInfo {
                 route: find_route(rt, &down.listener.name, &head)
-                    .map(|i| rt.config.routes[i].name.clone()),
-                listener: down.listener.name.clone(),
+                    .map(|i| rt.route_names[i].clone()),
+                listener: down.listener_name.clone(),
                 peer: down.peer,
                 local: down.local,
                 tls: down.tls,

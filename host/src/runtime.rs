@@ -21,6 +21,9 @@ pub struct Runtime {
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// Metric handles per route, by route index; the last is for unrouted requests.
     pub route_stats: Vec<RouteStats>,
+    /// Route names by route index, shared with every request's filters
+    /// (no copy per request).
+    pub route_names: Vec<Arc<str>>,
     /// 1 for the first config, +1 per reload.
     pub generation: u64,
 }
@@ -81,6 +84,11 @@ impl Runtime {
         let generation = previous.map_or(1, |p| p.generation + 1);
         metrics.config_generation.set(generation as i64);
         Ok(Runtime {
+            route_names: config
+                .routes
+                .iter()
+                .map(|r| r.name.as_str().into())
+                .collect(),
             router: Router::new(config.routes.clone()),
             config: Arc::new(config),
             clusters,

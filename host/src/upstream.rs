@@ -30,6 +30,8 @@ use lb::{Balancer, Endpoint, EndpointSet};
 pub struct Cluster {
     /// Its config.
     pub config: ClusterConfig,
+    /// Its name, shared with the log phase of every request sent to it.
+    pub name: Arc<str>,
     endpoints: Arc<ArcSwap<EndpointSet>>,
     balancer: Balancer,
     client: Client<Connector, Body>,
@@ -123,6 +125,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             balancer: Balancer::new(config.lb),
             active: metrics.upstream_active(&config.name),
+            name: config.name.as_str().into(),
             config,
             endpoints,
             client,

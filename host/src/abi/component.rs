@@ -18,8 +18,8 @@
 //! counts the time a callback ran, not the time it waited for an answer.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -518,7 +518,10 @@ impl weir::filter::attributes::Host for State {
                 .log
                 .as_ref()
                 .and_then(|l| l.route.as_deref().map(str::to_string))
-                .or_else(|| info.as_ref().and_then(|i| i.route.clone())),
+                .or_else(|| {
+                    info.as_ref()
+                        .and_then(|i| i.route.as_deref().map(str::to_string))
+                }),
             "source.address" => info.map(|i| i.peer.to_string()),
             "source.port" => info.map(|i| i.peer.port().to_string()),
             "destination.address" => info.map(|i| i.local.to_string()),
@@ -986,7 +989,20 @@ fn imports_waiting(component: &Component, quota_waits: bool) -> bool {
 /// bindings, for plugins run on fibers; else the synchronous ones, with
 /// stdout and stderr writes that never block (the sync bindings would
 /// block on the runtime, which a proxy worker must not).
-fn linker(waits: bool) -> Result<Linker<State>, String> {
+///
+/// Each of the two is built once and shared: a reload links against it
+/// instead of defining every WASI and weir function again (most of a cached
+/// reload's CPU before).
+fn linker(waits: bool) -> Result<&'static Linker<State>, String> {
+    static SYNC: OnceLock<Result<Linker<State>, String>> = OnceLock::new();
+    static WAITING: OnceLock<Result<Linker<State>, String>> = OnceLock::new();
+    let cell = if waits { &WAITING } else { &SYNC };
+    cell.get_or_init(|| build_linker(waits))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn build_linker(waits: bool) -> Result<Linker<State>, String> {
     let mut linker: Linker<State> = Linker::new(engine::engine());
     if waits {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -1026,7 +1042,7 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
     let mut store = new_store(state);
     store.set_epoch_deadline(engine::ticks(Duration::from_secs(1)));
     let schema = wait(async {
-        let bindings = Plugin::instantiate_async(&mut store, &component, &linker)
+        let bindings = Plugin::instantiate_async(&mut store, &component, linker)
             .await
             .map_err(|e| format!("instantiation failed: {}", e.root_cause()))?;
         bindings

@@ -19,7 +19,7 @@ mod wasi;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -163,15 +163,7 @@ fn prepare(
             _ => None,
         })
         .ok_or("declares no proxy-wasm ABI version (no export proxy_abi_version_0_1_0, _0_2_0 or _0_2_1); weir runs proxy-wasm ABI 0.1.0, 0.2.0 and 0.2.1")?;
-    let provided: HashSet<(&str, &str)> = hostcalls::NAMES
-        .iter()
-        .map(|n| ("env", *n))
-        .chain(
-            wasi::MODULES
-                .iter()
-                .flat_map(|m| wasi::names().into_iter().map(move |n| (*m, n))),
-        )
-        .collect();
+    let provided = provided();
     let missing: Vec<String> = module
         .imports()
         .filter(|i| !provided.contains(&(i.module(), i.name())))
@@ -190,13 +182,48 @@ fn prepare(
     if !has("proxy_on_memory_allocate") && !has("malloc") {
         return Err("exports no allocator (proxy_on_memory_allocate or malloc)".into());
     }
-    let mut linker = Linker::new(engine);
-    hostcalls::link(&mut linker).map_err(|e| format!("linking: {e}"))?;
-    wasi::link(&mut linker).map_err(|e| format!("linking: {e}"))?;
-    let pre = linker
+    let pre = linker(engine)?
         .instantiate_pre(&module)
         .map_err(|e| format!("linking: {}", e.root_cause()))?;
     Ok((pre, abi, origin))
+}
+
+/// The (module, name) pairs weir provides to proxy-wasm modules.
+fn provided() -> &'static HashSet<(&'static str, &'static str)> {
+    static PROVIDED: OnceLock<HashSet<(&'static str, &'static str)>> = OnceLock::new();
+    PROVIDED.get_or_init(|| {
+        hostcalls::NAMES
+            .iter()
+            .map(|n| ("env", *n))
+            .chain(
+                wasi::MODULES
+                    .iter()
+                    .flat_map(|m| wasi::names().into_iter().map(move |n| (*m, n))),
+            )
+            .collect()
+    })
+}
+
+/// The host functions every proxy-wasm module links against, defined once
+/// for `engine` (weir's one engine): a reload links against them instead of
+/// defining some 150 functions again, which was most of a cached reload's CPU.
+fn linker(engine: &Engine) -> Result<&'static Linker<VmState>, String> {
+    static LINKER: OnceLock<Result<Linker<VmState>, String>> = OnceLock::new();
+    let linker = LINKER
+        .get_or_init(|| {
+            let mut linker = Linker::new(engine);
+            hostcalls::link(&mut linker).map_err(|e| format!("linking: {e}"))?;
+            wasi::link(&mut linker).map_err(|e| format!("linking: {e}"))?;
+            Ok(linker)
+        })
+        .as_ref()
+        .map_err(Clone::clone)?;
+    if !Engine::same(linker.engine(), engine) {
+        return Err(
+            "a proxy-wasm module was compiled for another engine than weir's (a weir bug)".into(),
+        );
+    }
+    Ok(linker)
 }
 
 fn empty_exports() -> vm::Exports {
