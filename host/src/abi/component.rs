@@ -851,6 +851,9 @@ struct Instance {
     /// A callback is under way (set while the guest runs; left set when the
     /// request that ran it went away mid-call, so the instance is replaced).
     in_call: bool,
+    /// This instance's part of the plugin's callback histogram (recorded
+    /// under the instance's lock, without atomic read-modify-writes).
+    callbacks: crate::plugin::health::CallbackShard,
 }
 
 type BodyFn = TypedFunc<(u64, Vec<u8>, bool), ((wit::BodyAction, Vec<u8>),)>;
@@ -1233,6 +1236,7 @@ impl ComponentCore {
             sync,
             failed: None,
             in_call: false,
+            callbacks: self.spec.health.callback_shard(),
         })
     }
 
@@ -1326,7 +1330,7 @@ impl ComponentCore {
                 )))
             });
         inst.in_call = false;
-        self.spec.health.record_callback(started.elapsed());
+        inst.callbacks.record(started.elapsed());
         match result {
             Ok(r) => Ok(r),
             Err(e) => {

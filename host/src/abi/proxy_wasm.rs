@@ -98,6 +98,7 @@ impl ProxyWasmPlugin {
                                 i,
                                 0,
                                 spec.memory_limit,
+                                spec.health.callback_shard(),
                             ),
                         ),
                         exports: Arc::new(empty_exports()),
@@ -270,9 +271,9 @@ impl PluginCore {
             index,
             generation,
             self.spec.memory_limit,
+            self.spec.health.callback_shard(),
         );
         let mut store = Store::new(self.pre.module().engine(), state);
-        store.data_mut().callbacks = Some(self.spec.health.callback_shard());
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         store.set_epoch_deadline(engine::ticks(
             self.spec.cpu_limit.max(Duration::from_secs(1)),
@@ -355,10 +356,7 @@ impl PluginCore {
         let started = quanta::Instant::now();
         let result = f(vm);
         let took = started.elapsed();
-        match &vm.store.data().callbacks {
-            Some(shard) => shard.record(took),
-            None => self.spec.health.record_callback(took),
-        }
+        vm.store.data().callbacks.record(took);
         let s = vm.store.data_mut();
         s.effective = None;
         s.phase = Phase::Other;

@@ -120,13 +120,6 @@ impl Drop for CallbackShard {
 }
 
 impl CallbackHistogram {
-    fn record(&self, took: Duration) {
-        let c = &self.0.folded;
-        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        c.sum_ns.fetch_add(ns, Ordering::Relaxed);
-        c.buckets[bucket_of(took)].fetch_add(1, Ordering::Relaxed);
-    }
-
     /// A new shard for one instance to record into.
     pub fn shard(&self) -> CallbackShard {
         let cells = Arc::new(LatencyCells::default());
@@ -254,11 +247,6 @@ impl PluginHealth {
             quarantined_until: AtomicU64::new(0),
             trap_state: Mutex::new(TrapState::default()),
         }
-    }
-
-    /// Records one callback that took `took` (from a caller without a shard).
-    pub fn record_callback(&self, took: Duration) {
-        self.latency.record(took);
     }
 
     /// A shard of the callback histogram, for one plugin instance to record
@@ -419,8 +407,9 @@ mod tests {
     fn the_exported_histogram_sums_the_buckets_under_each_power_of_two() {
         let h = CallbackHistogram::default();
         let health = PluginHealth::new("p", Some(h.clone()));
+        let shard = health.callback_shard();
         for ns in [500, 1024, 1025, 3000, 40_000_000] {
-            health.record_callback(Duration::from_nanos(ns));
+            shard.record(Duration::from_nanos(ns));
         }
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register("cb", "callbacks", h);
@@ -485,11 +474,12 @@ mod tests {
     fn latency_quantiles_come_from_the_buckets() {
         let h = PluginHealth::new("p", None);
         assert_eq!(h.latency_quantile(0.5), None);
+        let shard = h.callback_shard();
         for _ in 0..98 {
-            h.record_callback(Duration::from_micros(2));
+            shard.record(Duration::from_micros(2));
         }
-        h.record_callback(Duration::from_millis(3));
-        h.record_callback(Duration::from_millis(3));
+        shard.record(Duration::from_millis(3));
+        shard.record(Duration::from_millis(3));
         let p50 = h.latency_quantile(0.5).unwrap();
         assert!(
             p50 >= Duration::from_micros(2) && p50 < Duration::from_nanos(2400),
@@ -513,7 +503,7 @@ mod tests {
             s.spawn(|| (0..1000).for_each(|_| a.record(Duration::from_micros(2))));
             s.spawn(|| (0..500).for_each(|_| b.record(Duration::from_millis(3))));
         });
-        h.record_callback(Duration::from_micros(2));
+        a.record(Duration::from_micros(2));
         assert_eq!(h.callbacks(), 1501);
         let text = |hist: &CallbackHistogram| {
             let mut registry = prometheus_client::registry::Registry::default();

@@ -131,7 +131,7 @@ pub struct VmState {
     pub spare_request: Option<http::request::Parts>,
     /// This instance's part of the plugin's callback histogram (recorded
     /// under the instance's lock, without atomic read-modify-writes).
-    pub callbacks: Option<crate::plugin::health::CallbackShard>,
+    pub callbacks: crate::plugin::health::CallbackShard,
 }
 
 impl VmState {
@@ -219,6 +219,7 @@ pub fn new_state(
     index: usize,
     generation: u64,
     memory_limit: u64,
+    callbacks: crate::plugin::health::CallbackShard,
 ) -> VmState {
     VmState {
         plugin,
@@ -252,7 +253,7 @@ pub fn new_state(
         metrics: Vec::new(),
         root_props: HashMap::new(),
         spare_request: None,
-        callbacks: None,
+        callbacks,
     }
 }
 
