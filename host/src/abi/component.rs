@@ -517,11 +517,9 @@ impl weir::filter::attributes::Host for State {
                 .current
                 .log
                 .as_ref()
-                .and_then(|l| l.route.as_deref().map(str::to_string))
-                .or_else(|| {
-                    info.as_ref()
-                        .and_then(|i| i.route.as_deref().map(str::to_string))
-                }),
+                .and_then(|l| l.route.as_deref())
+                .or_else(|| info.as_ref().and_then(|i| i.route.as_deref()))
+                .map(str::to_string),
             "source.address" => info.map(|i| i.peer.to_string()),
             "source.port" => info.map(|i| i.peer.port().to_string()),
             "destination.address" => info.map(|i| i.local.to_string()),

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use wasmtime::{Engine, InstancePre, Linker, Store};
+use wasmtime::{InstancePre, Linker, Store};
 
 use crate::config::FailurePolicy;
 use crate::filter::{
@@ -84,7 +84,7 @@ impl ProxyWasmPlugin {
             file: file.clone(),
             message,
         };
-        let (pre, abi, origin) = prepare(engine::engine(), bytes).map_err(err)?;
+        let (pre, abi, origin) = prepare(bytes).map_err(err)?;
         let core = Arc::new_cyclic(|weak| {
             let instances = (0..workers.max(1))
                 .map(|i| {
@@ -126,7 +126,7 @@ impl ProxyWasmPlugin {
 
 /// Describes a proxy-wasm module: ABI, the callbacks it exports, its imports.
 pub fn describe(bytes: &[u8]) -> Result<String, String> {
-    let (pre, abi, _) = prepare(engine::engine(), bytes)?;
+    let (pre, abi, _) = prepare(bytes)?;
     let module = pre.module();
     let callbacks: Vec<&str> = module
         .exports()
@@ -147,7 +147,6 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
 
 /// Compiles a module and checks what it declares and imports.
 fn prepare(
-    engine: &Engine,
     bytes: &[u8],
 ) -> Result<(InstancePre<VmState>, AbiVersion, engine::ModuleOrigin), String> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
@@ -183,7 +182,7 @@ fn prepare(
     if !has("proxy_on_memory_allocate") && !has("malloc") {
         return Err("exports no allocator (proxy_on_memory_allocate or malloc)".into());
     }
-    let pre = linker(engine)?
+    let pre = linker()?
         .instantiate_pre(&module)
         .map_err(|e| format!("linking: {}", e.root_cause()))?;
     Ok((pre, abi, origin))
@@ -206,25 +205,19 @@ fn provided() -> &'static HashSet<(&'static str, &'static str)> {
 }
 
 /// The host functions every proxy-wasm module links against, defined once
-/// for `engine` (weir's one engine): a reload links against them instead of
-/// defining some 150 functions again, which was most of a cached reload's CPU.
-fn linker(engine: &Engine) -> Result<&'static Linker<VmState>, String> {
+/// on weir's engine: a reload links against them instead of defining some
+/// 150 functions again.
+fn linker() -> Result<&'static Linker<VmState>, String> {
     static LINKER: OnceLock<Result<Linker<VmState>, String>> = OnceLock::new();
-    let linker = LINKER
+    LINKER
         .get_or_init(|| {
-            let mut linker = Linker::new(engine);
+            let mut linker = Linker::new(engine::engine());
             hostcalls::link(&mut linker).map_err(|e| format!("linking: {e}"))?;
             wasi::link(&mut linker).map_err(|e| format!("linking: {e}"))?;
             Ok(linker)
         })
         .as_ref()
-        .map_err(Clone::clone)?;
-    if !Engine::same(linker.engine(), engine) {
-        return Err(
-            "a proxy-wasm module was compiled for another engine than weir's (a weir bug)".into(),
-        );
-    }
-    Ok(linker)
+        .map_err(Clone::clone)
 }
 
 fn empty_exports() -> vm::Exports {
