@@ -271,6 +271,20 @@ def wait_port(port, deadline=20):
     raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
 
 
+def ensure_free(ports):
+    """Refuses to start when something already listens on one of the bench's ports: a
+    leftover proxy there would be measured in place of the one the bench starts."""
+    import socket
+    for port in ports:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                pass
+        except OSError:
+            continue
+        raise SystemExit(f"127.0.0.1:{port} is already in use (a leftover proxy or upstream?): "
+                         f"stop what listens there (ss -ltnp 'sport = :{port}') and run the bench again")
+
+
 def wait_ready(deadline=60):
     """Until weir's /ready answers 200 (listening, and its plugins loaded once)."""
     end = time.time() + deadline
@@ -348,6 +362,7 @@ def main():
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is missing: apt-get install {tool}")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    ensure_free([UPSTREAM_PORT, WEIR_PORT, ENVOY_PORT, NGINX_PORT, WEIR_ADMIN])
     sh(["cargo", "build", "--release", "-q", "-p", "weir"], cwd=ROOT)
     weir = ROOT / "target" / "release" / "weir"
     tmp = Path(tempfile.mkdtemp(prefix="weir-bench-"))

@@ -15,9 +15,10 @@
 //! max of each. Then, if wrk is installed, it runs wrk for `--load-seconds`
 //! (32 connections, 2 threads) `--rounds` times in pairs: once without
 //! reloads, once with a new version of the small plugin every second (with
-//! --reload-cached: one of two versions, alternately, so no compilation). It
-//! prints p50, p99 and the non-2xx count of every run, and the medians of the
-//! rounds. Everything stays on loopback and is bounded in time.
+//! --reload-cached: one of two versions, alternately, so no compilation),
+//! the order within a pair alternating from round to round. It prints p50,
+//! p99 and the non-2xx count of every run, the ratio of the p99 medians, and
+//! the median of the rounds' own p99 ratios. Everything stays on loopback and is bounded in time.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -306,51 +307,83 @@ fn main() {
         load_seconds as usize + 5
     };
     let mut versions = (0..rounds * per_run).map(|v| module(&format!("load-{v}"), fillers));
-    // Interleaved: a run without reloads, then one with, `rounds` times, so
-    // that drift on the machine hits both alike; medians at the end.
+    // Interleaved in pairs, the order alternating (without reloads first in
+    // odd rounds, with reloads first in even ones), so that drift on the
+    // machine or in the long-running weir process hits both alike.
     let (mut plain, mut reloading) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let (p50, p99, n, bad) = wrk(load_seconds);
-        println!(
-            "round {round}: wrk {load_seconds}s, no reloads:      p50 {p50:.3} ms  p99 {p99:.3} ms  {n} requests, {bad} non-2xx or errors"
-        );
-        plain.push((p50, p99, n, bad));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let batch: Vec<Vec<u8>> = versions.by_ref().take(per_run).collect();
-        let reloader = {
-            let (stop, file) = (stop.clone(), file.clone());
-            std::thread::spawn(move || {
-                let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    write_then_rename(&file, &batch[n % batch.len()]);
-                    n += 1;
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-                n
-            })
-        };
-        let (p50r, p99r, nr, badr) = wrk(load_seconds);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let reloads = reloader.join().unwrap();
-        println!(
-            "round {round}: wrk {load_seconds}s, reload every 1s:  p50 {p50r:.3} ms  p99 {p99r:.3} ms  {nr} requests, {badr} non-2xx or errors ({reloads} reloads)"
-        );
-        reloading.push((p50r, p99r, nr, badr));
+        for reloads_now in [round.is_multiple_of(2), !round.is_multiple_of(2)] {
+            if reloads_now {
+                reloading.push(loaded_run(round, load_seconds, &file, batch.clone()));
+            } else {
+                let (p50, p99, n, bad) = wrk(load_seconds);
+                println!(
+                    "round {round}: wrk {load_seconds}s, no reloads:      p50 {p50:.3} ms  p99 {p99:.3} ms  {n} requests, {bad} non-2xx or errors"
+                );
+                plain.push((p50, p99, n, bad));
+            }
+        }
     }
-    let median = |v: &[(f64, f64, u64, u64)], f: fn(&(f64, f64, u64, u64)) -> f64| {
-        let mut xs: Vec<f64> = v.iter().map(f).collect();
+    let median = |mut xs: Vec<f64>| {
         xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
+        let mid = xs.len() / 2;
+        if xs.len().is_multiple_of(2) {
+            (xs[mid - 1] + xs[mid]) / 2.0
+        } else {
+            xs[mid]
+        }
     };
-    let (p99, p99r) = (median(&plain, |r| r.1), median(&reloading, |r| r.1));
-    let (n, nr) = (
-        median(&plain, |r| r.2 as f64),
-        median(&reloading, |r| r.2 as f64),
+    let p99 = median(plain.iter().map(|r| r.1).collect());
+    let p99r = median(reloading.iter().map(|r| r.1).collect());
+    let pairwise = median(
+        plain
+            .iter()
+            .zip(&reloading)
+            .map(|(p, r)| r.1 / p.1)
+            .collect(),
     );
+    let above = plain
+        .iter()
+        .zip(&reloading)
+        .filter(|(p, r)| r.1 > p.1 * 1.1)
+        .count();
+    let n = median(plain.iter().map(|r| r.2 as f64).collect());
+    let nr = median(reloading.iter().map(|r| r.2 as f64).collect());
     let bad: u64 = reloading.iter().map(|r| r.3).sum();
     println!(
-        "medians of {rounds}: p99 {p99:.3} ms without reloads, {p99r:.3} ms with: x{:.2}; req/s with / without: x{:.2}; non-2xx or errors with reloads: {bad}",
+        "medians of {rounds}: p99 {p99:.3} ms without reloads, {p99r:.3} ms with: x{:.2}; median of the rounds' ratios x{pairwise:.2} ({above} of {rounds} rounds above x1.10); req/s with / without: x{:.2}; non-2xx or errors with reloads: {bad}",
         p99r / p99,
         nr / n
     );
+}
+
+/// One wrk run while a new plugin version from `batch` is written every
+/// second; prints and returns wrk's figures.
+fn loaded_run(
+    round: usize,
+    seconds: u64,
+    file: &Path,
+    batch: Vec<Vec<u8>>,
+) -> (f64, f64, u64, u64) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reloader = {
+        let (stop, file) = (stop.clone(), file.to_path_buf());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                write_then_rename(&file, &batch[n % batch.len()]);
+                n += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            n
+        })
+    };
+    let (p50, p99, n, bad) = wrk(seconds);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reloads = reloader.join().unwrap();
+    println!(
+        "round {round}: wrk {seconds}s, reload every 1s:  p50 {p50:.3} ms  p99 {p99:.3} ms  {n} requests, {bad} non-2xx or errors ({reloads} reloads)"
+    );
+    (p50, p99, n, bad)
 }
