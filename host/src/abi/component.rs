@@ -1042,16 +1042,19 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
     );
     let mut store = new_store(state);
     store.set_epoch_deadline(engine::ticks(Duration::from_secs(1)));
-    let schema = wait(async {
-        let bindings = Plugin::instantiate_async(&mut store, &component, linker)
-            .await
-            .map_err(|e| format!("instantiation failed: {}", e.root_cause()))?;
-        bindings
-            .weir_filter_filter()
-            .call_config_schema(&mut store)
-            .await
-            .map_err(|e| format!("config-schema trapped: {}", trap_message(&e)))
-    })?;
+    let schema = wait(engine::Running::new(
+        async {
+            let bindings = Plugin::instantiate_async(&mut store, &component, linker)
+                .await
+                .map_err(|e| format!("instantiation failed: {}", e.root_cause()))?;
+            bindings
+                .weir_filter_filter()
+                .call_config_schema(&mut store)
+                .await
+                .map_err(|e| format!("config-schema trapped: {}", trap_message(&e)))
+        },
+        Duration::from_secs(1),
+    ))?;
     let built_for = exports
         .iter()
         .find_map(|e| e.strip_prefix("weir:filter/filter@"))
@@ -1159,7 +1162,14 @@ impl ComponentCore {
         cell.clone().try_lock_owned().ok().map(|g| (i, g))
     }
 
+    /// Starts an instance; its code may resume after awaits, so the epoch
+    /// ticker hears of every poll.
     async fn start_instance(&self) -> Result<Instance, String> {
+        let startup = self.spec.cpu_limit.max(Duration::from_secs(1));
+        engine::Running::new(self.start_instance_now(), startup).await
+    }
+
+    async fn start_instance_now(&self) -> Result<Instance, String> {
         let mut state = State::new(
             &self.spec.name,
             &self.spec.vm_id,
@@ -1313,7 +1323,7 @@ impl ComponentCore {
         };
         // A host function that panics comes back here, handled as a trap of
         // this plugin.
-        let result = std::panic::AssertUnwindSafe(run)
+        let result = std::panic::AssertUnwindSafe(engine::Running::new(run, self.spec.cpu_limit))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
