@@ -81,7 +81,7 @@ pub fn engine() -> &'static Engine {
             }
         }
         let engine = Engine::new(&config).expect("the wasmtime configuration is valid");
-        let _ = TICKER.set(Ticker::start(&engine, IDLE_BEFORE_PARKING));
+        let _ = TICKER.set(Ticker::start(&engine, IDLE_BEFORE_PARKING, PARKED_TICK));
         engine
     })
 }
@@ -89,6 +89,9 @@ pub fn engine() -> &'static Engine {
 /// How long the ticker keeps going after plugin code last ran (at least:
 /// never less than twice the longest deadline given out).
 const IDLE_BEFORE_PARKING: Duration = Duration::from_secs(1);
+
+/// The tick of a parked ticker.
+const PARKED_TICK: Duration = Duration::from_secs(1);
 
 static TICKER: OnceLock<&'static Ticker> = OnceLock::new();
 
@@ -103,7 +106,7 @@ pub fn ticks(limit: Duration) -> u64 {
 }
 
 /// Advances an engine's epoch every [`EPOCH_TICK`] while plugin code may be
-/// running, and sleeps (no wake-ups, no CPU) once none can be.
+/// running, and about once a second once none can be.
 ///
 /// Every deadline is handed out through [`Ticker::running`], just before the
 /// code it bounds runs (and again when an async callback resumes, through
@@ -111,7 +114,10 @@ pub fn ticks(limit: Duration) -> u64 {
 /// deadline has been handed out for longer than twice the longest one, every
 /// callback that started before has ended or been interrupted, and the
 /// ticker may park; the next `running` wakes it before its code starts.
-/// An idle weir thus makes no wake-ups, where a ticker that never stopped
+/// Parked, it still ticks once a `parked_tick`: code whose thread was held
+/// off the CPU for longer than that whole wait between taking its deadline
+/// and the ticker parking is then stopped late, never not at all. An idle
+/// weir thus wakes once a second, where a ticker that never slowed down
 /// cost about 1% of a core and 500 wake-ups a second for nothing.
 ///
 /// The request path pays three loads per callback; a store only for the
@@ -127,12 +133,14 @@ pub struct Ticker {
     parked: AtomicBool,
     thread: OnceLock<std::thread::Thread>,
     idle: u64,
+    parked_tick: Duration,
 }
 
 impl Ticker {
     /// Starts the ticker thread of `engine`; it parks after `idle` (or twice
-    /// the longest deadline, if longer) without plugin code.
-    pub fn start(engine: &Engine, idle: Duration) -> &'static Ticker {
+    /// the longest deadline, if longer) without plugin code, and ticks once
+    /// a `parked_tick` while parked.
+    pub fn start(engine: &Engine, idle: Duration, parked_tick: Duration) -> &'static Ticker {
         let ticker: &'static Ticker = Box::leak(Box::new(Ticker {
             tick: AtomicU64::new(0),
             last: AtomicU64::new(0),
@@ -140,6 +148,7 @@ impl Ticker {
             parked: AtomicBool::new(false),
             thread: OnceLock::new(),
             idle: (idle.as_micros() / EPOCH_TICK.as_micros()) as u64,
+            parked_tick,
         }));
         let weak = engine.weak();
         let handle = std::thread::Builder::new()
@@ -155,6 +164,11 @@ impl Ticker {
             e.increment_epoch();
             drop(e);
             self.tick.fetch_add(1, Ordering::SeqCst);
+            if self.parked.load(Ordering::SeqCst) {
+                // Until `running` clears `parked` and unparks, or the slow tick.
+                std::thread::park_timeout(self.parked_tick);
+                continue;
+            }
             std::thread::sleep(EPOCH_TICK);
             if !self.idle_long_enough() {
                 continue;
@@ -165,10 +179,6 @@ impl Ticker {
             self.parked.store(true, Ordering::SeqCst);
             if !self.idle_long_enough() {
                 self.parked.store(false, Ordering::SeqCst);
-                continue;
-            }
-            while self.parked.load(Ordering::SeqCst) {
-                std::thread::park();
             }
         }
     }
@@ -185,7 +195,7 @@ impl Ticker {
     /// the ticker must be going.
     pub fn running(&self, ticks: u64) {
         // SeqCst loads are plain loads on x86-64 and AArch64's LDAR: the
-        // common path stays two loads, with the ordering the park needs.
+        // common path stays three loads, with the ordering the park needs.
         if ticks > self.longest.load(Ordering::SeqCst) {
             self.longest.fetch_max(ticks, Ordering::SeqCst);
         }
@@ -212,11 +222,6 @@ impl Ticker {
     pub fn is_parked(&self) -> bool {
         self.parked.load(Ordering::SeqCst)
     }
-}
-
-/// The ticker of weir's engine, once the engine exists.
-pub fn ticker() -> Option<&'static Ticker> {
-    TICKER.get().copied()
 }
 
 pin_project_lite::pin_project! {
@@ -339,11 +344,11 @@ mod tests {
 
     /// An engine of its own, so that other tests' plugins do not keep its
     /// ticker awake.
-    fn engine_with_ticker(idle: Duration) -> (Engine, &'static Ticker) {
+    fn engine_with_ticker(idle: Duration, parked_tick: Duration) -> (Engine, &'static Ticker) {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).unwrap();
-        let ticker = Ticker::start(&engine, idle);
+        let ticker = Ticker::start(&engine, idle, parked_tick);
         (engine, ticker)
     }
 
@@ -356,12 +361,17 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_ticker_parks_and_makes_no_ticks() {
-        let (_engine, ticker) = engine_with_ticker(Duration::from_millis(50));
+    fn an_idle_ticker_parks_and_ticks_slowly() {
+        let (_engine, ticker) =
+            engine_with_ticker(Duration::from_millis(50), Duration::from_secs(1));
         wait_parked(ticker);
         let before = ticker.ticks_made();
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(ticker.ticks_made(), before, "a parked ticker made ticks");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            ticker.ticks_made() <= before + 1,
+            "a parked ticker made {} ticks in 100 ms",
+            ticker.ticks_made() - before
+        );
         ticker.running(3);
         let deadline = Instant::now() + Duration::from_secs(5);
         while ticker.ticks_made() == before {
@@ -379,7 +389,8 @@ mod tests {
     /// parked is still stopped at its deadline.
     #[test]
     fn a_loop_started_while_the_ticker_sleeps_is_interrupted() {
-        let (engine, ticker) = engine_with_ticker(Duration::from_millis(50));
+        let (engine, ticker) =
+            engine_with_ticker(Duration::from_millis(50), Duration::from_secs(60));
         let wasm = wat::parse_str(r#"(module (func (export "spin") (loop $l (br $l))))"#).unwrap();
         let module = Module::new(&engine, wasm).unwrap();
         for _ in 0..2 {
@@ -428,7 +439,8 @@ mod tests {
     /// before it parks, however short its idle setting.
     #[test]
     fn long_deadlines_keep_the_ticker_going_longer() {
-        let (_engine, ticker) = engine_with_ticker(Duration::from_millis(10));
+        let (_engine, ticker) =
+            engine_with_ticker(Duration::from_millis(10), Duration::from_secs(1));
         wait_parked(ticker);
         ticker.running(100); // 200 ms
         let woke = Instant::now();
@@ -438,6 +450,46 @@ mod tests {
             woke.elapsed() >= Duration::from_millis(200),
             "parked after {:?}",
             woke.elapsed()
+        );
+    }
+
+    /// Code that took its deadline, then was held off the CPU until the
+    /// ticker parked (so it never woke it), is still stopped: late, by the
+    /// parked ticker's slow ticks.
+    #[test]
+    fn code_that_missed_the_wake_up_is_stopped_by_the_slow_ticks() {
+        let (engine, ticker) =
+            engine_with_ticker(Duration::from_millis(20), Duration::from_millis(50));
+        let wasm = wat::parse_str(r#"(module (func (export "spin") (loop $l (br $l))))"#).unwrap();
+        let module = Module::new(&engine, wasm).unwrap();
+        let mut store = wasmtime::Store::new(&engine, ());
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let spin = instance
+            .get_typed_func::<(), ()>(&mut store, "spin")
+            .unwrap();
+        ticker.running(3);
+        wait_parked(ticker);
+        store.set_epoch_deadline(3);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spinning = std::thread::spawn(move || {
+            let _ = tx.send(spin.call(&mut store, ()));
+        });
+        let result = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(r) => r,
+            Err(_) => {
+                while !spinning.is_finished() {
+                    engine.increment_epoch();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                panic!("a parked ticker never stopped the loop");
+            }
+        };
+        spinning.join().unwrap();
+        let err = result.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::Interrupt),
+            "{err:?}"
         );
     }
 }
