@@ -98,11 +98,17 @@ static TICKER: OnceLock<&'static Ticker> = OnceLock::new();
 /// Epoch ticks allowed for a callback limited to `limit`, counted from now.
 /// Call it right before the plugin code runs (it is what wakes the ticker).
 pub fn ticks(limit: Duration) -> u64 {
-    let ticks = (limit.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
+    let ticks = ticks_for(limit);
     if let Some(t) = TICKER.get() {
         t.running(ticks);
     }
     ticks
+}
+
+/// Epoch ticks that cover `limit`: a callback is stopped between its limit
+/// and one tick past it.
+fn ticks_for(limit: Duration) -> u64 {
+    (limit.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
 }
 
 /// Advances an engine's epoch every [`EPOCH_TICK`] while plugin code may be
@@ -241,7 +247,7 @@ impl<F: Future> Running<F> {
     pub fn new(inner: F, limit: Duration) -> Running<F> {
         Running {
             inner,
-            ticks: (limit.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1,
+            ticks: ticks_for(limit),
         }
     }
 }
@@ -385,47 +391,67 @@ mod tests {
         wait_parked(ticker);
     }
 
+    /// A store on `engine` and its module's `spin`, a loop that never ends.
+    fn spinner(engine: &Engine) -> (wasmtime::Store<()>, wasmtime::TypedFunc<(), ()>) {
+        let wasm = wat::parse_str(r#"(module (func (export "spin") (loop $l (br $l))))"#).unwrap();
+        let module = Module::new(engine, wasm).unwrap();
+        let mut store = wasmtime::Store::new(engine, ());
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let spin = instance
+            .get_typed_func::<(), ()>(&mut store, "spin")
+            .unwrap();
+        (store, spin)
+    }
+
+    /// Runs `spin` with the deadline already set on `store`, and asserts it
+    /// was interrupted within `within`. If it was not, the test moves the
+    /// epoch by hand to free the thread, then fails with `failure`.
+    fn assert_interrupted(
+        engine: &Engine,
+        mut store: wasmtime::Store<()>,
+        spin: wasmtime::TypedFunc<(), ()>,
+        within: Duration,
+        failure: &str,
+    ) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spinning = std::thread::spawn(move || {
+            let _ = tx.send(spin.call(&mut store, ()));
+        });
+        let Ok(result) = rx.recv_timeout(within) else {
+            while !spinning.is_finished() {
+                engine.increment_epoch();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            panic!("{failure}");
+        };
+        spinning.join().unwrap();
+        let err = result.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::Interrupt),
+            "{err:?}"
+        );
+    }
+
     /// The point of the ticker: a runaway loop that starts while it is
     /// parked is still stopped at its deadline.
     #[test]
     fn a_loop_started_while_the_ticker_sleeps_is_interrupted() {
         let (engine, ticker) =
             engine_with_ticker(Duration::from_millis(50), Duration::from_secs(60));
-        let wasm = wat::parse_str(r#"(module (func (export "spin") (loop $l (br $l))))"#).unwrap();
-        let module = Module::new(&engine, wasm).unwrap();
         for _ in 0..2 {
             wait_parked(ticker);
-            let mut store = wasmtime::Store::new(&engine, ());
-            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-            let spin = instance
-                .get_typed_func::<(), ()>(&mut store, "spin")
-                .unwrap();
-            let limit = (Duration::from_millis(20).as_micros() / EPOCH_TICK.as_micros()) as u64 + 1;
+            let (mut store, spin) = spinner(&engine);
+            let limit = ticks_for(Duration::from_millis(20));
             ticker.running(limit);
             store.set_epoch_deadline(limit);
-            let (tx, rx) = std::sync::mpsc::channel();
             let started = Instant::now();
-            let spinning = std::thread::spawn(move || {
-                let _ = tx.send(spin.call(&mut store, ()));
-            });
-            let result = match rx.recv_timeout(Duration::from_secs(5)) {
-                Ok(r) => r,
-                Err(_) => {
-                    // Not interrupted: move the epoch by hand to free the
-                    // thread, then fail.
-                    while !spinning.is_finished() {
-                        engine.increment_epoch();
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    panic!("the loop was not interrupted while the ticker was parked");
-                }
-            };
-            spinning.join().unwrap();
-            let err = result.unwrap_err();
-            assert_eq!(
-                err.downcast_ref::<wasmtime::Trap>(),
-                Some(&wasmtime::Trap::Interrupt),
-                "{err:?}"
+            assert_interrupted(
+                &engine,
+                store,
+                spin,
+                Duration::from_secs(5),
+                "the loop was not interrupted while the ticker was parked",
             );
             assert!(
                 started.elapsed() < Duration::from_secs(2),
@@ -460,36 +486,16 @@ mod tests {
     fn code_that_missed_the_wake_up_is_stopped_by_the_slow_ticks() {
         let (engine, ticker) =
             engine_with_ticker(Duration::from_millis(20), Duration::from_millis(50));
-        let wasm = wat::parse_str(r#"(module (func (export "spin") (loop $l (br $l))))"#).unwrap();
-        let module = Module::new(&engine, wasm).unwrap();
-        let mut store = wasmtime::Store::new(&engine, ());
-        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-        let spin = instance
-            .get_typed_func::<(), ()>(&mut store, "spin")
-            .unwrap();
+        let (mut store, spin) = spinner(&engine);
         ticker.running(3);
         wait_parked(ticker);
         store.set_epoch_deadline(3);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spinning = std::thread::spawn(move || {
-            let _ = tx.send(spin.call(&mut store, ()));
-        });
-        let result = match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(r) => r,
-            Err(_) => {
-                while !spinning.is_finished() {
-                    engine.increment_epoch();
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                panic!("a parked ticker never stopped the loop");
-            }
-        };
-        spinning.join().unwrap();
-        let err = result.unwrap_err();
-        assert_eq!(
-            err.downcast_ref::<wasmtime::Trap>(),
-            Some(&wasmtime::Trap::Interrupt),
-            "{err:?}"
+        assert_interrupted(
+            &engine,
+            store,
+            spin,
+            Duration::from_secs(10),
+            "a parked ticker never stopped the loop",
         );
     }
 }
