@@ -38,6 +38,13 @@ fn main() {
     } else {
         build(&root)
     };
+    if built.is_err()
+        && let Some(dir) = wasm_target_dir()
+    {
+        // Built again once the target is installed (a path that does not
+        // exist yet counts as changed), not left without plugins for good.
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
     for (package, file) in BUNDLED {
         let dest = out.join(file);
         let bytes = match &built {
@@ -49,6 +56,18 @@ fn main() {
             println!("cargo:warning=weir is built without its bundled {package} plugin: {e}");
         }
     }
+}
+
+/// Where the toolchain keeps the wasm32-wasip2 standard library, which
+/// `rustup toolchain install` in the workspace adds.
+fn wasm_target_dir() -> Option<PathBuf> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    let sysroot = String::from_utf8(out.stdout).ok()?;
+    Some(PathBuf::from(sysroot.trim()).join("lib/rustlib/wasm32-wasip2/lib"))
 }
 
 /// Runs cargo for the bundled plugins; the folder holding their .wasm.
