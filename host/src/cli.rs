@@ -258,7 +258,10 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
-    builder.enable_all().thread_name("weir-worker");
+    builder
+        .enable_all()
+        .thread_name("weir-worker")
+        .on_thread_start(crate::plugin::background::restore_priority);
     if let Some(n) = config.server.workers.filter(|n| *n > 1) {
         builder.worker_threads(n);
     }

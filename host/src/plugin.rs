@@ -6,6 +6,7 @@
 //! (`10-authn.wasm` is `authn`). An optional `<stem>.toml` beside a plugin holds
 //! its settings (see [`PluginToml`]).
 
+pub mod background;
 pub mod bundled;
 pub mod engine;
 pub mod health;

@@ -921,6 +921,13 @@ pub struct ComponentCore {
     skip: Arc<AtomicU8>,
 }
 
+impl Drop for ComponentCore {
+    fn drop(&mut self) {
+        // Freed on the reaper thread, not on the worker the last request ended on.
+        crate::plugin::background::retire(std::mem::take(&mut self.instances));
+    }
+}
+
 /// The filter a component plugin contributes to the chain.
 pub struct ComponentPlugin(Arc<ComponentCore>);
 

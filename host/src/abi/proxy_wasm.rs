@@ -1166,6 +1166,8 @@ impl Drop for PluginCore {
                 t.abort();
             }
         }
+        // Freed on the reaper thread, not on the worker the last request ended on.
+        crate::plugin::background::retire(std::mem::take(&mut self.instances));
         tracing::info!(plugin.name = %self.spec.name, file = %self.spec.file.display(), "plugin version released: its last request ended");
     }
 }

@@ -288,7 +288,8 @@ pub fn compile_component(
     }
     let engine = engine();
     let hits = DISK_CACHE.get().map(|c| c.cache_hits());
-    let component = wasmtime::component::Component::new(engine, bytes)?;
+    let component =
+        super::background::compiling(|| wasmtime::component::Component::new(engine, bytes))?;
     let origin = match (hits, DISK_CACHE.get().map(|c| c.cache_hits())) {
         (Some(before), Some(after)) if after > before => ModuleOrigin::Disk,
         _ => ModuleOrigin::Compiled,
@@ -326,7 +327,7 @@ pub fn compile(bytes: &[u8]) -> wasmtime::Result<(Module, ModuleOrigin)> {
     }
     let engine = engine();
     let hits = DISK_CACHE.get().map(|c| c.cache_hits());
-    let module = Module::new(engine, bytes)?;
+    let module = super::background::compiling(|| Module::new(engine, bytes))?;
     let origin = match (hits, DISK_CACHE.get().map(|c| c.cache_hits())) {
         (Some(before), Some(after)) if after > before => ModuleOrigin::Disk,
         _ => ModuleOrigin::Compiled,

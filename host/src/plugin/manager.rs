@@ -140,18 +140,6 @@ struct Loader {
     jobs: Mutex<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
 }
 
-/// Lowers the calling thread's CPU priority to the lowest normal one (nice
-/// 19 on Linux): a plugin compiled under load takes about 1.5% of a busy
-/// core from the workers instead of an equal share, yet still finishes on a
-/// saturated machine (SCHED_IDLE measured no better here and could starve it).
-fn lower_priority() {
-    if let Err(e) =
-        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
-    {
-        tracing::debug!(error = ?e, "cannot lower the plugin loader's priority");
-    }
-}
-
 impl Loader {
     fn start() -> Loader {
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
@@ -161,7 +149,7 @@ impl Loader {
             .spawn(move || {
                 // Plugins start timers and calls on the runtime.
                 let _entered = runtime.as_ref().map(|h| h.enter());
-                lower_priority();
+                super::background::lower_priority();
                 // wasmtime compiles a module's functions on the rayon pool
                 // it runs in. The first scan (start-up, nothing served yet)
                 // compiles on every core; later reloads on a pool of one
@@ -175,7 +163,7 @@ impl Loader {
                     rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
                         .thread_name(|i| format!("weir-compile-{i}"))
-                        .start_handler(|_| lower_priority())
+                        .start_handler(|_| super::background::lower_priority())
                         .build()
                         .map_err(|e| tracing::warn!(error = %e, "no compiler thread pool; plugins compile on the global one"))
                         .ok()
@@ -757,5 +745,33 @@ impl StreamFilter for NotLoadedStream {
         _end_of_stream: bool,
     ) -> FilterFuture<'a> {
         decided(Action::Respond(self.0.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::background::tests::own_policy;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn loads_run_under_sched_idle() {
+        // The loader's first job runs on the start-up pool, later ones on the
+        // reload pool: both must be idle-priority, as is the loader itself.
+        let loader = Loader::start();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..2 {
+            let tx = tx.clone();
+            let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+                let name = std::thread::current().name().map(str::to_owned);
+                let _ = tx.send((name, own_policy()));
+            });
+            loader.jobs.lock().unwrap().send(job).unwrap();
+        }
+        let timeout = std::time::Duration::from_secs(30);
+        for _ in 0..2 {
+            let (name, policy) = rx.recv_timeout(timeout).expect("the loader ran the job");
+            assert_eq!(policy, 5, "thread {name:?} is not SCHED_IDLE");
+        }
     }
 }
