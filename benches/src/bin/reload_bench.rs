@@ -15,9 +15,11 @@
 //! max of each. Then, if wrk is installed, it runs wrk for `--load-seconds`
 //! (32 connections, 2 threads) `--rounds` times in pairs: once without
 //! reloads, once with a new version of the small plugin every second (with
-//! --reload-cached: one of two versions, alternately, so no compilation),
+//! --reload-cached: one of two versions loaded before the first round,
+//! alternately, so no compilation),
 //! the order within a pair alternating from round to round. It prints p50,
-//! p99 and the non-2xx count of every run, the ratio of the p99 medians, and
+//! p99 and the non-2xx count of every run (with reloads: how many versions
+//! were written and how many went live meanwhile, from weir's /metrics), the ratio of the p99 medians, and
 //! the median of the rounds' own p99 ratios. Everything stays on loopback and is bounded in time.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -79,6 +81,22 @@ fn write_then_rename(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("wasm.tmp");
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// How many plugin versions have gone live so far: the sum of weir's
+/// `weir_plugin_reloads_total{outcome="success"}` counters on /metrics.
+fn live_reloads() -> u64 {
+    let mut s = TcpStream::connect(("127.0.0.1", ADMIN)).expect("weir's admin listens");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("weir_plugin_reloads_total{") && l.contains("outcome=\"success\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// A keep-alive HTTP/1.1 client for one header.
@@ -307,12 +325,27 @@ fn main() {
         load_seconds as usize + 5
     };
     let mut versions = (0..rounds * per_run).map(|v| module(&format!("load-{v}"), fillers));
+    // Cached: the same two versions in every round, each loaded once
+    // beforehand, so that no run compiles.
+    let cached: Option<Vec<Vec<u8>>> = reload_cached.then(|| {
+        ["cached-a", "cached-b"]
+            .iter()
+            .map(|v| {
+                let bytes = module(v, fillers);
+                swap(&file, &bytes, v, &mut probe);
+                bytes
+            })
+            .collect()
+    });
     // Interleaved in pairs, the order alternating (without reloads first in
     // odd rounds, with reloads first in even ones), so that drift on the
     // machine or in the long-running weir process hits both alike.
     let (mut plain, mut reloading) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let batch: Vec<Vec<u8>> = versions.by_ref().take(per_run).collect();
+        let batch: Vec<Vec<u8>> = match &cached {
+            Some(both) => both.clone(),
+            None => versions.by_ref().take(per_run).collect(),
+        };
         for reloads_now in [round.is_multiple_of(2), !round.is_multiple_of(2)] {
             if reloads_now {
                 reloading.push(loaded_run(round, load_seconds, &file, batch.clone()));
@@ -366,6 +399,7 @@ fn loaded_run(
     file: &Path,
     batch: Vec<Vec<u8>>,
 ) -> (f64, f64, u64, u64) {
+    let live_before = live_reloads();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reloader = {
         let (stop, file) = (stop.clone(), file.to_path_buf());
@@ -382,8 +416,10 @@ fn loaded_run(
     let (p50, p99, n, bad) = wrk(seconds);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let reloads = reloader.join().unwrap();
+    // Counted before the last write settles: it may still be loading.
+    let live = live_reloads() - live_before;
     println!(
-        "round {round}: wrk {seconds}s, reload every 1s:  p50 {p50:.3} ms  p99 {p99:.3} ms  {n} requests, {bad} non-2xx or errors ({reloads} reloads)"
+        "round {round}: wrk {seconds}s, reload every 1s:  p50 {p50:.3} ms  p99 {p99:.3} ms  {n} requests, {bad} non-2xx or errors ({reloads} versions written, {live} went live during the run)"
     );
     (p50, p99, n, bad)
 }
