@@ -33,12 +33,14 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=WEIR_NO_BUNDLED_PLUGINS");
-    let built = if std::env::var_os("WEIR_NO_BUNDLED_PLUGINS").is_some() {
+    let skipped = std::env::var_os("WEIR_NO_BUNDLED_PLUGINS").is_some();
+    let built = if skipped {
         Err("WEIR_NO_BUNDLED_PLUGINS is set".to_string())
     } else {
         build(&root)
     };
     if built.is_err()
+        && !skipped
         && let Some(dir) = wasm_target_dir()
     {
         // Built again once the target is installed (a path that does not
