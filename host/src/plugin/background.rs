@@ -17,8 +17,7 @@ use std::sync::mpsc::{Sender, channel};
 /// moment of a swap does not hold a worker off; at nice 19 it could for a
 /// whole scheduler slice (no load, a cached reload every time: one request in
 /// 6 to 8 of 10 reloads took 0.7 to 2 ms instead of 0.15, against 1 in 10
-/// under SCHED_IDLE). A compile still finishes on a saturated machine, since
-/// SCHED_IDLE threads keep a small share of each core.
+/// under SCHED_IDLE). Compiles leave it for nice 19 (see [`compiling`]).
 pub fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
@@ -42,7 +41,7 @@ pub fn lower_priority() {
 /// Runs `compile` at the lowest normal priority (nice 19) when the calling
 /// thread is at idle priority, then puts the thread back. Compiling a new
 /// version takes some 100 ms of CPU for a 100 KB plugin; at idle priority it
-/// can wait for minutes on a saturated machine (a new version every second
+/// can wait many seconds on a saturated machine (a new version every second
 /// under wrk: 13 to 34 of 60 went live during the minute), while nice 19 still
 /// leaves the workers all but the smallest share of the cores. Everything
 /// else a reload does (reading, hashing, instantiating, configuring, the
