@@ -56,22 +56,13 @@ pub fn compiling<T>(compile: impl FnOnce() -> T) -> T {
         }
     }
     #[cfg(target_os = "linux")]
-    {
-        use thread_priority::{
-            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-            set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
-        };
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        let normal = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
-        if thread_schedule_policy().ok() == Some(idle) {
-            match set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, normal) {
-                Ok(()) => {
-                    let _back = BackToIdle;
-                    return compile();
-                }
-                Err(e) => tracing::debug!(error = ?e, "a plugin compiles at idle priority"),
-            }
+    match leave_idle(thread_priority::ThreadPriority::Min) {
+        Some(Ok(())) => {
+            let _back = BackToIdle;
+            return compile();
         }
+        Some(Err(e)) => tracing::debug!(error = ?e, "a plugin compiles at idle priority"),
+        None => {}
     }
     compile()
 }
@@ -84,20 +75,27 @@ pub fn compiling<T>(compile: impl FnOnce() -> T) -> T {
 pub fn restore_priority() {
     #[cfg(target_os = "linux")]
     {
-        use thread_priority::{
-            NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue,
-            ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
-            thread_schedule_policy,
-        };
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        if thread_schedule_policy().ok() == Some(idle) {
-            let normal = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
-            let nice_0 = ThreadPriority::Os(ThreadPriorityOsValue::default());
-            if let Err(e) = set_thread_priority_and_policy(thread_native_id(), nice_0, normal) {
-                tracing::debug!(error = ?e, "a runtime thread keeps the idle priority it inherited");
-            }
+        let nice_0 = thread_priority::ThreadPriority::Os(Default::default());
+        if let Some(Err(e)) = leave_idle(nice_0) {
+            tracing::debug!(error = ?e, "a runtime thread keeps the idle priority it inherited");
         }
     }
+}
+
+/// Moves the calling thread from SCHED_IDLE to SCHED_OTHER at `priority`;
+/// `None` when it is not at SCHED_IDLE.
+#[cfg(target_os = "linux")]
+fn leave_idle(
+    priority: thread_priority::ThreadPriority,
+) -> Option<Result<(), thread_priority::Error>> {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id, thread_schedule_policy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    let normal = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+    (thread_schedule_policy().ok() == Some(idle))
+        .then(|| set_thread_priority_and_policy(thread_native_id(), priority, normal))
 }
 
 type Retired = Box<dyn Send>;
@@ -149,16 +147,29 @@ pub fn retire<T: Send + 'static>(value: T) {
 pub(crate) mod tests {
     use super::*;
 
-    /// The scheduling policy of the calling thread, from
-    /// /proc/thread-self/stat (field 41; 5 is SCHED_IDLE, 0 SCHED_OTHER).
+    /// Field `n` of the calling thread's /proc/thread-self/stat, counted as
+    /// proc(5) counts them.
     #[cfg(target_os = "linux")]
-    pub(crate) fn own_policy() -> u32 {
+    fn own_stat_field(n: usize) -> i64 {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("reading own stat");
         // Fields after the command name, which ends with the last ')': the
         // first of them is field 3.
         let after = &stat[stat.rfind(')').expect("a command name") + 1..];
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        fields[41 - 3].parse().expect("a numeric policy")
+        let field = after.split_whitespace().nth(n - 3).expect("a stat field");
+        field.parse().expect("a numeric stat field")
+    }
+
+    /// The calling thread's scheduling policy (field 41; 5 is SCHED_IDLE,
+    /// 0 SCHED_OTHER).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn own_policy() -> u32 {
+        own_stat_field(41) as u32
+    }
+
+    /// The calling thread's nice value (field 19).
+    #[cfg(target_os = "linux")]
+    fn own_nice() -> i32 {
+        own_stat_field(19) as i32
     }
 
     /// Reports, when dropped, the thread it was dropped on and that
@@ -234,15 +245,6 @@ pub(crate) mod tests {
         );
         // On a thread of normal priority it changes nothing.
         assert_eq!(compiling(own_policy), 0);
-    }
-
-    /// The calling thread's nice value (field 19 of its stat).
-    #[cfg(target_os = "linux")]
-    fn own_nice() -> i32 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("reading own stat");
-        let after = &stat[stat.rfind(')').expect("a command name") + 1..];
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        fields[19 - 3].parse().expect("a numeric nice value")
     }
 
     #[cfg(target_os = "linux")]
