@@ -621,6 +621,75 @@ async fn compiled_modules_are_cached_in_memory_and_on_disk() {
     assert_eq!(plugin(&s, "pw").unwrap()["module"], "disk cache", "{s}");
 }
 
+/// A version written while weir serves goes live on the baseline
+/// compiler's code, then is compiled optimized once it has served a while
+/// (5 s) unchanged; the optimized code takes over without a failed request,
+/// and /plugins says which compiler made the code serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_version_goes_live_on_baseline_code_and_is_then_compiled_optimized() {
+    let up = Upstream::start("app").await;
+    let (w, plugins) =
+        weir_with_plugins(&up, &[("10-hdr.wasm", header_module("x-version", "one"))]).await;
+    let s = plugins_status(&w).await;
+    assert_eq!(
+        plugin(&s, "hdr").unwrap()["compiler"],
+        "optimized",
+        "plugins found at start are compiled optimized: {s}"
+    );
+    let c = reqwest::Client::new();
+    let url = w.url("/ok");
+    write_then_rename(
+        &plugins.join("10-hdr.wasm"),
+        &header_module("x-version", "two"),
+    );
+    until(Duration::from_secs(5), "version two serving", || async {
+        header_of(&c, &url, "x-version").await.as_deref() == Some("two")
+    })
+    .await;
+    let s = plugins_status(&w).await;
+    let hdr = plugin(&s, "hdr").unwrap();
+    assert_eq!(hdr["compiler"], "baseline", "{s}");
+    let since = hdr["serving_since"].clone();
+    // Requests keep flowing while the optimized code replaces it.
+    let failures = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (c, url, failures, stop) = (c.clone(), url.clone(), failures.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if header_of(&c, &url, "x-version").await.as_deref() != Some("two") {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    until(
+        Duration::from_secs(30),
+        "version two compiled optimized",
+        || async { plugin(&plugins_status(&w).await, "hdr").unwrap()["compiler"] == "optimized" },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed or missed the header"
+    );
+    let s = plugins_status(&w).await;
+    let hdr = plugin(&s, "hdr").unwrap();
+    assert_eq!(
+        hdr["serving_since"], since,
+        "the same version, recompiled: {s}"
+    );
+    assert_eq!(hdr["state"], "active");
+    assert_eq!(
+        header_of(&c, &url, "x-version").await.as_deref(),
+        Some("two")
+    );
+}
+
 /// The values of header `name` on a response to `url`.
 async fn header_values(c: &reqwest::Client, url: &str, name: &str) -> Vec<String> {
     let r = c.get(url).send().await.unwrap();

@@ -99,6 +99,9 @@ pub struct PluginSpec {
     pub health: Arc<health::PluginHealth>,
     /// A canary or shadow version to run beside it, and its file.
     pub variant: Option<(variant::VariantKind, PathBuf)>,
+    /// The compiler tier to load it at (the optimized one unless the plugin
+    /// manager asks for a fast baseline load).
+    pub tier: engine::Tier,
 }
 
 /// A loaded plugin of any ABI: a filter, plus what the admin API reports.
@@ -109,6 +112,8 @@ pub trait LoadedPlugin: HttpFilter {
     fn memory_bytes(&self) -> u64;
     /// Where its compiled module came from.
     fn module_origin(&self) -> engine::ModuleOrigin;
+    /// Which compiler made its code.
+    fn tier(&self) -> engine::Tier;
     /// How weir calls it: `synchronous`, or `async` when it imports a host
     /// function that waits (each callback then runs on a fiber, which costs
     /// more per call). /plugins shows it, so a filter author sees the price
@@ -256,6 +261,7 @@ pub fn spec(
     };
     Ok(Some(PluginSpec {
         variant,
+        tier: engine::Tier::Optimized,
         routes: settings.routes.clone().map(Arc::from),
         health,
         vm_id: settings.vm_id.clone().unwrap_or_else(|| name.clone()),

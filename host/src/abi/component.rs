@@ -265,8 +265,8 @@ impl State {
 
 /// A new store for `state`: its CPU limit counts the time the callback ran,
 /// not the time it waited for an outbound call.
-fn new_store(state: State) -> Store<State> {
-    let mut store = Store::new(engine::engine(), state);
+fn new_store(engine: &wasmtime::Engine, state: State) -> Store<State> {
+    let mut store = Store::new(engine, state);
     store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
     store.epoch_deadline_callback(|ctx| {
         let s = ctx.data();
@@ -906,6 +906,7 @@ pub struct ComponentCore {
     host: Arc<HostServices>,
     pre: PluginPre<State>,
     origin: engine::ModuleOrigin,
+    tier: engine::Tier,
     /// The filter export's full name (`weir:filter/filter@0.1.x`), and
     /// whether the plugin imports a host function that waits (then every
     /// callback runs on wasmtime's async support).
@@ -944,11 +945,11 @@ impl ComponentPlugin {
             file: file.clone(),
             message,
         };
-        let (component, origin) = engine::compile_component(bytes)
+        let (component, origin, tier) = engine::compile_component(bytes, spec.tier)
             .map_err(|e| err(format!("invalid component: {}", e.root_cause())))?;
         let export = check_world(&component).map_err(&err)?;
         let waits = imports_waiting(&component, host.quota().may_wait());
-        let linker = linker(waits).map_err(&err)?;
+        let linker = linker(waits, tier).map_err(&err)?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| err(format!("linking: {}", e.root_cause())))?;
@@ -958,6 +959,7 @@ impl ComponentPlugin {
             host,
             pre,
             origin,
+            tier,
             export,
             waits,
             instances: (0..workers.max(1) * SPARE_INSTANCES)
@@ -985,7 +987,7 @@ impl ComponentPlugin {
 fn imports_waiting(component: &Component, quota_waits: bool) -> bool {
     component
         .component_type()
-        .imports(engine::engine())
+        .imports(component.engine())
         .any(|(name, _)| {
             name.starts_with("weir:filter/outbound")
                 || (quota_waits && name.starts_with("weir:filter/quota"))
@@ -998,20 +1000,21 @@ fn imports_waiting(component: &Component, quota_waits: bool) -> bool {
 /// stdout and stderr writes that never block (the sync bindings would
 /// block on the runtime, which a proxy worker must not).
 ///
-/// Each of the two is built once and shared: a reload links against it
-/// instead of defining every WASI and weir function again (most of a cached
-/// reload's CPU before).
-fn linker(waits: bool) -> Result<&'static Linker<State>, String> {
-    static SYNC: OnceLock<Result<Linker<State>, String>> = OnceLock::new();
-    static WAITING: OnceLock<Result<Linker<State>, String>> = OnceLock::new();
-    let cell = if waits { &WAITING } else { &SYNC };
-    cell.get_or_init(|| build_linker(waits))
+/// Each of the two is built once per engine (compiler tier) and shared: a
+/// reload links against it instead of defining every WASI and weir function
+/// again (most of a cached reload's CPU before).
+fn linker(waits: bool, tier: engine::Tier) -> Result<&'static Linker<State>, String> {
+    type Cell = OnceLock<Result<Linker<State>, String>>;
+    static LINKERS: [Cell; 4] = [const { OnceLock::new() }; 4];
+    let i = usize::from(waits) * 2 + usize::from(tier == engine::Tier::Baseline);
+    LINKERS[i]
+        .get_or_init(|| build_linker(waits, tier))
         .as_ref()
         .map_err(Clone::clone)
 }
 
-fn build_linker(waits: bool) -> Result<Linker<State>, String> {
-    let mut linker: Linker<State> = Linker::new(engine::engine());
+fn build_linker(waits: bool, tier: engine::Tier) -> Result<Linker<State>, String> {
+    let mut linker: Linker<State> = Linker::new(engine::engine_for(tier));
     if waits {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| format!("linking WASI: {e}"))?;
@@ -1030,14 +1033,14 @@ fn build_linker(waits: bool) -> Result<Linker<State>, String> {
 
 /// Describes a component: its world, imports, exports and configuration schema.
 pub fn describe(bytes: &[u8]) -> Result<String, String> {
-    let (component, _) = engine::compile_component(bytes)
+    let (component, _, tier) = engine::compile_component(bytes, engine::Tier::Optimized)
         .map_err(|e| format!("invalid component: {}", e.root_cause()))?;
     check_world(&component)?;
-    let engine = engine::engine();
+    let engine = component.engine();
     let ty = component.component_type();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-    let linker = linker(true)?;
+    let linker = linker(true, tier)?;
     let metrics = Arc::new(crate::telemetry::Metrics::new());
     let state = State::new(
         "describe",
@@ -1047,7 +1050,7 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
         64 << 20,
         Arc::default(),
     );
-    let mut store = new_store(state);
+    let mut store = new_store(engine, state);
     store.set_epoch_deadline(engine::ticks(Duration::from_secs(1)));
     let schema = wait(engine::Running::new(
         async {
@@ -1078,7 +1081,7 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
 /// Refuses components of another world or version, naming what they target.
 fn check_world(component: &Component) -> Result<String, String> {
     let ty = component.component_type();
-    let engine = engine::engine();
+    let engine = component.engine();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
     if let Some(e) = exports.iter().find(|e| e.starts_with(FILTER_EXPORT)) {
         return Ok(e.clone());
@@ -1192,7 +1195,7 @@ impl ComponentCore {
             self.memory.clone(),
         );
         state.skip = self.skip.clone();
-        let mut store = new_store(state);
+        let mut store = new_store(self.pre.engine(), state);
         let startup = self.spec.cpu_limit.max(Duration::from_secs(1));
         store.data_mut().cpu_limit = startup;
         store.data_mut().entered = Instant::now();
@@ -1407,6 +1410,10 @@ impl LoadedPlugin for ComponentPlugin {
 
     fn memory_bytes(&self) -> u64 {
         self.0.memory.load(Ordering::Relaxed)
+    }
+
+    fn tier(&self) -> engine::Tier {
+        self.0.tier
     }
 
     fn module_origin(&self) -> engine::ModuleOrigin {

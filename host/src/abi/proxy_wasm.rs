@@ -63,6 +63,7 @@ pub struct PluginCore {
     pub host: Arc<HostServices>,
     abi: AbiVersion,
     origin: engine::ModuleOrigin,
+    tier: engine::Tier,
     pre: InstancePre<VmState>,
     instances: Vec<Mutex<Vm>>,
 }
@@ -84,13 +85,13 @@ impl ProxyWasmPlugin {
             file: file.clone(),
             message,
         };
-        let (pre, abi, origin) = prepare(bytes).map_err(err)?;
+        let (pre, abi, origin, tier) = prepare(bytes, spec.tier).map_err(err)?;
         let core = Arc::new_cyclic(|weak| {
             let instances = (0..workers.max(1))
                 .map(|i| {
                     Mutex::new(Vm {
                         store: Store::new(
-                            engine::engine(),
+                            pre.module().engine(),
                             vm::new_state(
                                 weak.clone(),
                                 spec.name.clone().into(),
@@ -111,6 +112,7 @@ impl ProxyWasmPlugin {
                 host,
                 abi,
                 origin,
+                tier,
                 pre,
                 instances,
             }
@@ -126,7 +128,7 @@ impl ProxyWasmPlugin {
 
 /// Describes a proxy-wasm module: ABI, the callbacks it exports, its imports.
 pub fn describe(bytes: &[u8]) -> Result<String, String> {
-    let (pre, abi, _) = prepare(bytes)?;
+    let (pre, abi, _, _) = prepare(bytes, engine::Tier::Optimized)?;
     let module = pre.module();
     let callbacks: Vec<&str> = module
         .exports()
@@ -145,14 +147,23 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
     ))
 }
 
-/// Compiles a module and checks what it declares and imports.
+/// Compiles a module at `tier` and checks what it declares and imports.
 fn prepare(
     bytes: &[u8],
-) -> Result<(InstancePre<VmState>, AbiVersion, engine::ModuleOrigin), String> {
+    tier: engine::Tier,
+) -> Result<
+    (
+        InstancePre<VmState>,
+        AbiVersion,
+        engine::ModuleOrigin,
+        engine::Tier,
+    ),
+    String,
+> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err("not a WebAssembly module (no \\0asm header)".into());
     }
-    let (module, origin) = engine::compile(bytes)
+    let (module, origin, tier) = engine::compile(bytes, tier)
         .map_err(|e| format!("invalid WebAssembly module: {}", e.root_cause()))?;
     let abi = module
         .exports()
@@ -182,10 +193,10 @@ fn prepare(
     if !has("proxy_on_memory_allocate") && !has("malloc") {
         return Err("exports no allocator (proxy_on_memory_allocate or malloc)".into());
     }
-    let pre = linker()?
+    let pre = linker(tier)?
         .instantiate_pre(&module)
         .map_err(|e| format!("linking: {}", e.root_cause()))?;
-    Ok((pre, abi, origin))
+    Ok((pre, abi, origin, tier))
 }
 
 /// The (module, name) pairs weir provides to proxy-wasm modules.
@@ -205,19 +216,23 @@ fn provided() -> &'static HashSet<(&'static str, &'static str)> {
 }
 
 /// The host functions every proxy-wasm module links against, defined once
-/// on weir's engine: a reload links against them instead of defining some
-/// 150 functions again.
-fn linker() -> Result<&'static Linker<VmState>, String> {
-    static LINKER: OnceLock<Result<Linker<VmState>, String>> = OnceLock::new();
-    LINKER
-        .get_or_init(|| {
-            let mut linker = Linker::new(engine::engine());
-            hostcalls::link(&mut linker).map_err(|e| format!("linking: {e}"))?;
-            wasi::link(&mut linker).map_err(|e| format!("linking: {e}"))?;
-            Ok(linker)
-        })
-        .as_ref()
-        .map_err(Clone::clone)
+/// per engine (compiler tier): a reload links against them instead of
+/// defining some 150 functions again.
+fn linker(tier: engine::Tier) -> Result<&'static Linker<VmState>, String> {
+    static OPTIMIZED: OnceLock<Result<Linker<VmState>, String>> = OnceLock::new();
+    static BASELINE: OnceLock<Result<Linker<VmState>, String>> = OnceLock::new();
+    let cell = match tier {
+        engine::Tier::Optimized => &OPTIMIZED,
+        engine::Tier::Baseline => &BASELINE,
+    };
+    cell.get_or_init(|| {
+        let mut linker = Linker::new(engine::engine_for(tier));
+        hostcalls::link(&mut linker).map_err(|e| format!("linking: {e}"))?;
+        wasi::link(&mut linker).map_err(|e| format!("linking: {e}"))?;
+        Ok(linker)
+    })
+    .as_ref()
+    .map_err(Clone::clone)
 }
 
 fn empty_exports() -> vm::Exports {
@@ -630,6 +645,10 @@ fn grpc_outcome(r: &CallResponse) -> Result<Bytes, (u32, String)> {
 impl LoadedPlugin for ProxyWasmPlugin {
     fn abi(&self) -> String {
         format!("proxy-wasm {}", self.0.abi)
+    }
+
+    fn tier(&self) -> engine::Tier {
+        self.0.tier
     }
 
     fn module_origin(&self) -> engine::ModuleOrigin {

@@ -9,6 +9,15 @@
 //! in flight keep the filters they started with, and an old version is freed
 //! when its last request ends.
 //!
+//! A version that arrives while weir serves is compiled by the baseline
+//! compiler, which takes about an eighth of the optimizing one's CPU time
+//! (see [`engine`](super::engine)): it goes live sooner and takes less from
+//! the workers. Once it has served [`TIER_UP_AFTER`] unchanged, it is
+//! compiled again by the optimizing compiler, off the request path, and the
+//! optimized version replaces it as any update does (the plugin starts
+//! again: a new VM, `on_vm_start` and `on_configure`). Plugins found at
+//! start are compiled optimized at once.
+//!
 //! A failed update leaves the previous version serving. A plugin that never
 //! loaded follows its failure policy: `closed` puts a filter answering 503
 //! (naming it) in its place, `open` leaves it out.
@@ -36,6 +45,12 @@ use crate::telemetry::Metrics;
 /// A file modified this recently that fails to load may still be being
 /// written: it is tried once more after this long before it counts as failed.
 pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// How long a version compiled by the baseline compiler serves unchanged
+/// before it is compiled optimized: long enough that a burst of updates
+/// (a deployment writing several files, an operator iterating) compiles
+/// each version once, cheaply.
+pub const TIER_UP_AFTER: Duration = Duration::from_secs(5);
 
 /// Where a plugin stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +85,32 @@ struct Active {
     since: SystemTime,
     routes: Option<Arc<[String]>>,
     variant: Option<Variant>,
+    /// Its optimized compile failed: it stays on baseline code.
+    tier_up_failed: bool,
+}
+
+impl Active {
+    /// Whether any of its code (the active version's or its canary's or
+    /// shadow's) came from the baseline compiler.
+    fn on_baseline(&self) -> bool {
+        let baseline = |p: &Arc<dyn LoadedPlugin>| p.tier() == engine::Tier::Baseline;
+        baseline(&self.plugin)
+            || self
+                .variant
+                .as_ref()
+                .and_then(|v| v.plugin.as_ref())
+                .is_some_and(baseline)
+    }
+
+    /// How long until it is due to be compiled optimized (zero: now);
+    /// `None` when it needs not be.
+    fn tier_up_in(&self, after: Duration) -> Option<Duration> {
+        if self.tier_up_failed || !self.on_baseline() {
+            return None;
+        }
+        let served = self.since.elapsed().unwrap_or_default();
+        Some(after.saturating_sub(served))
+    }
 }
 
 /// A canary or shadow version beside the active one.
@@ -113,6 +154,11 @@ pub struct RescanReport {
     pub removed: Vec<String>,
     /// Whether a file looked half-written and a retry is due.
     pub retry_due: bool,
+    /// Plugins whose baseline code was replaced by optimized code.
+    pub optimized: Vec<String>,
+    /// When the next version on baseline code is due to be compiled
+    /// optimized (another rescan then does it).
+    pub tier_up_in: Option<Duration>,
 }
 
 struct Settings {
@@ -131,6 +177,10 @@ pub struct PluginManager {
     chain: Arc<ArcSwap<FilterChain>>,
     scanned: std::sync::atomic::AtomicBool,
     loader: Loader,
+    /// [`TIER_UP_AFTER`], in milliseconds (tests shorten it).
+    tier_up_after_ms: std::sync::atomic::AtomicU64,
+    /// Whether a rescan for a tier-up is already scheduled.
+    tier_up_scheduled: std::sync::atomic::AtomicBool,
 }
 
 /// The one thread plugins are compiled and started on, at a low CPU
@@ -225,7 +275,25 @@ impl PluginManager {
             chain,
             scanned: std::sync::atomic::AtomicBool::new(false),
             loader: Loader::start(),
+            tier_up_after_ms: std::sync::atomic::AtomicU64::new(TIER_UP_AFTER.as_millis() as u64),
+            tier_up_scheduled: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// How long a version on baseline code serves before it is compiled
+    /// optimized ([`TIER_UP_AFTER`] unless set here).
+    pub fn set_tier_up_after(&self, after: Duration) {
+        self.tier_up_after_ms.store(
+            after.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn tier_up_after(&self) -> Duration {
+        Duration::from_millis(
+            self.tier_up_after_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// The chain new requests use.
@@ -277,9 +345,22 @@ impl PluginManager {
         changed
     }
 
-    /// [`PluginManager::rescan`] on the loader thread, awaited.
+    /// [`PluginManager::rescan`] on the loader thread, awaited. A version
+    /// it leaves on baseline code gets a later rescan that compiles it
+    /// optimized.
     pub async fn rescan_now(self: &Arc<Self>) -> RescanReport {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self.queue_rescan(Some(tx)) {
+            return RescanReport::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Queues a rescan on the loader thread; its report goes to `done`.
+    fn queue_rescan(
+        self: &Arc<Self>,
+        done: Option<tokio::sync::oneshot::Sender<RescanReport>>,
+    ) -> bool {
         let me = self.clone();
         let sent = self
             .loader
@@ -287,13 +368,37 @@ impl PluginManager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(Box::new(move || {
-                let _ = tx.send(me.rescan());
+                let report = me.rescan();
+                if let Some(after) = report.tier_up_in {
+                    me.schedule_tier_up(after);
+                }
+                if let Some(done) = done {
+                    let _ = done.send(report);
+                }
             }));
         if sent.is_err() {
             tracing::error!("the plugin loader thread is gone; plugins are not reloaded");
-            return RescanReport::default();
         }
-        rx.await.unwrap_or_default()
+        sent.is_ok()
+    }
+
+    /// A rescan `after` from now, unless one is scheduled already (it
+    /// schedules the next one in turn). Needs the runtime (the loader
+    /// thread has entered it).
+    fn schedule_tier_up(self: &Arc<Self>, after: Duration) {
+        use std::sync::atomic::Ordering;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.tier_up_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(after).await;
+            me.tier_up_scheduled.store(false, Ordering::Release);
+            me.queue_rescan(None);
+        });
     }
 
     /// Reads the directory and brings the chain up to date with it. Blocking:
@@ -349,6 +454,11 @@ impl PluginManager {
             self.metrics.plugin_up(&gone.name, None);
             report.removed.push(gone.name);
         }
+        let after = self.tier_up_after();
+        report.tier_up_in = slots
+            .iter()
+            .filter_map(|s| s.active.as_ref()?.tier_up_in(after))
+            .min();
         self.chain
             .store(Arc::new(build_chain(&slots, &self.metrics)));
         report
@@ -404,9 +514,24 @@ impl PluginManager {
             format!("{sha}{variant_sha}"),
             settings.as_ref().ok().cloned().flatten(),
         );
-        if slot.attempted.as_ref() == Some(&key) && settings.is_ok() {
+        // The same files as last time: nothing to do, unless the version
+        // serving is on baseline code and due to be compiled optimized.
+        let tier_up = slot.attempted.as_ref() == Some(&key)
+            && settings.is_ok()
+            && slot
+                .active
+                .as_ref()
+                .and_then(|a| a.tier_up_in(self.tier_up_after()))
+                .is_some_and(|wait| wait.is_zero());
+        if slot.attempted.as_ref() == Some(&key) && settings.is_ok() && !tier_up {
             return;
         }
+        // A version arriving while weir serves goes live on baseline code.
+        let tier = if initial || tier_up {
+            engine::Tier::Optimized
+        } else {
+            engine::Tier::Baseline
+        };
         let result = settings.and_then(|text| {
             if let Some(text) = text.as_deref() {
                 // Its failure policy applies even if the rest fails to load.
@@ -429,7 +554,8 @@ impl PluginManager {
             )?;
             match spec {
                 None => Ok(None),
-                Some(spec) => {
+                Some(mut spec) => {
+                    spec.tier = tier;
                     let (vm_id, routes) = (spec.vm_id.clone(), spec.routes.clone());
                     let variant = spec.variant.clone();
                     let plugin = super::load(spec.clone(), &bytes, &self.host, self.workers)?;
@@ -447,6 +573,34 @@ impl PluginManager {
             return;
         }
         match result {
+            Ok(Some((plugin, vm_id, routes, variant))) if tier_up => {
+                tracing::info!(
+                    plugin.name = %slot.name,
+                    sha256 = %sha,
+                    "plugin compiled optimized; the optimized code now serves"
+                );
+                let since = slot
+                    .active
+                    .as_ref()
+                    .map_or_else(SystemTime::now, |a| a.since);
+                slot.active = Some(Active {
+                    plugin,
+                    sha256: sha,
+                    vm_id,
+                    since,
+                    routes,
+                    variant,
+                    tier_up_failed: false,
+                });
+                report.optimized.push(slot.name.clone());
+            }
+            Err(e) if tier_up => {
+                tracing::warn!(plugin.name = %slot.name, error = %e, "compiling the plugin optimized failed; its baseline code keeps serving");
+                if let Some(a) = slot.active.as_mut() {
+                    a.tier_up_failed = true;
+                }
+                slot.last_error = Some((e.to_string(), SystemTime::now()));
+            }
             Ok(Some((plugin, vm_id, routes, variant))) => {
                 tracing::info!(
                     plugin.name = %slot.name,
@@ -462,6 +616,7 @@ impl PluginManager {
                     since: SystemTime::now(),
                     routes,
                     variant,
+                    tier_up_failed: false,
                 });
                 slot.state = PluginState::Active;
                 self.metrics.plugin_reload(&slot.name, true);
@@ -578,6 +733,7 @@ impl PluginManager {
                     "sha256": a.map(|a| a.sha256.clone()),
                     "abi": a.map(|a| a.plugin.abi()),
                     "module": a.map(|a| a.plugin.module_origin().as_str()),
+                    "compiler": a.map(|a| a.plugin.tier().as_str()),
                     "calls": a.map(|a| a.plugin.calls()),
                     "vm_id": a.map(|a| a.vm_id.clone()),
                     "state": if quarantined.is_some() { "quarantined" } else { s.state.as_str() },
