@@ -50,6 +50,7 @@ async fn reload_plugins(state: &Arc<AppState>) -> Response<Body> {
         "loaded": report.loaded,
         "failed": report.failed,
         "removed": report.removed,
+        "optimized": report.optimized,
         "retry_due": report.retry_due,
     });
     json_response(doc)

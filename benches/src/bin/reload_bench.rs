@@ -3,7 +3,7 @@
 //! every second does to latency under load.
 //!
 //! ```text
-//! cargo run --release -p weir-benches --bin reload_bench -- [--trials 15] [--load-seconds 60] [--rounds 3] [--reload-cached]
+//! cargo run --release -p weir-benches --bin reload_bench -- [--trials 15] [--load-seconds 60] [--rounds 3] [--reload-cached] [--no-disk-cache]
 //! ```
 //!
 //! Runs a release weir (built first) on 127.0.0.1 with the built-in echo route
@@ -20,7 +20,9 @@
 //! the order within a pair alternating from round to round. It prints p50,
 //! p99 and the non-2xx count of every run (with reloads: how many versions
 //! were written and how many went live meanwhile, from weir's /metrics), the ratio of the p99 medians, and
-//! the median of the rounds' own p99 ratios. Everything stays on loopback and is bounded in time.
+//! the median of the rounds' own p99 ratios. weir keeps compiled modules in
+//! a disk cache folder, as `weir run` does by default; `--no-disk-cache`
+//! runs it without one. Everything stays on loopback and is bounded in time.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -177,13 +179,18 @@ impl Drop for Weir {
     }
 }
 
-fn start_weir(root: &Path, dir: &Path) -> Weir {
+fn start_weir(root: &Path, dir: &Path, disk_cache: bool) -> Weir {
     let config = dir.join("weir.toml");
+    let cache = if disk_cache {
+        dir.join("cache").display().to_string()
+    } else {
+        String::new()
+    };
     std::fs::write(
         &config,
         format!(
             "[admin]\nlisten = \"127.0.0.1:{ADMIN}\"\n[server]\nworkers = 1\n[plugins]\ncache_dir = \"{}\"\n[[listener]]\nname = \"bench\"\nlisten = \"127.0.0.1:{PORT}\"\n[[route]]\nname = \"echo\"\necho = true\n",
-            dir.join("cache").display()
+            cache
         ),
     )
     .unwrap();
@@ -250,6 +257,7 @@ fn main() {
     let mut load_seconds = 60u64;
     let mut reload_cached = false;
     let mut rounds = 3;
+    let mut disk_cache = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -261,6 +269,7 @@ fn main() {
                     .unwrap_or(load_seconds)
             }
             "--reload-cached" => reload_cached = true,
+            "--no-disk-cache" => disk_cache = false,
             "--rounds" => rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(rounds),
             other => panic!("unknown argument {other}; see the file's doc comment"),
         }
@@ -278,7 +287,7 @@ fn main() {
     std::fs::create_dir(&plugins).unwrap();
     let file = plugins.join("10-version.wasm");
     std::fs::write(&file, module("start", 0)).unwrap();
-    let _weir = start_weir(&root, dir.path());
+    let _weir = start_weir(&root, dir.path(), disk_cache);
     let mut probe = Probe::connect();
     assert_eq!(probe.version().as_deref(), Some("start"));
 

@@ -47,6 +47,8 @@ pub fn lower_priority() {
 /// else a reload does (reading, hashing, instantiating, configuring, the
 /// swap) stays at idle priority. Leaving SCHED_IDLE needs CAP_SYS_NICE where
 /// the nice limit is the default: without it, compiles stay at idle priority.
+///
+/// Within [`unhurried`], compiles stay at idle priority.
 pub fn compiling<T>(compile: impl FnOnce() -> T) -> T {
     /// Puts the thread back at idle priority, even if `compile` panics.
     struct BackToIdle;
@@ -54,6 +56,9 @@ pub fn compiling<T>(compile: impl FnOnce() -> T) -> T {
         fn drop(&mut self) {
             lower_priority();
         }
+    }
+    if UNHURRIED.get() {
+        return compile();
     }
     #[cfg(target_os = "linux")]
     match leave_idle(thread_priority::ThreadPriority::Min) {
@@ -65,6 +70,26 @@ pub fn compiling<T>(compile: impl FnOnce() -> T) -> T {
         None => {}
     }
     compile()
+}
+
+thread_local! {
+    static UNHURRIED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with its compiles left at idle priority (see [`compiling`]):
+/// for work nobody waits on, such as recompiling a plugin that already
+/// serves with the optimizing compiler. On a saturated machine it then
+/// waits for idle time instead of taking any from the workers.
+pub fn unhurried<T>(f: impl FnOnce() -> T) -> T {
+    /// Clears the flag, even if `f` panics.
+    struct Hurried(bool);
+    impl Drop for Hurried {
+        fn drop(&mut self) {
+            UNHURRIED.set(self.0);
+        }
+    }
+    let _restore = Hurried(UNHURRIED.replace(true));
+    f()
 }
 
 /// Undoes, on a thread that inherited it, the idle priority of the thread
@@ -245,6 +270,28 @@ pub(crate) mod tests {
         );
         // On a thread of normal priority it changes nothing.
         assert_eq!(compiling(own_policy), 0);
+    }
+
+    /// Work nobody waits on compiles at idle priority; the thread leaves
+    /// `unhurried` as it was, and compiles after it leave idle again.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn unhurried_compiles_stay_idle() {
+        if !may_leave_idle() {
+            return;
+        }
+        let policies = std::thread::spawn(|| {
+            lower_priority();
+            let during = unhurried(|| compiling(own_policy));
+            (during, compiling(own_policy), own_policy())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            policies,
+            (5, 0, 5),
+            "(idle while unhurried, normal in a later compile, idle after)"
+        );
     }
 
     #[cfg(target_os = "linux")]

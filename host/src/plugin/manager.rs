@@ -532,7 +532,7 @@ impl PluginManager {
         } else {
             engine::Tier::Baseline
         };
-        let result = settings.and_then(|text| {
+        let mut load = |text: Option<String>| {
             if let Some(text) = text.as_deref() {
                 // Its failure policy applies even if the rest fails to load.
                 if let Ok(t) = toml::from_str::<toml::Table>(text) {
@@ -564,6 +564,14 @@ impl PluginManager {
                     });
                     Ok(Some((plugin, vm_id, routes, variant)))
                 }
+            }
+        };
+        let result = settings.and_then(|text| {
+            if tier_up {
+                // Nobody waits on it: the baseline code serves meanwhile.
+                super::background::unhurried(|| load(text))
+            } else {
+                load(text)
             }
         });
         if stamp(&slot.path) != before {
