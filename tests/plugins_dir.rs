@@ -621,6 +621,24 @@ async fn compiled_modules_are_cached_in_memory_and_on_disk() {
     assert_eq!(plugin(&s, "pw").unwrap()["module"], "disk cache", "{s}");
 }
 
+/// Compiled modules in a disk cache folder: wasmtime writes each entry in a
+/// subfolder, with a `.stats` file beside it.
+fn cached_modules(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    cached_modules(&p)
+                } else {
+                    usize::from(p.extension().is_none_or(|x| x != "stats"))
+                }
+            })
+            .sum()
+    })
+}
+
 /// A version written while weir serves goes live on the baseline
 /// compiler's code, then is compiled optimized once it has served a while
 /// (5 s) unchanged; the optimized code takes over without a failed request,
@@ -628,14 +646,30 @@ async fn compiled_modules_are_cached_in_memory_and_on_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_version_goes_live_on_baseline_code_and_is_then_compiled_optimized() {
     let up = Upstream::start("app").await;
-    let (w, plugins) =
-        weir_with_plugins(&up, &[("10-hdr.wasm", header_module("x-version", "one"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (plugins, cache) = (dir.path().join("plugins"), dir.path().join("cache"));
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::write(
+        plugins.join("10-hdr.wasm"),
+        header_module("x-version", "one"),
+    )
+    .unwrap();
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[plugins]\ncache_dir = \"{}\"\n[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        cache.display(),
+        up.addr
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
     let s = plugins_status(&w).await;
     assert_eq!(
         plugin(&s, "hdr").unwrap()["compiler"],
         "optimized",
         "plugins found at start are compiled optimized: {s}"
     );
+    let at_start = cached_modules(&cache);
+    assert!(at_start >= 1, "the optimized start-up compile is on disk");
     let c = reqwest::Client::new();
     let url = w.url("/ok");
     write_then_rename(
@@ -650,6 +684,11 @@ async fn a_new_version_goes_live_on_baseline_code_and_is_then_compiled_optimized
     let hdr = plugin(&s, "hdr").unwrap();
     assert_eq!(hdr["compiler"], "baseline", "{s}");
     let since = hdr["serving_since"].clone();
+    assert_eq!(
+        cached_modules(&cache),
+        at_start,
+        "baseline code is not written to the disk cache"
+    );
     // Requests keep flowing while the optimized code replaces it.
     let failures = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -682,6 +721,11 @@ async fn a_new_version_goes_live_on_baseline_code_and_is_then_compiled_optimized
     assert_eq!(
         hdr["serving_since"], since,
         "the same version, recompiled: {s}"
+    );
+    assert_eq!(
+        cached_modules(&cache),
+        at_start + 1,
+        "the optimized code is written to the disk cache"
     );
     assert_eq!(hdr["state"], "active");
     assert_eq!(

@@ -110,7 +110,13 @@ pub fn engine_for(tier: Tier) -> &'static Engine {
         if tier == Tier::Baseline {
             config.strategy(wasmtime::Strategy::Winch);
         }
-        if let Some(cache) = disk_cache() {
+        // Baseline code lives for seconds, until its version is compiled
+        // optimized or replaced, and a start compiles optimized: writing it
+        // to the disk cache (serializing and compressing about a megabyte
+        // per reload) would be work and space for nothing.
+        if tier == Tier::Optimized
+            && let Some(cache) = disk_cache()
+        {
             config.cache(Some(cache.clone()));
         }
         let engine = Engine::new(&config).expect("the wasmtime configuration is valid");
@@ -122,8 +128,7 @@ pub fn engine_for(tier: Tier) -> &'static Engine {
     })
 }
 
-/// wasmtime's on-disk cache, shared by both engines (its keys include the
-/// compiler), if a usable folder was set.
+/// wasmtime's on-disk cache of optimized code, if a usable folder was set.
 fn disk_cache() -> Option<&'static wasmtime::Cache> {
     static TRIED: OnceLock<()> = OnceLock::new();
     TRIED.get_or_init(|| {
@@ -417,11 +422,16 @@ fn compile_cached<T: Clone>(
     }
     let hits = disk_cache().map(|c| c.cache_hits());
     // A baseline compile is short (about 20 ms of CPU for 100 KB): it stays
-    // at the loader's idle priority, which any worker preempts at once. An
-    // optimized one takes about 8 times as long and leaves idle priority
-    // (see `compiling`) unless nobody waits on it.
+    // at the loader's idle priority, which any worker preempts at once,
+    // unless it waits too long for idle time. An optimized one takes about
+    // 8 times as long and leaves idle priority at once (see `compiling`)
+    // unless nobody waits on it.
     let mut built = match tier {
-        Tier::Baseline => build(engine_for(tier)).map(|c| (c, tier)),
+        Tier::Baseline => {
+            super::background::compiling_patiently(super::background::PATIENCE, || {
+                build(engine_for(tier)).map(|c| (c, tier))
+            })
+        }
         Tier::Optimized => {
             super::background::compiling(|| build(engine_for(tier)).map(|c| (c, tier)))
         }
@@ -675,6 +685,24 @@ mod tests {
         assert!(Engine::same(optimized.engine(), engine()));
         let (module, origin, tier) = compile(&wasm, Tier::Baseline).unwrap();
         assert_eq!((origin, tier), (ModuleOrigin::Memory, Tier::Optimized));
+        assert!(Engine::same(module.engine(), engine()));
+    }
+
+    /// A module the baseline compiler refuses (Winch has no tail calls) is
+    /// compiled optimized instead of failing to load.
+    #[test]
+    fn a_module_winch_refuses_is_compiled_optimized() {
+        let wasm = wat::parse_str(
+            r#"(module (func $one (result i32) i32.const 1)
+                 (func (export "tail-call-test") (result i32) return_call $one))"#,
+        )
+        .unwrap();
+        assert!(
+            Module::new(engine_for(Tier::Baseline), &wasm).is_err(),
+            "Winch compiled a tail call: pick another feature it lacks for this test"
+        );
+        let (module, _, tier) = compile(&wasm, Tier::Baseline).unwrap();
+        assert_eq!(tier, Tier::Optimized);
         assert!(Engine::same(module.engine(), engine()));
     }
 }
