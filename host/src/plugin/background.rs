@@ -57,7 +57,8 @@ pub fn lower_priority() {
 /// SCHED_IDLE needs CAP_SYS_NICE where the nice limit is the default:
 /// without it, compiles stay at idle priority.
 ///
-/// Within [`unhurried`], compiles stay at idle priority.
+/// Within [`unhurried`], compiles wait at idle priority for up to
+/// [`UNHURRIED_PATIENCE`] first.
 pub fn compiling<T>(compile: impl FnOnce() -> T) -> T {
     /// Puts the thread back at idle priority, even if `compile` panics.
     struct BackToIdle;
@@ -67,7 +68,7 @@ pub fn compiling<T>(compile: impl FnOnce() -> T) -> T {
         }
     }
     if UNHURRIED.get() {
-        return compile();
+        return compiling_patiently(UNHURRIED_PATIENCE, compile);
     }
     #[cfg(target_os = "linux")]
     match leave_idle(thread_priority::ThreadPriority::Min) {
@@ -86,12 +87,17 @@ pub fn compiling<T>(compile: impl FnOnce() -> T) -> T {
 /// 15 ms on an idle core.
 pub const PATIENCE: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// How long an [`unhurried`] compile waits at idle priority before it moves
+/// to nice 19: the loader is one thread, and a reload written meanwhile
+/// waits behind it.
+pub const UNHURRIED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs `compile` at the calling thread's idle priority, and moves the
 /// thread to nice 19 (as [`compiling`] does from the start) if it is still
 /// running after `patience`. A short compile thus takes only idle time, and
 /// on a saturated machine, where idle time may not come for seconds, it
-/// still gets nice 19's small share after the wait. Within [`unhurried`],
-/// or on a thread not at idle priority, it just runs `compile`.
+/// still gets nice 19's small share after the wait. On a thread not at idle
+/// priority it just runs `compile`.
 pub fn compiling_patiently<T>(patience: std::time::Duration, compile: impl FnOnce() -> T) -> T {
     #[cfg(target_os = "linux")]
     {
@@ -99,7 +105,7 @@ pub fn compiling_patiently<T>(patience: std::time::Duration, compile: impl FnOnc
             NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy,
         };
         let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        if !UNHURRIED.get() && thread_schedule_policy().ok() == Some(idle) {
+        if thread_schedule_policy().ok() == Some(idle) {
             return patiently(patience, compile);
         }
     }
@@ -174,10 +180,11 @@ thread_local! {
     static UNHURRIED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` with its compiles left at idle priority (see [`compiling`]):
-/// for work nobody waits on, such as recompiling a plugin that already
-/// serves with the optimizing compiler. On a saturated machine it then
-/// waits for idle time instead of taking any from the workers.
+/// Runs `f` with its compiles left at idle priority for up to
+/// [`UNHURRIED_PATIENCE`] (see [`compiling`]): for work nobody waits on,
+/// such as recompiling a plugin that already serves with the optimizing
+/// compiler. On a saturated machine it then waits for idle time instead of
+/// taking any from the workers, up to that patience.
 pub fn unhurried<T>(f: impl FnOnce() -> T) -> T {
     /// Clears the flag, even if `f` panics.
     struct Hurried(bool);
@@ -398,11 +405,11 @@ pub(crate) mod tests {
             (5, (0, 19), 5),
             "(quick: idle, slow: (normal, nice 19) after its patience, idle after)"
         );
-        // Unhurried, a slow compile stays idle.
-        let unhurried_slow = std::thread::spawn(|| {
+        // Unhurried, a compile shorter than its patience of a second stays idle.
+        let unhurried = std::thread::spawn(|| {
             lower_priority();
             unhurried(|| {
-                compiling_patiently(Duration::from_millis(1), || {
+                compiling(|| {
                     std::thread::sleep(Duration::from_millis(50));
                     own_policy()
                 })
@@ -410,7 +417,7 @@ pub(crate) mod tests {
         })
         .join()
         .unwrap();
-        assert_eq!(unhurried_slow, 5);
+        assert_eq!(unhurried, 5);
     }
 
     /// Work nobody waits on compiles at idle priority; the thread leaves

@@ -177,8 +177,6 @@ pub struct PluginManager {
     chain: Arc<ArcSwap<FilterChain>>,
     scanned: std::sync::atomic::AtomicBool,
     loader: Loader,
-    /// [`TIER_UP_AFTER`], in milliseconds (tests shorten it).
-    tier_up_after_ms: std::sync::atomic::AtomicU64,
     /// Whether a rescan for a tier-up is already scheduled.
     tier_up_scheduled: std::sync::atomic::AtomicBool,
 }
@@ -275,25 +273,8 @@ impl PluginManager {
             chain,
             scanned: std::sync::atomic::AtomicBool::new(false),
             loader: Loader::start(),
-            tier_up_after_ms: std::sync::atomic::AtomicU64::new(TIER_UP_AFTER.as_millis() as u64),
             tier_up_scheduled: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    /// How long a version on baseline code serves before it is compiled
-    /// optimized ([`TIER_UP_AFTER`] unless set here).
-    pub fn set_tier_up_after(&self, after: Duration) {
-        self.tier_up_after_ms.store(
-            after.as_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-
-    fn tier_up_after(&self) -> Duration {
-        Duration::from_millis(
-            self.tier_up_after_ms
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
     }
 
     /// The chain new requests use.
@@ -454,10 +435,9 @@ impl PluginManager {
             self.metrics.plugin_up(&gone.name, None);
             report.removed.push(gone.name);
         }
-        let after = self.tier_up_after();
         report.tier_up_in = slots
             .iter()
-            .filter_map(|s| s.active.as_ref()?.tier_up_in(after))
+            .filter_map(|s| s.active.as_ref()?.tier_up_in(TIER_UP_AFTER))
             .min();
         self.chain
             .store(Arc::new(build_chain(&slots, &self.metrics)));
@@ -521,7 +501,7 @@ impl PluginManager {
             && slot
                 .active
                 .as_ref()
-                .and_then(|a| a.tier_up_in(self.tier_up_after()))
+                .and_then(|a| a.tier_up_in(TIER_UP_AFTER))
                 .is_some_and(|wait| wait.is_zero());
         if slot.attempted.as_ref() == Some(&key) && settings.is_ok() && !tier_up {
             return;
@@ -568,7 +548,8 @@ impl PluginManager {
         };
         let result = settings.and_then(|text| {
             if tier_up {
-                // Nobody waits on it: the baseline code serves meanwhile.
+                // Nobody waits on it (the baseline code serves meanwhile),
+                // but a reload queued behind it on the loader does.
                 super::background::unhurried(|| load(text))
             } else {
                 load(text)
