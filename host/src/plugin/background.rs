@@ -27,14 +27,7 @@ pub fn lower_priority() {
         };
         let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
         match set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
-            Ok(()) => {
-                // Ignored under SCHED_IDLE; what the thread gets if it is
-                // moved to SCHED_OTHER from outside (`compiling_patiently`).
-                if let Err(e) = rustix::process::setpriority_process(None, 19) {
-                    tracing::debug!(error = %e, "cannot set a plugin thread's nice value");
-                }
-                return;
-            }
+            Ok(()) => return,
             Err(e) => tracing::debug!(error = ?e, "cannot move a plugin thread to SCHED_IDLE"),
         }
     }
@@ -46,19 +39,16 @@ pub fn lower_priority() {
 }
 
 /// Runs `compile` at the lowest normal priority (nice 19) when the calling
-/// thread is at idle priority, then puts the thread back. The optimizing
-/// compiler takes some 170 ms of CPU for a 100 KB plugin; at idle priority
-/// it can wait many seconds on a saturated machine (a new version every
+/// thread is at idle priority, then puts the thread back. Every compile
+/// comes here: a baseline compile of a 100 KB plugin takes about 20 ms of
+/// CPU, an optimized one about 170 ms. At idle priority a compile can wait
+/// many seconds on a saturated machine (Cranelift, a new version every
 /// second under wrk: 13 to 34 of 60 went live during the minute), while
 /// nice 19 still leaves the workers all but the smallest share of the
-/// cores. The baseline compiler's reloads (about 20 ms of CPU) do not come
-/// here: they stay at idle priority, as does everything else a reload does
-/// (reading, hashing, instantiating, configuring, the swap). Leaving
-/// SCHED_IDLE needs CAP_SYS_NICE where the nice limit is the default:
-/// without it, compiles stay at idle priority.
-///
-/// Within [`unhurried`], compiles wait at idle priority for up to
-/// [`UNHURRIED_PATIENCE`] first.
+/// cores. Everything else a reload does (reading, hashing, instantiating,
+/// configuring, the swap) stays at idle priority. Leaving SCHED_IDLE needs
+/// CAP_SYS_NICE where the nice limit is the default: without it, compiles
+/// stay at idle priority.
 pub fn compiling<T>(compile: impl FnOnce() -> T) -> T {
     /// Puts the thread back at idle priority, even if `compile` panics.
     struct BackToIdle;
@@ -66,9 +56,6 @@ pub fn compiling<T>(compile: impl FnOnce() -> T) -> T {
         fn drop(&mut self) {
             lower_priority();
         }
-    }
-    if UNHURRIED.get() {
-        return compiling_patiently(UNHURRIED_PATIENCE, compile);
     }
     #[cfg(target_os = "linux")]
     match leave_idle(thread_priority::ThreadPriority::Min) {
@@ -80,121 +67,6 @@ pub fn compiling<T>(compile: impl FnOnce() -> T) -> T {
         None => {}
     }
     compile()
-}
-
-/// How long a compile waits at idle priority before [`compiling_patiently`]
-/// moves it to nice 19: a baseline compile of a 100 KB plugin takes about
-/// 15 ms on an idle core.
-pub const PATIENCE: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// How long an [`unhurried`] compile waits at idle priority before it moves
-/// to nice 19: the loader is one thread, and a reload written meanwhile
-/// waits behind it.
-pub const UNHURRIED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Runs `compile` at the calling thread's idle priority, and moves the
-/// thread to nice 19 (as [`compiling`] does from the start) if it is still
-/// running after `patience`. A short compile thus takes only idle time, and
-/// on a saturated machine, where idle time may not come for seconds, it
-/// still gets nice 19's small share after the wait. On a thread not at idle
-/// priority it just runs `compile`.
-pub fn compiling_patiently<T>(patience: std::time::Duration, compile: impl FnOnce() -> T) -> T {
-    #[cfg(target_os = "linux")]
-    {
-        use thread_priority::{
-            NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy,
-        };
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        if thread_schedule_policy().ok() == Some(idle) {
-            return patiently(patience, compile);
-        }
-    }
-    let _ = patience;
-    compile()
-}
-
-#[cfg(target_os = "linux")]
-fn patiently<T>(patience: std::time::Duration, compile: impl FnOnce() -> T) -> T {
-    use std::sync::{Arc, Condvar, Mutex};
-    /// (the compile is done, the thread was moved to nice 19)
-    type Watch = (Mutex<(bool, bool)>, Condvar);
-    let compiler = thread_priority::thread_native_id();
-    let watch: Arc<Watch> = Arc::default();
-    let watcher = {
-        let watch = watch.clone();
-        std::thread::Builder::new()
-            .name("weir-compile-watch".into())
-            .spawn(move || {
-                // At idle priority, as it was born, it would starve with
-                // the compile it watches.
-                restore_priority();
-                let (lock, done) = &*watch;
-                let state = lock.lock().unwrap_or_else(|p| p.into_inner());
-                let (mut state, _) = done
-                    .wait_timeout_while(state, patience, |s| !s.0)
-                    .unwrap_or_else(|p| p.into_inner());
-                if !state.0 {
-                    // Under the lock: the compiling thread cannot finish
-                    // and go back to idle between the check and the move.
-                    state.1 = to_normal_policy(compiler);
-                }
-            })
-    };
-    let out = compile();
-    let (lock, done) = &*watch;
-    let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
-    state.0 = true;
-    done.notify_one();
-    if state.1 {
-        lower_priority();
-    }
-    drop(state);
-    if let Ok(w) = watcher {
-        let _ = w.join();
-    }
-    out
-}
-
-/// Moves the thread `native` (at SCHED_IDLE, its nice value 19 from
-/// [`lower_priority`]) to SCHED_OTHER, where that nice value applies; false
-/// when that is not permitted (no CAP_SYS_NICE).
-#[cfg(target_os = "linux")]
-fn to_normal_policy(native: thread_priority::ThreadId) -> bool {
-    use thread_priority::{
-        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-        set_thread_priority_and_policy,
-    };
-    // The crate sets the policy of `native`, and the nice value of the
-    // calling thread (this watcher, about to end) to 19.
-    let normal = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
-    match set_thread_priority_and_policy(native, ThreadPriority::Min, normal) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::debug!(error = ?e, "a slow plugin compile stays at idle priority");
-            false
-        }
-    }
-}
-
-thread_local! {
-    static UNHURRIED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with its compiles left at idle priority for up to
-/// [`UNHURRIED_PATIENCE`] (see [`compiling`]): for work nobody waits on,
-/// such as recompiling a plugin that already serves with the optimizing
-/// compiler. On a saturated machine it then waits for idle time instead of
-/// taking any from the workers, up to that patience.
-pub fn unhurried<T>(f: impl FnOnce() -> T) -> T {
-    /// Clears the flag, even if `f` panics.
-    struct Hurried(bool);
-    impl Drop for Hurried {
-        fn drop(&mut self) {
-            UNHURRIED.set(self.0);
-        }
-    }
-    let _restore = Hurried(UNHURRIED.replace(true));
-    f()
 }
 
 /// Undoes, on a thread that inherited it, the idle priority of the thread
@@ -375,71 +247,6 @@ pub(crate) mod tests {
         );
         // On a thread of normal priority it changes nothing.
         assert_eq!(compiling(own_policy), 0);
-    }
-
-    /// A compile stays at idle priority while it is quick, and moves to
-    /// nice 19 once it has waited its patience out; then back to idle.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn a_compile_that_takes_too_long_at_idle_priority_moves_to_nice_19() {
-        use std::time::{Duration, Instant};
-        if !may_leave_idle() {
-            return;
-        }
-        let seen = std::thread::spawn(|| {
-            lower_priority();
-            let quick = compiling_patiently(Duration::from_secs(30), own_policy);
-            let slow = compiling_patiently(Duration::from_millis(10), || {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while own_policy() == 5 && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                (own_policy(), own_nice())
-            });
-            (quick, slow, own_policy())
-        })
-        .join()
-        .unwrap();
-        assert_eq!(
-            seen,
-            (5, (0, 19), 5),
-            "(quick: idle, slow: (normal, nice 19) after its patience, idle after)"
-        );
-        // Unhurried, a compile shorter than its patience of a second stays idle.
-        let unhurried = std::thread::spawn(|| {
-            lower_priority();
-            unhurried(|| {
-                compiling(|| {
-                    std::thread::sleep(Duration::from_millis(50));
-                    own_policy()
-                })
-            })
-        })
-        .join()
-        .unwrap();
-        assert_eq!(unhurried, 5);
-    }
-
-    /// Work nobody waits on compiles at idle priority; the thread leaves
-    /// `unhurried` as it was, and compiles after it leave idle again.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn unhurried_compiles_stay_idle() {
-        if !may_leave_idle() {
-            return;
-        }
-        let policies = std::thread::spawn(|| {
-            lower_priority();
-            let during = unhurried(|| compiling(own_policy));
-            (during, compiling(own_policy), own_policy())
-        })
-        .join()
-        .unwrap();
-        assert_eq!(
-            policies,
-            (5, 0, 5),
-            "(idle while unhurried, normal in a later compile, idle after)"
-        );
     }
 
     #[cfg(target_os = "linux")]

@@ -421,21 +421,7 @@ fn compile_cached<T: Clone>(
         return Ok((code, ModuleOrigin::Memory, had));
     }
     let hits = disk_cache().map(|c| c.cache_hits());
-    // A baseline compile is short (about 20 ms of CPU for 100 KB): it stays
-    // at the loader's idle priority, which any worker preempts at once,
-    // unless it waits too long for idle time. An optimized one takes about
-    // 8 times as long and leaves idle priority at once (see `compiling`)
-    // unless nobody waits on it.
-    let mut built = match tier {
-        Tier::Baseline => {
-            super::background::compiling_patiently(super::background::PATIENCE, || {
-                build(engine_for(tier)).map(|c| (c, tier))
-            })
-        }
-        Tier::Optimized => {
-            super::background::compiling(|| build(engine_for(tier)).map(|c| (c, tier)))
-        }
-    };
+    let mut built = super::background::compiling(|| build(engine_for(tier)).map(|c| (c, tier)));
     if tier == Tier::Baseline
         && let Err(e) = &built
     {

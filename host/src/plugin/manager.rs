@@ -512,7 +512,7 @@ impl PluginManager {
         } else {
             engine::Tier::Baseline
         };
-        let mut load = |text: Option<String>| {
+        let load = |text: Option<String>| {
             if let Some(text) = text.as_deref() {
                 // Its failure policy applies even if the rest fails to load.
                 if let Ok(t) = toml::from_str::<toml::Table>(text) {
@@ -546,15 +546,7 @@ impl PluginManager {
                 }
             }
         };
-        let result = settings.and_then(|text| {
-            if tier_up {
-                // Nobody waits on it (the baseline code serves meanwhile),
-                // but a reload queued behind it on the loader does.
-                super::background::unhurried(|| load(text))
-            } else {
-                load(text)
-            }
-        });
+        let result = settings.and_then(load);
         if stamp(&slot.path) != before {
             // Written to while it loaded: whatever loaded is not what is there now.
             tracing::debug!(file = %slot.path.display(), "plugin file changed while loading; waiting for the write to finish");
