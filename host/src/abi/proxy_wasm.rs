@@ -730,10 +730,10 @@ impl Side {
         s.next_id += 1;
         s.streams.insert(
             id,
-            StreamState {
+            Box::new(StreamState {
                 info: Some(self.info.clone()),
                 ..Default::default()
-            },
+            }),
         );
         let root = s.root;
         self.ctx = Some((id, generation));

@@ -106,7 +106,11 @@ pub struct VmState {
     /// What the running callback may touch.
     pub phase: Phase,
     /// Live stream contexts (small integer keys: a fast hash, no SipHash).
-    pub streams: rustc_hash::FxHashMap<u32, StreamState>,
+    /// Boxed: a stream's state is near 900 bytes, and kept inline every
+    /// insert and remove copied all of it, and the table spread hundreds of
+    /// streams' states over cold memory (at 256 connections, each callback's
+    /// probe then missed the cache).
+    pub streams: rustc_hash::FxHashMap<u32, Box<StreamState>>,
     /// A callback resumed, closed or answered a stream: paused streams are
     /// checked for waking after it returns (otherwise nothing to check).
     pub wake: bool,
@@ -143,7 +147,7 @@ impl VmState {
     /// The stream the hostcall acts on, if it is a stream.
     pub fn stream(&mut self) -> Option<&mut StreamState> {
         let id = self.target();
-        self.streams.get_mut(&id)
+        self.streams.get_mut(&id).map(|b| &mut **b)
     }
 }
 
