@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue, Request, StatusCode};
 use wasmtime::{Caller, Linker};
 
 use super::maps::{self, Edit};
-use super::memory::{give, read, write_u32, write_u64};
+use super::memory::{give, read, with_guest_bytes, write_u32, write_u64};
 use super::pairs;
 use super::properties;
 use super::status::{Status, buffer};
@@ -342,20 +342,31 @@ fn link_buffers_and_maps(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_value",
         |mut c: C<'_>, map: i32, kp: i32, kl: i32, rp: i32, rl: i32| -> R {
-            let key = tryst!(read(&mut c, kp, kl));
-            let found = match maps::value(c.data_mut(), map, &key) {
-                Ok(v) => v,
-                Err(Status::BadArgument) if c.data().phase == Phase::Log => None,
-                Err(s) => return Ok(s as i32),
-            };
-            match found {
-                Some(v) => Ok(code(give(&mut c, &v, rp, rl)?)),
-                // ABI 0.1.0 answers a missing key with an empty value.
-                None if c.data().abi == super::AbiVersion::V0_1_0 => {
-                    Ok(code(give(&mut c, b"", rp, rl)?))
+            // The value is copied into the instance's scratch buffer (no
+            // allocation once it has grown), then handed to the module.
+            let mut out = std::mem::take(&mut c.data_mut().scratch);
+            out.clear();
+            let looked = with_guest_bytes(&mut c, (kp, kl), (0, 0), |key, _, state| {
+                maps::value(state, map, key, &mut out)
+            });
+            let found = match looked.and_then(|r| r) {
+                Ok(found) => found,
+                Err(Status::BadArgument) if c.data().phase == Phase::Log => false,
+                Err(s) => {
+                    c.data_mut().scratch = out;
+                    return Ok(s as i32);
                 }
-                None => Ok(Status::NotFound as i32),
-            }
+            };
+            let answer = if found {
+                code(give(&mut c, &out, rp, rl)?)
+            } else if c.data().abi == super::AbiVersion::V0_1_0 {
+                // ABI 0.1.0 answers a missing key with an empty value.
+                code(give(&mut c, b"", rp, rl)?)
+            } else {
+                Status::NotFound as i32
+            };
+            c.data_mut().scratch = out;
+            Ok(answer)
         },
     )?;
     for (name, how) in [
@@ -366,9 +377,10 @@ fn link_buffers_and_maps(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             "env",
             name,
             move |mut c: C<'_>, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> R {
-                let key = tryst!(read(&mut c, kp, kl));
-                let value = tryst!(read(&mut c, vp, vl));
-                Ok(code(maps::edit(c.data_mut(), map, &key, &value, how)))
+                let edited = with_guest_bytes(&mut c, (kp, kl), (vp, vl), |key, value, state| {
+                    maps::edit(state, map, key, value, how)
+                });
+                Ok(code(edited.and_then(|r| r)))
             },
         )?;
     }
@@ -376,8 +388,10 @@ fn link_buffers_and_maps(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut c: C<'_>, map: i32, kp: i32, kl: i32| -> R {
-            let key = tryst!(read(&mut c, kp, kl));
-            Ok(code(maps::edit(c.data_mut(), map, &key, b"", Edit::Remove)))
+            let edited = with_guest_bytes(&mut c, (kp, kl), (0, 0), |key, _, state| {
+                maps::edit(state, map, key, b"", Edit::Remove)
+            });
+            Ok(code(edited.and_then(|r| r)))
         },
     )?;
     l.func_wrap(

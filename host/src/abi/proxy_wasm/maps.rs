@@ -1,6 +1,8 @@
 //! Header maps as proxy-wasm sees them: pseudo-headers (`:method`, `:path`,
 //! `:authority`, `:scheme`, `:status`) first, then the headers, names in lower case.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::status::{Status, map};
@@ -19,6 +21,10 @@ const REQUEST_PSEUDO: [&[u8]; 4] = [b":method", b":path", b":authority", b":sche
 
 /// A request pseudo-header's value (`:authority` falls back to the Host header).
 fn request_pseudo(p: &http::request::Parts, tls: bool, key: &[u8]) -> Option<Vec<u8>> {
+    request_pseudo_str(p, tls, key).map(<[u8]>::to_vec)
+}
+
+fn request_pseudo_str<'p>(p: &'p http::request::Parts, tls: bool, key: &[u8]) -> Option<&'p [u8]> {
     let text: &[u8] = match key {
         b":method" => p.method.as_str().as_bytes(),
         b":path" => p
@@ -40,7 +46,7 @@ fn request_pseudo(p: &http::request::Parts, tls: bool, key: &[u8]) -> Option<Vec
             .as_bytes(),
         _ => return None,
     };
-    Some(text.to_vec())
+    Some(text)
 }
 
 fn request_pairs(p: &http::request::Parts, tls: bool) -> Pairs {
@@ -107,42 +113,61 @@ pub fn pairs(state: &mut VmState, map_type: i32) -> Result<Pairs, Status> {
     }
 }
 
-/// The first value of `key` in map `map_type`.
-pub fn value(state: &mut VmState, map_type: i32, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
-    let key = key.to_ascii_lowercase();
-    let request_or_response =
-        map_type == map::HTTP_REQUEST_HEADERS || map_type == map::HTTP_RESPONSE_HEADERS;
-    if !request_or_response {
-        return Ok(pairs(state, map_type)?
-            .into_iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v));
-    }
-    if key.first() == Some(&b':') {
-        return pseudo(state, map_type, &key);
-    }
-    let st = state.stream().ok_or(Status::BadArgument)?;
-    let headers = if map_type == map::HTTP_REQUEST_HEADERS {
-        st.request.as_ref().map(|p| &p.headers)
+/// A header name in lower case, borrowed when it already is (as the SDKs send them).
+fn lower(key: &[u8]) -> Cow<'_, [u8]> {
+    if key.iter().any(u8::is_ascii_uppercase) {
+        Cow::Owned(key.to_ascii_lowercase())
     } else {
-        st.response.as_ref().map(|p| &p.headers)
-    };
-    let headers = headers.ok_or(Status::BadArgument)?;
-    let Ok(name) = HeaderName::from_bytes(&key) else {
-        return Ok(None);
-    };
-    Ok(headers.get(name).map(|v| v.as_bytes().to_vec()))
+        Cow::Borrowed(key)
+    }
 }
 
-fn pseudo(state: &mut VmState, map_type: i32, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
-    let st = state.stream().ok_or(Status::BadArgument)?;
-    let tls = st.info.as_ref().is_some_and(|i| i.tls);
-    if map_type == map::HTTP_RESPONSE_HEADERS {
-        let p = st.response.as_ref().ok_or(Status::BadArgument)?;
-        return Ok((key == b":status").then(|| p.status.as_str().as_bytes().to_vec()));
-    }
-    let p = st.request.as_ref().ok_or(Status::BadArgument)?;
-    Ok(request_pseudo(p, tls, key))
+/// The first value of `key` in map `map_type`, appended to `out`; whether there is one.
+pub fn value(
+    state: &mut VmState,
+    map_type: i32,
+    key: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<bool, Status> {
+    let key = lower(key);
+    let request_or_response =
+        map_type == map::HTTP_REQUEST_HEADERS || map_type == map::HTTP_RESPONSE_HEADERS;
+    let found = if !request_or_response {
+        pairs(state, map_type)?
+            .into_iter()
+            .find(|(k, _)| *k == *key)
+            .map(|(_, v)| v)
+            .inspect(|v| out.extend_from_slice(v))
+            .is_some()
+    } else if key.first() == Some(&b':') {
+        let st = state.stream().ok_or(Status::BadArgument)?;
+        let tls = st.info.as_ref().is_some_and(|i| i.tls);
+        let text = if map_type == map::HTTP_RESPONSE_HEADERS {
+            let p = st.response.as_ref().ok_or(Status::BadArgument)?;
+            (*key == *b":status").then(|| p.status.as_str().as_bytes())
+        } else {
+            let p = st.request.as_ref().ok_or(Status::BadArgument)?;
+            request_pseudo_str(p, tls, &key)
+        };
+        text.inspect(|t| out.extend_from_slice(t)).is_some()
+    } else {
+        let st = state.stream().ok_or(Status::BadArgument)?;
+        let headers = if map_type == map::HTTP_REQUEST_HEADERS {
+            st.request.as_ref().map(|p| &p.headers)
+        } else {
+            st.response.as_ref().map(|p| &p.headers)
+        };
+        let headers = headers.ok_or(Status::BadArgument)?;
+        // Looked up by `&str`, which makes no `HeaderName` (that allocates
+        // for names outside the standard set); a name that cannot be a
+        // header is not in the map.
+        std::str::from_utf8(&key)
+            .ok()
+            .and_then(|name| headers.get(name))
+            .inspect(|v| out.extend_from_slice(v.as_bytes()))
+            .is_some()
+    };
+    Ok(found)
 }
 
 /// How a value is written.
@@ -171,7 +196,7 @@ pub fn edit(
     if !writable(state, map_type) {
         return Err(Status::BadArgument);
     }
-    let key = key.to_ascii_lowercase();
+    let key = lower(key);
     match map_type {
         map::HTTP_REQUEST_HEADERS => {
             let p = state
@@ -188,7 +213,7 @@ pub fn edit(
                 .stream()
                 .and_then(|s| s.response.as_mut())
                 .ok_or(Status::BadArgument)?;
-            if key == b":status" {
+            if *key == *b":status" {
                 if how == Edit::Remove {
                     return Err(Status::BadArgument);
                 }
@@ -241,11 +266,16 @@ fn edit_headers(
     value: &[u8],
     how: Edit,
 ) -> Result<(), Status> {
-    let name = HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
     if how == Edit::Remove {
-        headers.remove(&name);
+        // Removed by `&str` (no `HeaderName` made); a name that removed
+        // nothing is checked, so that an invalid one is still refused.
+        let name = std::str::from_utf8(key).map_err(|_| Status::BadArgument)?;
+        if headers.remove(name).is_none() {
+            HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
+        }
         return Ok(());
     }
+    let name = HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
     let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
     match how {
         Edit::Add => {
@@ -271,4 +301,97 @@ fn set_request_pseudo(
     let text = std::str::from_utf8(value).map_err(|_| Status::BadArgument)?;
     let pseudo = std::str::from_utf8(&key[1..]).map_err(|_| Status::BadArgument)?;
     crate::abi::set_request_pseudo(p, pseudo, text).map_err(|_| Status::BadArgument)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::proxy_wasm::AbiVersion;
+    use crate::abi::proxy_wasm::vm::{self, StreamState};
+
+    /// An instance state with stream 1 current, holding a request head with
+    /// `x-known: yes`.
+    fn state() -> VmState {
+        let health = crate::plugin::health::PluginHealth::new("maps-test", None);
+        let mut s = vm::new_state(
+            std::sync::Weak::new(),
+            "maps-test".into(),
+            AbiVersion::V0_2_1,
+            0,
+            0,
+            64 << 20,
+            health.callback_shard(),
+        );
+        let (mut head, ()) = http::Request::get("http://example.test/a?b=c")
+            .body(())
+            .unwrap()
+            .into_parts();
+        head.headers
+            .insert("x-known", HeaderValue::from_static("yes"));
+        s.streams.insert(
+            1,
+            Box::new(StreamState {
+                request: Some(head),
+                ..Default::default()
+            }),
+        );
+        s.current = 1;
+        s.phase = Phase::RequestHeaders;
+        s
+    }
+
+    fn get(s: &mut VmState, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+        let mut out = Vec::new();
+        value(s, map::HTTP_REQUEST_HEADERS, key, &mut out).map(|found| found.then_some(out))
+    }
+
+    #[test]
+    fn names_are_looked_up_in_any_case_and_values_appended_to_the_buffer() {
+        let mut s = state();
+        assert_eq!(get(&mut s, b"x-known"), Ok(Some(b"yes".to_vec())));
+        assert_eq!(get(&mut s, b"X-Known"), Ok(Some(b"yes".to_vec())));
+        assert_eq!(get(&mut s, b":path"), Ok(Some(b"/a?b=c".to_vec())));
+        assert_eq!(
+            get(&mut s, b":authority"),
+            Ok(Some(b"example.test".to_vec()))
+        );
+        assert_eq!(get(&mut s, b"x-absent"), Ok(None));
+        // A name no header can have is simply not there.
+        assert_eq!(get(&mut s, b"bad name"), Ok(None));
+        let mut out = b"kept:".to_vec();
+        assert_eq!(
+            value(&mut s, map::HTTP_REQUEST_HEADERS, b"x-known", &mut out),
+            Ok(true)
+        );
+        assert_eq!(out, b"kept:yes");
+    }
+
+    #[test]
+    fn edits_store_lower_case_names_and_refuse_invalid_ones() {
+        let mut s = state();
+        let h = map::HTTP_REQUEST_HEADERS;
+        assert_eq!(edit(&mut s, h, b"X-Added", b"1", Edit::Add), Ok(()));
+        assert_eq!(edit(&mut s, h, b"x-added", b"2", Edit::Add), Ok(()));
+        let head = s.streams[&1].request.as_ref().unwrap();
+        let added: Vec<_> = head.headers.get_all("x-added").iter().collect();
+        assert_eq!(added, ["1", "2"]);
+        assert_eq!(edit(&mut s, h, b"X-ADDED", b"3", Edit::Replace), Ok(()));
+        assert_eq!(get(&mut s, b"x-added"), Ok(Some(b"3".to_vec())));
+        // Removing: a present name, an absent valid one, an invalid one.
+        assert_eq!(edit(&mut s, h, b"X-Known", b"", Edit::Remove), Ok(()));
+        assert_eq!(get(&mut s, b"x-known"), Ok(None));
+        assert_eq!(edit(&mut s, h, b"x-never-there", b"", Edit::Remove), Ok(()));
+        assert_eq!(
+            edit(&mut s, h, b"bad name", b"", Edit::Remove),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(
+            edit(&mut s, h, b"bad name", b"v", Edit::Add),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(
+            edit(&mut s, h, b"x-ok", b"bad\nvalue", Edit::Add),
+            Err(Status::BadArgument)
+        );
+    }
 }

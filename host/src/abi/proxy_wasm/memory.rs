@@ -21,6 +21,37 @@ pub fn read(caller: &mut Caller<'_, VmState>, ptr: i32, len: i32) -> Result<Vec<
         .ok_or(Status::InvalidMemoryAccess)
 }
 
+/// Lends the guest's bytes at `a` and at `b` (each a pointer and a length)
+/// together with the host state to `f`, without copying the bytes out: the
+/// header hostcalls read their names and values in place.
+pub fn with_guest_bytes<T>(
+    caller: &mut Caller<'_, VmState>,
+    a: (i32, i32),
+    b: (i32, i32),
+    f: impl FnOnce(&[u8], &[u8], &mut VmState) -> T,
+) -> Result<T, Status> {
+    let Some(memory) = caller.data().memory else {
+        // A module without memory can still pass empty slices.
+        return if a.1 == 0 && b.1 == 0 {
+            Ok(f(&[], &[], caller.data_mut()))
+        } else {
+            Err(Status::InternalFailure)
+        };
+    };
+    let (data, state) = memory.data_and_store_mut(caller);
+    let (a, b) = (guest_slice(data, a)?, guest_slice(data, b)?);
+    Ok(f(a, b, state))
+}
+
+fn guest_slice(data: &[u8], (ptr, len): (i32, i32)) -> Result<&[u8], Status> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    let (start, len) = (ptr as u32 as usize, len as u32 as usize);
+    data.get(start..start.checked_add(len).ok_or(Status::InvalidMemoryAccess)?)
+        .ok_or(Status::InvalidMemoryAccess)
+}
+
 /// Writes `bytes` at `ptr`.
 pub fn write(caller: &mut Caller<'_, VmState>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
     let memory = caller.data().memory.ok_or(Status::InternalFailure)?;

@@ -133,6 +133,9 @@ pub struct VmState {
     /// An empty request head, left in the caller's place while the real one
     /// is lent to a callback, and kept for the next: making one parses a URI.
     pub spare_request: Option<http::request::Parts>,
+    /// A header value on its way to the module (reused: no allocation per
+    /// `proxy_get_header_map_value` once it has grown).
+    pub scratch: Vec<u8>,
     /// This instance's part of the plugin's callback histogram (recorded
     /// under the instance's lock, without atomic read-modify-writes).
     pub callbacks: crate::plugin::health::CallbackShard,
@@ -257,6 +260,7 @@ pub fn new_state(
         metrics: Vec::new(),
         root_props: HashMap::new(),
         spare_request: None,
+        scratch: Vec::new(),
         callbacks,
     }
 }
