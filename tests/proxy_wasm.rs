@@ -227,7 +227,10 @@ async fn http_calls_pause_the_request_and_resume_or_answer_from_the_callback() {
 #[tokio::test]
 async fn bodies_stream_through_body_callbacks_which_may_buffer_and_replace_them() {
     let up = Upstream::start("app").await;
-    let w = weir_with_filter("", "", &up).await;
+    // A generous cpu_limit: this test is about bodies, and the default
+    // 10 ms counts wall time, which a busy CI machine can eat while a
+    // callback is preempted (the request then gets the trap's 503).
+    let w = weir_with_filter("cpu_limit = \"1s\"\n", "", &up).await;
     let c = reqwest::Client::new();
     let r = c
         .post(w.url("/upper"))
@@ -235,7 +238,10 @@ async fn bodies_stream_through_body_callbacks_which_may_buffer_and_replace_them(
         .send()
         .await
         .unwrap();
-    let v: serde_json::Value = r.json().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("POST /upper: {status}, not the echo's JSON ({e}): {text}"));
     assert_eq!(v["body"], "MAKE ME LOUD");
     assert_eq!(v["headers"]["content-length"], "12");
     let chunks = futures_util::stream::iter(
