@@ -99,6 +99,8 @@ pub struct State {
     entered: Instant,
     waited: Duration,
     cpu_limit: Duration,
+    /// Past `cpu_limit` on the wall clock: whether the callback burns CPU.
+    cpu_check: engine::CpuCheck,
     plugin: Arc<str>,
     vm_id: Arc<str>,
     host: Arc<HostServices>,
@@ -249,6 +251,7 @@ impl State {
             memory_total,
             may_wait: false,
             entered: Instant::now(),
+            cpu_check: engine::CpuCheck::default(),
             waited: Duration::ZERO,
             cpu_limit: Duration::from_secs(1),
             plugin,
@@ -268,11 +271,12 @@ impl State {
 fn new_store(engine: &wasmtime::Engine, state: State) -> Store<State> {
     let mut store = Store::new(engine, state);
     store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
-    store.epoch_deadline_callback(|ctx| {
-        let s = ctx.data();
+    store.epoch_deadline_callback(|mut ctx| {
+        let s = ctx.data_mut();
         let ran = s.entered.elapsed().saturating_sub(s.waited);
         Ok(if ran >= s.cpu_limit {
-            UpdateDeadline::Interrupt
+            // Past the limit on the wall clock: stopped if it burns CPU.
+            s.cpu_check.at_deadline(s.cpu_limit)
         } else {
             UpdateDeadline::Continue(engine::ticks(s.cpu_limit - ran))
         })
@@ -580,6 +584,7 @@ impl weir::filter::quota::Host for State {
             .take_async(&key, cost, quota_limit(limit))
             .await;
         self.waited += started.elapsed();
+        self.cpu_check.reset();
         d.map(quota_decision)
     }
 }
@@ -777,6 +782,7 @@ impl weir::filter::outbound::Host for State {
         let started = Instant::now();
         let answer = self.host.call(&cluster, request.0, Some(timeout)).await;
         self.waited += started.elapsed();
+        self.cpu_check.reset();
         let Some(status) = answer.status else {
             return Err(format!(
                 "outbound call to cluster {cluster:?} failed: {}",
@@ -1199,6 +1205,7 @@ impl ComponentCore {
         let startup = self.spec.cpu_limit.max(Duration::from_secs(1));
         store.data_mut().cpu_limit = startup;
         store.data_mut().entered = Instant::now();
+        store.data_mut().cpu_check.reset();
         store.set_epoch_deadline(engine::ticks(startup));
         let instantiated =
             |e: wasmtime::Error| format!("instantiation failed: {}", trap_message(&e));
@@ -1283,6 +1290,7 @@ impl ComponentCore {
             s.entered = started;
             s.waited = Duration::ZERO;
             s.cpu_limit = self.spec.cpu_limit;
+            s.cpu_check.reset();
         }
         inst.store
             .set_epoch_deadline(engine::ticks(self.spec.cpu_limit));

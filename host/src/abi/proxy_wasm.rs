@@ -283,9 +283,15 @@ impl PluginCore {
         );
         let mut store = Store::new(self.pre.module().engine(), state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
-        store.set_epoch_deadline(engine::ticks(
-            self.spec.cpu_limit.max(Duration::from_secs(1)),
-        ));
+        // A deadline stops the code only if it burns CPU (not when its
+        // thread was merely preempted): `cpu_limit` is CPU time.
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            Ok(s.cpu_check.at_deadline(s.cpu_limit))
+        });
+        let startup = self.spec.cpu_limit.max(Duration::from_secs(1));
+        store.data_mut().cpu_limit = startup;
+        store.set_epoch_deadline(engine::ticks(startup));
         let instance = self
             .pre
             .instantiate(&mut store)
@@ -356,6 +362,8 @@ impl PluginCore {
         vm.store
             .set_epoch_deadline(engine::ticks(self.spec.cpu_limit));
         let s = vm.store.data_mut();
+        s.cpu_limit = self.spec.cpu_limit;
+        s.cpu_check.reset();
         s.current = ctx;
         s.effective = None;
         s.phase = phase;

@@ -175,6 +175,66 @@ fn ticks_for(limit: Duration) -> u64 {
     (limit.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
 }
 
+/// Tells a callback that burns CPU past its `cpu_limit` from one that only
+/// took long on the wall clock. Epoch deadlines count wall time, so a
+/// callback whose thread was preempted on a busy machine reaches its
+/// deadline having run for less than its limit; stopping it there would
+/// fail a request for the machine's load, not for anything the plugin did.
+///
+/// At a deadline the thread's own CPU clock is read and the callback gets
+/// one more `limit` of wall time; at the next deadline it is stopped if it
+/// used at least half its limit of CPU over that window. A runaway loop
+/// that has the CPU is thus stopped between its limit and about twice it;
+/// one held off the CPU is stopped only once it runs (or after
+/// [`CPU_CHECK_WINDOWS`] windows, whatever the clock says). The clock is
+/// read only at deadlines, never on the request path.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuCheck {
+    /// The thread's CPU time at the last deadline of this callback.
+    mark: Option<Duration>,
+    /// Windows granted so far.
+    windows: u32,
+}
+
+/// Wall-clock windows a callback may be granted for time spent off the CPU
+/// before it is stopped regardless.
+pub const CPU_CHECK_WINDOWS: u32 = 20;
+
+impl CpuCheck {
+    /// Forgets the last mark: call it when a callback starts, and when it
+    /// resumes after waiting (the thread ran other work meanwhile).
+    pub fn reset(&mut self) {
+        *self = CpuCheck::default();
+    }
+
+    /// What a callback limited to `limit` gets at an epoch deadline.
+    pub fn at_deadline(&mut self, limit: Duration) -> wasmtime::UpdateDeadline {
+        let Some(now) = thread_cpu_time() else {
+            return wasmtime::UpdateDeadline::Interrupt;
+        };
+        let burning = self
+            .mark
+            .replace(now)
+            .is_some_and(|before| now.saturating_sub(before) >= limit / 2);
+        if burning || self.windows >= CPU_CHECK_WINDOWS {
+            return wasmtime::UpdateDeadline::Interrupt;
+        }
+        self.windows += 1;
+        wasmtime::UpdateDeadline::Continue(ticks(limit))
+    }
+}
+
+/// The calling thread's time on the CPU so far, from the scheduler's own
+/// count (`/proc/thread-self/schedstat`, nanoseconds; weir forbids unsafe
+/// code, so no direct clock_gettime). Read only at deadlines: opening the
+/// file costs some microseconds. `None` where the kernel does not keep it,
+/// and the deadline then stops the code as a plain wall-clock limit would.
+fn thread_cpu_time() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns = text.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
 /// Advances the engines' epochs (one engine per compiler tier) every
 /// [`EPOCH_TICK`] while plugin code may be running, and about once a second
 /// once none can be.
@@ -561,6 +621,58 @@ mod tests {
             Some(&wasmtime::Trap::Interrupt),
             "{err:?}"
         );
+    }
+
+    /// `cpu_limit` is CPU time: code whose thread was off the CPU past its
+    /// deadline (here asleep in a host call, as a preempted thread would
+    /// be) goes on; code that burns its limit is stopped.
+    #[test]
+    fn a_deadline_stops_code_that_burns_cpu_not_code_that_was_off_the_cpu() {
+        let (engine, ticker) = engine_with_ticker(Duration::from_secs(60), Duration::from_secs(1));
+        let limit = Duration::from_millis(10);
+        let wasm = wat::parse_str(
+            r#"(module
+                (import "host" "pause" (func $pause))
+                (func (export "pause_then_count") (result i32) (local $i i32)
+                    call $pause
+                    (loop $l
+                        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                        (br_if $l (i32.lt_u (local.get $i) (i32.const 1000))))
+                    local.get $i)
+                (func (export "spin") (loop $l (br $l))))"#,
+        )
+        .unwrap();
+        let module = Module::new(&engine, wasm).unwrap();
+        let mut store = wasmtime::Store::new(&engine, CpuCheck::default());
+        store.epoch_deadline_callback(move |mut ctx| Ok(ctx.data_mut().at_deadline(limit)));
+        let pause =
+            wasmtime::Func::wrap(&mut store, || std::thread::sleep(Duration::from_millis(60)));
+        let instance = wasmtime::Instance::new(&mut store, &module, &[pause.into()]).unwrap();
+        let paused = instance
+            .get_typed_func::<(), i32>(&mut store, "pause_then_count")
+            .unwrap();
+        ticker.running(ticks_for(limit));
+        store.set_epoch_deadline(ticks_for(limit));
+        let counted = paused.call(&mut store, ());
+        assert_eq!(
+            counted.map_err(|e| crate::abi::trap_message(&e)),
+            Ok(1000),
+            "stopped after 60 ms asleep, with no CPU burnt"
+        );
+        let spin = instance
+            .get_typed_func::<(), ()>(&mut store, "spin")
+            .unwrap();
+        store.data_mut().reset();
+        ticker.running(ticks_for(limit));
+        store.set_epoch_deadline(ticks_for(limit));
+        let started = Instant::now();
+        let err = spin.call(&mut store, ()).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::Interrupt),
+            "{err:?}"
+        );
+        assert!(started.elapsed() >= limit, "stopped before its limit");
     }
 
     /// The point of the ticker: a runaway loop that starts while it is

@@ -133,6 +133,10 @@ pub struct VmState {
     /// An empty request head, left in the caller's place while the real one
     /// is lent to a callback, and kept for the next: making one parses a URI.
     pub spare_request: Option<http::request::Parts>,
+    /// The running code's CPU limit, and whether it burns CPU once past it
+    /// on the wall clock (see `engine::CpuCheck`).
+    pub cpu_limit: Duration,
+    pub cpu_check: crate::plugin::engine::CpuCheck,
     /// A header value on its way to the module (reused: no allocation per
     /// `proxy_get_header_map_value` once it has grown).
     pub scratch: Vec<u8>,
@@ -261,6 +265,8 @@ pub fn new_state(
         root_props: HashMap::new(),
         spare_request: None,
         scratch: Vec::new(),
+        cpu_limit: Duration::ZERO,
+        cpu_check: Default::default(),
         callbacks,
     }
 }
