@@ -225,6 +225,48 @@ async fn http_calls_pause_the_request_and_resume_or_answer_from_the_callback() {
 }
 
 #[tokio::test]
+async fn whole_header_maps_are_read_and_replaced_as_pairs() {
+    // proxy_get_header_map_pairs and proxy_set_header_map_pairs: the request
+    // map comes with its pseudo-headers, and setting it whole (pseudo-headers
+    // included) drops and adds headers; the same on the response.
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let r = reqwest::Client::new()
+        .get(w.url("/pairs"))
+        .header("x-drop-me", "1")
+        .header("X-Keep", "2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-pairs-status"], "200");
+    assert_eq!(r.headers()["x-pw-plugin"], "pw-test");
+    let v: serde_json::Value = r.json().await.unwrap();
+    let seen = v["headers"]["x-pairs-seen"].as_str().unwrap_or_default();
+    for name in [
+        ":authority",
+        ":method",
+        ":path",
+        ":scheme",
+        "x-drop-me",
+        "x-keep",
+        "x-request-id",
+    ] {
+        assert!(
+            seen.split(',').any(|n| n == name),
+            "{name} is missing from the pairs: {seen}"
+        );
+    }
+    assert!(v["headers"].get("x-drop-me").is_none(), "{v}");
+    assert_eq!(v["headers"]["x-keep"], "2");
+    assert_eq!(
+        v["path"], "/pairs",
+        "the pseudo-headers were set back unchanged"
+    );
+    assert_eq!(v["method"], "GET");
+}
+
+#[tokio::test]
 async fn bodies_stream_through_body_callbacks_which_may_buffer_and_replace_them() {
     let up = Upstream::start("app").await;
     // A generous cpu_limit: this test is about bodies, and the default

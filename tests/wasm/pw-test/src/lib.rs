@@ -243,6 +243,22 @@ impl HttpContext for Stream {
                     }
                 }
             }
+            "/pairs" => {
+                // The whole map as pairs (pseudo-headers included), then set back
+                // whole: one header dropped, one added naming every pair seen.
+                let pairs = self.get_http_request_headers();
+                let mut names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+                names.sort_unstable();
+                let seen = names.join(",");
+                let mut next: Vec<(&str, &str)> = pairs
+                    .iter()
+                    .filter(|(k, _)| k != "x-drop-me")
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                next.push(("x-pairs-seen", &seen));
+                self.set_http_request_headers(next);
+                Action::Continue
+            }
             "/rewrite" => {
                 self.set_http_request_header(":path", Some("/rewritten"));
                 Action::Continue
@@ -307,6 +323,12 @@ impl HttpContext for Stream {
         if self.path == "/replace-response" {
             // The body changes size: as Envoy asks of filters, drop content-length here.
             self.set_http_response_header("content-length", None);
+        }
+        if self.path == "/pairs" {
+            let mut pairs = self.get_http_response_headers();
+            let status = pairs.iter().find(|(k, _)| k == ":status").map(|(_, v)| v.clone()).unwrap_or_default();
+            pairs.push(("x-pairs-status".to_string(), status));
+            self.set_http_response_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
         }
         let name = prop_string(self, &["plugin_name"]);
         self.set_http_response_header("x-pw-plugin", Some(&name));
