@@ -349,7 +349,7 @@ fn link_buffers_and_maps(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let looked = with_guest_bytes(&mut c, (kp, kl), (0, 0), |key, _, state| {
                 maps::value(state, map, key, &mut out)
             });
-            let found = match looked.and_then(|r| r) {
+            let found = match looked {
                 Ok(found) => found,
                 Err(Status::BadArgument) if c.data().phase == Phase::Log => false,
                 Err(s) => {
@@ -380,7 +380,7 @@ fn link_buffers_and_maps(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 let edited = with_guest_bytes(&mut c, (kp, kl), (vp, vl), |key, value, state| {
                     maps::edit(state, map, key, value, how)
                 });
-                Ok(code(edited.and_then(|r| r)))
+                Ok(code(edited))
             },
         )?;
     }
@@ -391,7 +391,7 @@ fn link_buffers_and_maps(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let edited = with_guest_bytes(&mut c, (kp, kl), (0, 0), |key, _, state| {
                 maps::edit(state, map, key, b"", Edit::Remove)
             });
-            Ok(code(edited.and_then(|r| r)))
+            Ok(code(edited))
         },
     )?;
     l.func_wrap(

@@ -20,11 +20,7 @@ fn header_pairs(headers: &HeaderMap, out: &mut Pairs) {
 const REQUEST_PSEUDO: [&[u8]; 4] = [b":method", b":path", b":authority", b":scheme"];
 
 /// A request pseudo-header's value (`:authority` falls back to the Host header).
-fn request_pseudo(p: &http::request::Parts, tls: bool, key: &[u8]) -> Option<Vec<u8>> {
-    request_pseudo_str(p, tls, key).map(<[u8]>::to_vec)
-}
-
-fn request_pseudo_str<'p>(p: &'p http::request::Parts, tls: bool, key: &[u8]) -> Option<&'p [u8]> {
+fn request_pseudo<'p>(p: &'p http::request::Parts, tls: bool, key: &[u8]) -> Option<&'p [u8]> {
     let text: &[u8] = match key {
         b":method" => p.method.as_str().as_bytes(),
         b":path" => p
@@ -54,7 +50,7 @@ fn request_pairs(p: &http::request::Parts, tls: bool) -> Pairs {
     for key in REQUEST_PSEUDO {
         out.push((
             key.to_vec(),
-            request_pseudo(p, tls, key).unwrap_or_default(),
+            request_pseudo(p, tls, key).unwrap_or_default().to_vec(),
         ));
     }
     header_pairs(&p.headers, &mut out);
@@ -147,7 +143,7 @@ pub fn value(
             (*key == *b":status").then(|| p.status.as_str().as_bytes())
         } else {
             let p = st.request.as_ref().ok_or(Status::BadArgument)?;
-            request_pseudo_str(p, tls, &key)
+            request_pseudo(p, tls, &key)
         };
         text.inspect(|t| out.extend_from_slice(t)).is_some()
     } else {

@@ -9,16 +9,7 @@ use super::vm::VmState;
 
 /// Reads `len` bytes at `ptr`.
 pub fn read(caller: &mut Caller<'_, VmState>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
-    if len == 0 {
-        return Ok(Vec::new());
-    }
-    let memory = caller.data().memory.ok_or(Status::InternalFailure)?;
-    let (start, len) = (ptr as u32 as usize, len as u32 as usize);
-    memory
-        .data(&caller)
-        .get(start..start.checked_add(len).ok_or(Status::InvalidMemoryAccess)?)
-        .map(<[u8]>::to_vec)
-        .ok_or(Status::InvalidMemoryAccess)
+    with_guest_bytes(caller, (ptr, len), (0, 0), |bytes, _, _| Ok(bytes.to_vec()))
 }
 
 /// Lends the guest's bytes at `a` and at `b` (each a pointer and a length)
@@ -28,19 +19,19 @@ pub fn with_guest_bytes<T>(
     caller: &mut Caller<'_, VmState>,
     a: (i32, i32),
     b: (i32, i32),
-    f: impl FnOnce(&[u8], &[u8], &mut VmState) -> T,
+    f: impl FnOnce(&[u8], &[u8], &mut VmState) -> Result<T, Status>,
 ) -> Result<T, Status> {
     let Some(memory) = caller.data().memory else {
         // A module without memory can still pass empty slices.
         return if a.1 == 0 && b.1 == 0 {
-            Ok(f(&[], &[], caller.data_mut()))
+            f(&[], &[], caller.data_mut())
         } else {
             Err(Status::InternalFailure)
         };
     };
     let (data, state) = memory.data_and_store_mut(caller);
     let (a, b) = (guest_slice(data, a)?, guest_slice(data, b)?);
-    Ok(f(a, b, state))
+    f(a, b, state)
 }
 
 fn guest_slice(data: &[u8], (ptr, len): (i32, i32)) -> Result<&[u8], Status> {
