@@ -220,6 +220,7 @@ async fn serve_conn<I>(
         listener_name: listener.name.as_str().into(),
         listener,
         peer,
+        forwarded_for: crate::proxy::headers::forwarded_for(peer.ip()),
         tls: tls.is_some(),
         tls_session: tls,
         original_dst,

@@ -49,6 +49,8 @@ pub struct Downstream {
     pub listener_name: Arc<str>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's IP as an x-forwarded-for entry ([`headers::forwarded_for`]).
+    pub forwarded_for: HeaderValue,
     /// The address the client connected to.
     pub local: SocketAddr,
     /// Whether it is TLS.
@@ -289,11 +291,18 @@ async fn route_request(
     ex: &mut Exchange,
 ) -> Result<Response<Body>, ProxyError> {
     let limit = down.listener.max_request_body;
-    let host = request_host(&head).to_string();
+    // The host as a header value: the Host header's own (a reference count),
+    // or the URI's authority (HTTP/2, absolute-form requests) copied once.
+    let host_value = match head.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => head.headers.get(header::HOST).cloned(),
+    };
+    let host_value = host_value.as_ref();
+    let host = host_value.and_then(|v| v.to_str().ok()).unwrap_or("");
     let Some(index) = find_route(rt, &down.listener.name, &head) else {
         return Err(ProxyError::NoRoute {
             method: head.method.to_string(),
-            host,
+            host: host.to_string(),
             path: head.uri.path().to_string(),
         });
     };
@@ -319,7 +328,7 @@ async fn route_request(
             return Ok(redirect(
                 &head,
                 down.tls,
-                &host,
+                host,
                 *status,
                 scheme.as_deref(),
                 new_host.as_deref(),
@@ -327,7 +336,7 @@ async fn route_request(
             ));
         }
         RouteAction::Echo => {
-            prepare_upstream_request(&mut head, route, down, &host, false);
+            prepare_upstream_request(&mut head, route, down, host_value, false);
             let bytes = collect(body, limit).await?;
             return Ok(crate::echo::respond(
                 &head,
@@ -357,7 +366,7 @@ async fn route_request(
         })?
         .clone();
     ex.cluster = Some(cluster.clone());
-    prepare_upstream_request(&mut head, route, down, &host, upgrade.is_some());
+    prepare_upstream_request(&mut head, route, down, host_value, upgrade.is_some());
     let hash = match cluster.config.lb {
         LbPolicy::RingHash | LbPolicy::Maglev => {
             hash_key(&cluster.config.hash_on, &head, down).map(|h| h ^ 0x9e37_79b9_7f4a_7c15)
@@ -436,17 +445,21 @@ fn prepare_upstream_request(
     head: &mut http::request::Parts,
     route: &RouteConfig,
     down: &Downstream,
-    host: &str,
+    host: Option<&HeaderValue>,
     upgrade: bool,
 ) {
     headers::strip_hop_by_hop(&mut head.headers, upgrade);
-    headers::set_forwarded(&mut head.headers, down.peer.ip(), down.tls, host);
-    let new_host = route
-        .host_rewrite
-        .clone()
-        .or_else(|| HeaderValue::from_str(host).ok());
-    if let Some(h) = new_host {
-        head.headers.insert(header::HOST, h);
+    headers::set_forwarded(&mut head.headers, &down.forwarded_for, down.tls, host);
+    match (&route.host_rewrite, host) {
+        (Some(h), _) => {
+            head.headers.insert(header::HOST, h.clone());
+        }
+        // The Host header is already the request's host.
+        (None, Some(_)) if head.uri.authority().is_none() => {}
+        (None, h) => {
+            let h = h.cloned().unwrap_or(HeaderValue::from_static(""));
+            head.headers.insert(header::HOST, h);
+        }
     }
     route.request_headers.apply(&mut head.headers);
     if let (Some(rewrite), Some(crate::config::PathMatch::Prefix(prefix))) =

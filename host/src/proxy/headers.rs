@@ -3,7 +3,8 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -16,6 +17,27 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+
+/// Where TE sits in [`HOP_BY_HOP`].
+const TE_INDEX: usize = 5;
+
+/// A name's place in [`HOP_BY_HOP`], or `HOP_BY_HOP.len()` for Upgrade.
+/// A match on the name compiles to a switch on its length, cheaper than
+/// comparing it with each entry.
+fn hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
+}
 
 /// The `x-request-id` header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -38,34 +60,55 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay.
+///
+/// Every request and response passes through here, most carrying no
+/// hop-by-hop header or only `Connection: keep-alive`, so it scans the names
+/// once and removes only what it found: a removal hashes the name, and eight
+/// removals of absent names cost more than the rest of the header handling.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most requests carry none: one pass over the names, then nothing to do.
-    let any = headers
-        .keys()
-        .any(|k| HOP_BY_HOP.contains(k) || k == header::UPGRADE);
-    if !any {
+    // Bit i: HOP_BY_HOP[i] is present; bit 8: Upgrade is.
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = hop_index(k.as_str()) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    // Names listed in Connection that are not hop-by-hop already (rare).
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
+        .map(str::trim)
+    {
+        let known = hop_index(token).is_some()
+            || token.eq_ignore_ascii_case("upgrade")
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(token));
+        if !known && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
+    }
+    let te_trailers = present & (1 << TE_INDEX) != 0
+        && headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
     for name in named {
         headers.remove(name);
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         // gRPC needs "te: trailers" to reach the server.
@@ -73,41 +116,59 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & (1 << HOP_BY_HOP.len()) != 0 {
         headers.remove(header::UPGRADE);
     }
 }
 
-/// Sets x-forwarded-for (appended), -proto and -host.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool, host: &str) {
-    let ip = client.to_string();
-    let xff = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(XFF, v);
+/// The client's address as an x-forwarded-for entry. A connection formats
+/// it once; each of its requests clones it (a reference count).
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(client.to_string()).expect("an IP address is a valid header value")
+}
+
+/// Sets x-forwarded-for (the client appended to what the request carried),
+/// x-forwarded-proto, and x-forwarded-host when the request has none.
+/// `client` comes from [`forwarded_for`]; `host` is the request's host.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    https: bool,
+    host: Option<&HeaderValue>,
+) {
+    match headers.entry(XFF) {
+        Entry::Occupied(mut e) if !e.get().is_empty() => {
+            let prev = e.get().as_bytes();
+            let mut joined = Vec::with_capacity(prev.len() + 2 + client.len());
+            joined.extend_from_slice(prev);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client.as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+                e.insert(v);
+            }
+        }
+        Entry::Occupied(mut e) => {
+            e.insert(client.clone());
+        }
+        Entry::Vacant(e) => {
+            e.insert(client.clone());
+        }
     }
     headers.insert(
         XFP,
         HeaderValue::from_static(if https { "https" } else { "http" }),
     );
-    if !headers.contains_key(&XFH)
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        headers.insert(XFH, v);
+    if let Entry::Vacant(e) = headers.entry(XFH) {
+        e.insert(host.cloned().unwrap_or(HeaderValue::from_static("")));
     }
 }
 
 /// Adds an x-request-id when the request has none.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
-    if !headers.contains_key(&REQUEST_ID) {
+    if let Entry::Vacant(e) = headers.entry(REQUEST_ID) {
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        headers.insert(
-            REQUEST_ID,
-            HeaderValue::from_str(id).expect("a UUID is a valid header value"),
-        );
+        e.insert(HeaderValue::from_str(id).expect("a UUID is a valid header value"));
     }
 }
 
@@ -137,14 +198,79 @@ mod tests {
     }
 
     #[test]
+    fn hop_index_matches_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(name.as_str()), Some(i), "{name}");
+        }
+        assert_eq!(hop_index("upgrade"), Some(HOP_BY_HOP.len()));
+        assert_eq!(hop_index("content-length"), None);
+        assert_eq!(HOP_BY_HOP[TE_INDEX], header::TE);
+    }
+
+    #[test]
+    fn keep_alive_alone_is_stripped_and_nothing_else_touched() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert(header::SERVER, HeaderValue::from_static("nginx"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+        assert!(h.get(header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn upgrade_stays_only_when_kept() {
+        let upgrade = || {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONNECTION,
+                HeaderValue::from_static("Upgrade, close"),
+            );
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert("close", HeaderValue::from_static("listed, so removed"));
+            h
+        };
+        let mut kept = upgrade();
+        strip_hop_by_hop(&mut kept, true);
+        assert_eq!(kept.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(kept.get(header::CONNECTION).unwrap(), "upgrade");
+        assert!(kept.get("close").is_none());
+        let mut dropped = upgrade();
+        strip_hop_by_hop(&mut dropped, false);
+        assert!(dropped.is_empty(), "{dropped:?}");
+    }
+
+    #[test]
+    fn forwarded_headers_start_and_keep_a_given_host() {
+        let mut h = HeaderMap::new();
+        h.insert(XFH, HeaderValue::from_static("first.example.com"));
+        let client = forwarded_for("::1".parse().unwrap());
+        set_forwarded(&mut h, &client, false, Some(&HeaderValue::from_static("b")));
+        assert_eq!(h.get(XFF).unwrap(), "::1");
+        assert_eq!(h.get(XFP).unwrap(), "http");
+        assert_eq!(h.get(XFH).unwrap(), "first.example.com");
+    }
+
+    #[test]
+    fn a_request_id_is_added_once() {
+        let mut h = HeaderMap::new();
+        ensure_request_id(&mut h);
+        let id = h.get(REQUEST_ID).unwrap().clone();
+        assert_eq!(id.len(), 36);
+        ensure_request_id(&mut h);
+        assert_eq!(h.get_all(REQUEST_ID).iter().count(), 1);
+        assert_eq!(h.get(REQUEST_ID).unwrap(), id);
+    }
+
+    #[test]
     fn forwarded_headers_append() {
         let mut h = HeaderMap::new();
         h.insert(XFF, HeaderValue::from_static("10.0.0.1"));
         set_forwarded(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
+            &forwarded_for("127.0.0.1".parse().unwrap()),
             true,
-            "api.example.com",
+            Some(&HeaderValue::from_static("api.example.com")),
         );
         assert_eq!(h.get(XFF).unwrap(), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get(XFP).unwrap(), "https");
