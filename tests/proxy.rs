@@ -550,6 +550,87 @@ async fn request_limits_answer_431_413_and_400() {
     );
 }
 
+/// header_read_timeout times each request head from its first byte (from the
+/// connection's start for the first one), as nginx's client_header_timeout
+/// and Envoy's request_headers_timeout do; an idle keep-alive connection is
+/// idle_timeout's. hyper's own header timer, used before, ran from the end of
+/// the previous head and so closed idle keep-alive connections after
+/// header_read_timeout.
+#[tokio::test]
+async fn header_read_timeout_times_heads_and_leaves_idle_connections_to_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Upstream::start("a").await;
+    let config = format!(
+        "{}[[route]]\nname = \"a\"\ncluster = \"a\"\n",
+        cluster("a", &[&a], "")
+    );
+    let (admin, port) = (support::free_port(), support::free_port());
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\nheader_read_timeout = \"400ms\"\nidle_timeout = \"30s\"\n{config}"
+    );
+    let w = Weir::start_with(admin, port, &text).await;
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Reads one response (its head and its short body) from a keep-alive connection.
+    async fn response(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    }
+    // Reads until the server closes the connection; how long that took.
+    async fn closed_after(s: &mut tokio::net::TcpStream) -> Duration {
+        let t = std::time::Instant::now();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("the server closes the connection within 10 s")
+            .ok();
+        t.elapsed()
+    }
+
+    // Idle for five header timeouts between two requests: still open.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(request).await.unwrap();
+    assert!(response(&mut s).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    s.write_all(request).await.unwrap();
+    let second = response(&mut s).await;
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "an idle keep-alive connection was closed before idle_timeout: {second:?}"
+    );
+
+    // Then half a head, sent a byte at a time: closed by the head clock.
+    let t = std::time::Instant::now();
+    for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " {
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = t.elapsed() + closed_after(&mut s).await;
+    assert!(
+        held < Duration::from_millis(2500),
+        "a slow head held the connection for {held:?}"
+    );
+
+    // A connection that sends nothing is closed as its first head is late.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let held = closed_after(&mut s).await;
+    assert!(
+        held >= Duration::from_millis(350) && held < Duration::from_millis(2500),
+        "a silent connection was held {held:?}"
+    );
+    let c = reqwest::Client::new();
+    assert_eq!(c.get(w.url("/")).send().await.unwrap().status(), 200);
+}
+
 /// Writes `bytes` on a fresh connection and reads until the server closes it (10 s at most).
 async fn raw_exchange(port: u16, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

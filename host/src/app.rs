@@ -2,6 +2,7 @@
 //! and shutdown.
 
 mod reload;
+pub mod timer_anchor;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -198,6 +199,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         anyhow::bail!("{}", bind_errors.join("\n"));
     }
 
+    tokio::spawn(timer_anchor::run());
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = TaskTracker::new();
     for b in bound {

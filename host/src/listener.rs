@@ -5,6 +5,7 @@
 //! `idle_timeout`) is closed; on shutdown, connections finish their in-flight
 //! requests and close.
 
+mod head_clock;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -157,7 +158,9 @@ fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        // weir times request heads itself (head_clock): hyper's timer also
+        // closed idle keep-alive connections, and cost a boxed timer a request.
+        .header_read_timeout(None)
         .max_buf_size(config.max_header_size.max(8192))
         .max_headers(config.max_headers)
         .keep_alive(true);
@@ -228,13 +231,18 @@ async fn serve_conn<I>(
     });
     let svc_down = down.clone();
     let svc = service_fn(move |req| crate::proxy::serve(shared.clone(), svc_down.clone(), req));
+    let io = head_clock::HeadClock::new(io, down.clone());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut closing = *shutdown.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
     }
-    let mut wake = tokio::time::Instant::now() + idle;
+    let head_limit = down.listener.header_read_timeout;
+    // The loop looks at the connection at least this often, so a head begun
+    // since its last look is caught within half of header_read_timeout.
+    let every = (head_limit / 2).max(std::time::Duration::from_millis(10));
+    let mut wake = tokio::time::Instant::now() + every.min(idle);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -244,15 +252,21 @@ async fn serve_conn<I>(
                 return;
             }
             _ = tokio::time::sleep_until(wake), if !closing => {
-                match down.activity.idle_deadline(idle) {
-                    Some(at) if at <= std::time::Instant::now() => {
-                        tracing::debug!(client = %peer, "closing idle connection");
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    Some(at) => wake = tokio::time::Instant::from_std(at),
-                    None => wake = tokio::time::Instant::now() + idle,
+                let now = std::time::Instant::now();
+                let head_at = down.activity.head_deadline(head_limit);
+                if head_at.is_some_and(|at| at <= now) {
+                    tracing::debug!(client = %peer, limit = ?head_limit, "closing the connection: no whole request head within header_read_timeout");
+                    return;
                 }
+                let idle_at = down.activity.idle_deadline(idle);
+                if idle_at.is_some_and(|at| at <= now) {
+                    tracing::debug!(client = %peer, "closing idle connection");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                    continue;
+                }
+                let next = [head_at, idle_at].into_iter().flatten().fold(now + every, |a, b| a.min(b));
+                wake = tokio::time::Instant::from_std(next);
             }
             _ = shutdown.changed(), if !closing => {
                 closing = true;

@@ -64,12 +64,17 @@ pub struct Downstream {
     pub activity: Activity,
 }
 
-/// Requests in flight on a connection and when the connection was last busy.
+/// Requests in flight on a connection, when the connection was last busy,
+/// and when the request head being read began.
 #[derive(Debug)]
 pub struct Activity {
     started: Instant,
     inflight: AtomicUsize,
     last_ms: AtomicU64,
+    /// When the head being read began, in ms since `started` plus one;
+    /// 0 while none is being read (a request is in flight, or the
+    /// keep-alive connection waits with no byte of the next one).
+    head_since: AtomicU64,
 }
 
 impl Default for Activity {
@@ -78,6 +83,8 @@ impl Default for Activity {
             started: Instant::now(),
             inflight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            // The first head is awaited from the moment the connection opens.
+            head_since: AtomicU64::new(1),
         }
     }
 }
@@ -91,6 +98,29 @@ impl Activity {
                 + idle
         })
     }
+
+    /// Bytes of a request arrived: starts the head clock if no request is in
+    /// flight and the clock is not running yet.
+    pub fn request_bytes_arrived(&self) {
+        if self.inflight.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Acquire) == 0
+        {
+            let ms = self.started.elapsed().as_millis() as u64;
+            self.head_since.store(ms + 1, Ordering::Release);
+        }
+    }
+
+    /// When the head being read must be complete, `limit` after it began;
+    /// `None` when no head is being read.
+    pub fn head_deadline(&self, limit: std::time::Duration) -> Option<Instant> {
+        if self.inflight.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        match self.head_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(self.started + std::time::Duration::from_millis(since - 1) + limit),
+        }
+    }
 }
 
 struct Busy(Arc<Downstream>);
@@ -98,6 +128,8 @@ struct Busy(Arc<Downstream>);
 impl Busy {
     fn new(d: Arc<Downstream>) -> Busy {
         d.activity.inflight.fetch_add(1, Ordering::AcqRel);
+        // The head is complete: the head clock stops.
+        d.activity.head_since.store(0, Ordering::Release);
         Busy(d)
     }
 }
