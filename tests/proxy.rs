@@ -627,6 +627,30 @@ async fn header_read_timeout_times_heads_and_leaves_idle_connections_to_idle_tim
         held >= Duration::from_millis(350) && held < Duration::from_millis(2500),
         "a silent connection was held {held:?}"
     );
+
+    // HTTP/2 (h2c): frames between requests are no head; an idle connection,
+    // before its first request and between requests, is idle_timeout's.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for pause in [1500, 1500] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let req = http::Request::get(w.url("/"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let r = h2
+            .send_request(req)
+            .await
+            .expect("the idle HTTP/2 connection is still open");
+        assert_eq!(r.status(), 200);
+    }
     let c = reqwest::Client::new();
     assert_eq!(c.get(w.url("/")).send().await.unwrap().status(), 200);
 }

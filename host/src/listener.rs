@@ -1,7 +1,8 @@
 //! Listeners: bind, accept, TLS, and HTTP/1.1 + HTTP/2 serving with limits.
 //!
-//! Every connection is served by hyper with the listener's header limits and
-//! header-read timeout; an idle connection (nothing in flight for
+//! Every connection is served by hyper with the listener's header limits; a
+//! client too slow to send a request head is cut off (`head_clock`,
+//! `header_read_timeout`); an idle connection (nothing in flight for
 //! `idle_timeout`) is closed; on shutdown, connections finish their in-flight
 //! requests and close.
 

@@ -110,6 +110,12 @@ impl Activity {
         }
     }
 
+    /// Stops the head clock for good: an HTTP/2 connection, whose frames
+    /// between requests are no request head, is left to the idle timeout.
+    pub fn stop_head_clock(&self) {
+        self.head_since.store(0, Ordering::Release);
+    }
+
     /// When the head being read must be complete, `limit` after it began;
     /// `None` when no head is being read.
     pub fn head_deadline(&self, limit: std::time::Duration) -> Option<Instant> {

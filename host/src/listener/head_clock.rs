@@ -57,11 +57,16 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeadClock<I> {
         let r = Pin::new(&mut this.io).poll_read(cx, buf);
         let got = &buf.filled()[before..];
         if !got.is_empty() {
-            let h2 = *this
-                .h2
-                .get_or_insert_with(|| got.starts_with(H2_PREFACE_START));
+            let activity = &this.down.activity;
+            let h2 = *this.h2.get_or_insert_with(|| {
+                let h2 = got.starts_with(H2_PREFACE_START);
+                if h2 {
+                    activity.stop_head_clock();
+                }
+                h2
+            });
             if !h2 {
-                this.down.activity.request_bytes_arrived();
+                activity.request_bytes_arrived();
             }
         }
         r
