@@ -50,6 +50,14 @@ async fn weir_with_plugins(up: &Upstream, files: &[(&str, Vec<u8>)]) -> (Weir, P
     (w, plugins)
 }
 
+/// Held shared by every test here and alone by the one that times swaps:
+/// the others start weirs that compile plugins, and on a 2-core machine
+/// their compiles and the swap test's loader (at idle priority, by design)
+/// compete for the same cores. The swap target is about a plugin folder
+/// under request load, not under nine other proxies starting up.
+static ALONE: std::sync::LazyLock<tokio::sync::RwLock<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::RwLock::new(()));
+
 async fn plugins_status(w: &Weir) -> Value {
     reqwest::get(w.admin_url("/plugins"))
         .await
@@ -110,6 +118,9 @@ fn write_then_rename(path: &Path, bytes: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_swaps_add_rename_remove_under_load_fail_no_request() {
+    // Timed against its own load only, not against the other tests' weirs
+    // compiling their plugins on the same two cores.
+    let _alone = ALONE.write().await;
     let up = Upstream::start("app").await;
     let (w, plugins) = weir_with_plugins(
         &up,
@@ -222,6 +233,7 @@ async fn fifty_swaps_add_rename_remove_under_load_fail_no_request() {
 
 #[tokio::test]
 async fn a_failed_update_keeps_the_previous_version_serving_with_the_error_shown() {
+    let _shared = ALONE.read().await;
     let up = Upstream::start("app").await;
     let good = std::fs::read(test_filter("pw-test")).unwrap();
     let (w, plugins) = weir_with_plugins(&up, &[("10-probe.wasm", good.clone())]).await;
@@ -327,6 +339,7 @@ async fn a_failed_update_keeps_the_previous_version_serving_with_the_error_shown
 
 #[tokio::test]
 async fn a_plugin_that_never_loaded_follows_its_failure_policy() {
+    let _shared = ALONE.read().await;
     let up = Upstream::start("app").await;
     let (w, plugins) = weir_with_plugins(
         &up,
@@ -387,6 +400,7 @@ async fn a_plugin_that_never_loaded_follows_its_failure_policy() {
 
 #[tokio::test]
 async fn runaway_plugins_are_stopped_and_quarantined_and_the_process_lives() {
+    let _shared = ALONE.read().await;
     let up = Upstream::start("app").await;
     let (w, plugins) = weir_with_plugins(&up, &[]).await;
     std::fs::copy(test_filter("pw-test"), plugins.join("10-pw.wasm")).unwrap();
@@ -464,6 +478,7 @@ async fn runaway_plugins_are_stopped_and_quarantined_and_the_process_lives() {
 
 #[tokio::test]
 async fn plugins_attach_to_named_routes_only() {
+    let _shared = ALONE.read().await;
     let up = Upstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
@@ -503,6 +518,7 @@ async fn plugins_attach_to_named_routes_only() {
 
 #[tokio::test]
 async fn post_plugins_reload_rescans_and_reports() {
+    let _shared = ALONE.read().await;
     let up = Upstream::start("app").await;
     let (w, plugins) = weir_with_plugins(&up, &[]).await;
     std::fs::write(plugins.join("10-a.wasm"), header_module("x-a", "1")).unwrap();
@@ -545,6 +561,7 @@ async fn post_plugins_reload_rescans_and_reports() {
 
 #[tokio::test]
 async fn requests_in_flight_finish_on_the_version_they_started_with() {
+    let _shared = ALONE.read().await;
     let up = Upstream::start("app").await;
     let (w, plugins) = weir_with_plugins(
         &up,
@@ -585,6 +602,7 @@ async fn requests_in_flight_finish_on_the_version_they_started_with() {
 
 #[tokio::test]
 async fn compiled_modules_are_cached_in_memory_and_on_disk() {
+    let _shared = ALONE.read().await;
     let up = Upstream::start("app").await;
     let cache = tempfile::tempdir().unwrap();
     let start = || async {
@@ -645,6 +663,7 @@ fn cached_modules(dir: &Path) -> usize {
 /// and /plugins says which compiler made the code serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_version_goes_live_on_baseline_code_and_is_then_compiled_optimized() {
+    let _shared = ALONE.read().await;
     let up = Upstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
     let (plugins, cache) = (dir.path().join("plugins"), dir.path().join("cache"));
@@ -747,6 +766,7 @@ async fn header_values(c: &reqwest::Client, url: &str, name: &str) -> Vec<String
 
 #[tokio::test]
 async fn a_canary_takes_its_share_and_a_shadow_is_compared_but_never_applied() {
+    let _shared = ALONE.read().await;
     let up = Upstream::start("app").await;
     let (w, plugins) =
         weir_with_plugins(&up, &[("10-ver.wasm", header_module("x-version", "v1"))]).await;
