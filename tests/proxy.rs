@@ -475,8 +475,9 @@ cluster = "a"
     );
 }
 
-#[tokio::test]
-async fn request_limits_answer_431_413_and_400() {
+/// weir with one listener whose settings are `listener_lines` (TOML lines of
+/// its table) and one route to one upstream, which the caller keeps alive.
+async fn weir_with_listener(listener_lines: &str) -> (Upstream, Weir) {
     let a = Upstream::start("a").await;
     let config = format!(
         "{}[[route]]\nname = \"a\"\ncluster = \"a\"\n",
@@ -484,9 +485,17 @@ async fn request_limits_answer_431_413_and_400() {
     );
     let (admin, port) = (support::free_port(), support::free_port());
     let text = format!(
-        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\nmax_header_size = \"8KiB\"\nmax_headers = 20\nmax_request_body = \"1KiB\"\nheader_read_timeout = \"500ms\"\nidle_timeout = \"1s\"\n{config}"
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\n{listener_lines}{config}"
     );
-    let w = Weir::start_with(admin, port, &text).await;
+    (a, Weir::start_with(admin, port, &text).await)
+}
+
+#[tokio::test]
+async fn request_limits_answer_431_413_and_400() {
+    let (_a, w) = weir_with_listener(
+        "max_header_size = \"8KiB\"\nmax_headers = 20\nmax_request_body = \"1KiB\"\nheader_read_timeout = \"500ms\"\nidle_timeout = \"1s\"\n",
+    )
+    .await;
     let c = reqwest::Client::new();
     let r = c
         .get(w.url("/"))
@@ -559,16 +568,9 @@ async fn request_limits_answer_431_413_and_400() {
 #[tokio::test]
 async fn header_read_timeout_times_heads_and_leaves_idle_connections_to_idle_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let a = Upstream::start("a").await;
-    let config = format!(
-        "{}[[route]]\nname = \"a\"\ncluster = \"a\"\n",
-        cluster("a", &[&a], "")
-    );
-    let (admin, port) = (support::free_port(), support::free_port());
-    let text = format!(
-        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\nheader_read_timeout = \"400ms\"\nidle_timeout = \"30s\"\n{config}"
-    );
-    let w = Weir::start_with(admin, port, &text).await;
+    let (_a, w) =
+        weir_with_listener("header_read_timeout = \"400ms\"\nidle_timeout = \"30s\"\n").await;
+    let port = w.port;
     let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     // Reads one response (its head and its short body) from a keep-alive connection.
     async fn response(s: &mut tokio::net::TcpStream) -> String {

@@ -2,7 +2,7 @@
 //! and shutdown.
 
 mod reload;
-pub mod timer_anchor;
+mod timer_anchor;
 
 use std::path::PathBuf;
 use std::sync::Arc;

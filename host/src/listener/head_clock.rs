@@ -58,14 +58,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeadClock<I> {
         let got = &buf.filled()[before..];
         if !got.is_empty() {
             let activity = &this.down.activity;
-            let h2 = *this.h2.get_or_insert_with(|| {
+            if this.h2.is_none() {
                 let h2 = got.starts_with(H2_PREFACE_START);
                 if h2 {
                     activity.stop_head_clock();
                 }
-                h2
-            });
-            if !h2 {
+                this.h2 = Some(h2);
+            }
+            if this.h2 == Some(false) {
                 activity.request_bytes_arrived();
             }
         }

@@ -85,11 +85,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .flat_map(|v| v.split(','))
         .map(str::trim)
     {
+        // Tokens are case-insensitive; a name that is hop-by-hop is removed
+        // below anyway. Lower-cased only when it has capitals (rare).
         let known = hop_index(token).is_some()
-            || token.eq_ignore_ascii_case("upgrade")
-            || HOP_BY_HOP
-                .iter()
-                .any(|h| h.as_str().eq_ignore_ascii_case(token));
+            || (token.bytes().any(|b| b.is_ascii_uppercase())
+                && hop_index(&token.to_ascii_lowercase()).is_some());
         if !known && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
             named.push(name);
         }
