@@ -3,7 +3,7 @@
 //! every second does to latency under load.
 //!
 //! ```text
-//! cargo run --release -p weir-benches --bin reload_bench -- [--trials 15] [--load-seconds 60] [--rounds 3] [--reload-cached] [--no-disk-cache]
+//! cargo run --release -p weir-benches --bin reload_bench -- [--trials 15] [--load-seconds 60] [--rounds 3] [--reload-cached] [--no-disk-cache] [--pin]
 //! ```
 //!
 //! Runs a release weir (built first) on 127.0.0.1 with the built-in echo route
@@ -22,16 +22,35 @@
 //! were written and how many went live meanwhile, from weir's /metrics), the ratio of the p99 medians, and
 //! the median of the rounds' own p99 ratios. weir keeps compiled modules in
 //! a disk cache folder, as `weir run` does by default; `--no-disk-cache`
-//! runs it without one. Everything stays on loopback and is bounded in time.
+//! runs it without one. `--pin` (Linux, needs `taskset`) runs weir, all its
+//! threads, on CPU 1 and wrk on CPU 0, so that where the scheduler places
+//! wrk's threads against weir's worker does not decide the result; on a
+//! 2-core machine it leaves weir's background threads only what the worker
+//! leaves of its core. Everything stays on loopback and is bounded in time.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const PORT: u16 = 18_401;
 const ADMIN: u16 = 18_491;
+
+/// `--pin`: weir on CPU 1, wrk on CPU 0.
+static PIN: AtomicBool = AtomicBool::new(false);
+
+/// `program`, run under `taskset -c <cpu>` when pinning.
+fn pinned(program: &Path, cpu: &str) -> Command {
+    if PIN.load(Ordering::Relaxed) {
+        let mut c = Command::new("taskset");
+        c.args(["-c", cpu]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
 
 /// A proxy-wasm module adding `x-version: <version>` to responses, padded with
 /// `fillers` compute functions so that it is realistically big to compile.
@@ -194,7 +213,7 @@ fn start_weir(root: &Path, dir: &Path, disk_cache: bool) -> Weir {
         ),
     )
     .unwrap();
-    let child = Command::new(root.join("target/release/weir"))
+    let child = pinned(&root.join("target/release/weir"), "1")
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
@@ -213,7 +232,7 @@ fn start_weir(root: &Path, dir: &Path, disk_cache: bool) -> Weir {
 
 /// wrk's p50 and p99 (ms), requests, and non-2xx responses plus socket errors.
 fn wrk(seconds: u64) -> (f64, f64, u64, u64) {
-    let out = Command::new("wrk")
+    let out = pinned(Path::new("wrk"), "0")
         .args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency"])
         .arg(format!("http://127.0.0.1:{PORT}/"))
         .output()
@@ -270,9 +289,17 @@ fn main() {
             }
             "--reload-cached" => reload_cached = true,
             "--no-disk-cache" => disk_cache = false,
+            "--pin" => PIN.store(true, Ordering::Relaxed),
             "--rounds" => rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(rounds),
             other => panic!("unknown argument {other}; see the file's doc comment"),
         }
+    }
+    if PIN.load(Ordering::Relaxed) {
+        let ok = Command::new("taskset")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(ok, "--pin needs taskset (util-linux)");
     }
     let root: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let built = Command::new("cargo")
