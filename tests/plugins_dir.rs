@@ -231,6 +231,96 @@ async fn fifty_swaps_add_rename_remove_under_load_fail_no_request() {
     assert!(m.contains("weir_plugin_callback_duration_seconds_count{plugin=\"version\"}"));
 }
 
+/// A plugin adding `x-version: <version>` to responses whose VM start logs
+/// "starting <version>" and then takes `start_ms` of wall time (a slow load).
+fn slow_start_module(version: &str, start_ms: u64) -> Vec<u8> {
+    let msg = format!("starting {version}");
+    let text = format!(
+        r#"(module
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_current_time_nanoseconds" (func $now (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "x-version")
+  (data (i32.const 256) "{version}")
+  (data (i32.const 512) "{msg}")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (local $until i64)
+    (drop (call $log (i32.const 2) (i32.const 512) (i32.const {ml})))
+    (drop (call $now (i32.const 2048)))
+    (local.set $until (i64.add (i64.load (i32.const 2048)) (i64.const {ns})))
+    (block $done (loop $wait
+      (drop (call $now (i32.const 2048)))
+      (br_if $done (i64.ge_u (i64.load (i32.const 2048)) (local.get $until)))
+      (br $wait)))
+    i32.const 1)
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 16) (i32.const 9) (i32.const 256) (i32.const {vl})))
+    i32.const 0))"#,
+        ml = msg.len(),
+        vl = version.len(),
+        ns = start_ms * 1_000_000,
+    );
+    wat::parse_str(text).unwrap()
+}
+
+/// Loads slower than the writes (a busy machine, a big plugin): a version
+/// whose file is replaced again while it loads still goes live, and the newer
+/// one after it. Dropping it, as weir did, meant that with a new version
+/// arriving faster than one loads, no version ever went live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_replaced_while_it_loads_still_goes_live_then_the_newer_one() {
+    let _shared = ALONE.read().await;
+    let up = Upstream::start("app").await;
+    let (w, plugins) = weir_with_plugins(
+        &up,
+        &[
+            ("10-slow.wasm", slow_start_module("v1", 0)),
+            ("10-slow.toml", b"cpu_limit = \"5s\"\n".to_vec()),
+        ],
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let url = w.url("/");
+    let file = plugins.join("10-slow.wasm");
+    let success = |m: &str| -> u64 {
+        m.lines()
+            .find(|l| {
+                l.starts_with("weir_plugin_reloads_total{plugin=\"slow\",outcome=\"success\"}")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        header_of(&c, &url, "x-version").await.as_deref(),
+        Some("v1")
+    );
+    let before = success(&w.metrics().await);
+
+    // v2 takes 1.5 s to start; v3 lands while it does.
+    write_then_rename(&file, &slow_start_module("v2", 1500));
+    until(Duration::from_secs(20), "v2's load started", || async {
+        w.logs().contains("starting v2")
+    })
+    .await;
+    write_then_rename(&file, &slow_start_module("v3", 0));
+    until(Duration::from_secs(20), "v2 served", || async {
+        header_of(&c, &url, "x-version").await.as_deref() == Some("v2")
+    })
+    .await;
+    until(Duration::from_secs(20), "v3 served", || async {
+        header_of(&c, &url, "x-version").await.as_deref() == Some("v3")
+    })
+    .await;
+    assert_eq!(
+        success(&w.metrics().await) - before,
+        2,
+        "v2 and v3 each went live once"
+    );
+}
+
 #[tokio::test]
 async fn a_failed_update_keeps_the_previous_version_serving_with_the_error_shown() {
     let _shared = ALONE.read().await;

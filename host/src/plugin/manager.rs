@@ -548,10 +548,19 @@ impl PluginManager {
         };
         let result = settings.and_then(load);
         if stamp(&slot.path) != before {
-            // Written to while it loaded: whatever loaded is not what is there now.
-            tracing::debug!(file = %slot.path.display(), "plugin file changed while loading; waiting for the write to finish");
+            // Written to while it loaded: what is there now loads at the
+            // retry. A version that loaded goes live meanwhile: a file caught
+            // mid-write does not validate, so it was whole (a version that
+            // was on disk). Dropping it instead starved a busy machine: with
+            // loads slower than the writes (a compile taking more than the
+            // second between two versions), no version ever went live. A
+            // failure may be the write in progress: tried again, not shown.
             report.retry_due = true;
-            return;
+            if !matches!(result, Ok(Some(_))) {
+                tracing::debug!(file = %slot.path.display(), "plugin file changed while loading; waiting for the write to finish");
+                return;
+            }
+            tracing::debug!(file = %slot.path.display(), "plugin file changed while loading; the version loaded goes live, the newer one loads next");
         }
         match result {
             Ok(Some((plugin, vm_id, routes, variant))) if tier_up => {
