@@ -152,7 +152,8 @@ pub struct RescanReport {
     pub failed: Vec<String>,
     /// Plugins gone from the directory.
     pub removed: Vec<String>,
-    /// Whether a file looked half-written and a retry is due.
+    /// Whether a file changed while it loaded or looked half-written, and a
+    /// rescan is due.
     pub retry_due: bool,
     /// Plugins whose baseline code was replaced by optimized code.
     pub optimized: Vec<String>,
