@@ -14,9 +14,16 @@ use support::{Upstream, Weir, free_port, test_filter};
 
 /// A proxy-wasm module that adds `name: value` to every response.
 fn header_module(name: &str, value: &str) -> Vec<u8> {
-    let text = format!(
+    wat::parse_str(header_module_text(name, value, "", "")).unwrap()
+}
+
+/// The text of [`header_module`], with `imports` among its imports and
+/// `more` (functions, data above offset 512) after its definitions.
+fn header_module_text(name: &str, value: &str, imports: &str, more: &str) -> String {
+    format!(
         r#"(module
   (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  {imports}
   (memory (export "memory") 1)
   (data (i32.const 16) "{name}")
   (data (i32.const 256) "{value}")
@@ -25,11 +32,11 @@ fn header_module(name: &str, value: &str) -> Vec<u8> {
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
     (drop (call $add (i32.const 2) (i32.const 16) (i32.const {nl}) (i32.const 256) (i32.const {vl})))
-    i32.const 0))"#,
+    i32.const 0)
+  {more})"#,
         nl = name.len(),
         vl = value.len()
-    );
-    wat::parse_str(text).unwrap()
+    )
 }
 
 /// weir with `app` behind its one route and an empty plugins folder.
@@ -235,18 +242,10 @@ async fn fifty_swaps_add_rename_remove_under_load_fail_no_request() {
 /// "starting <version>" and then takes `start_ms` of wall time (a slow load).
 fn slow_start_module(version: &str, start_ms: u64) -> Vec<u8> {
     let msg = format!("starting {version}");
-    let text = format!(
-        r#"(module
-  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
-  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
-  (import "env" "proxy_get_current_time_nanoseconds" (func $now (param i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "x-version")
-  (data (i32.const 256) "{version}")
-  (data (i32.const 512) "{msg}")
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
-  (func (export "proxy_on_context_create") (param i32 i32))
+    let imports = r#"(import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_current_time_nanoseconds" (func $now (param i32) (result i32)))"#;
+    let start = format!(
+        r#"(data (i32.const 512) "{msg}")
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (local $until i64)
     (drop (call $log (i32.const 2) (i32.const 512) (i32.const {ml})))
     (drop (call $now (i32.const 2048)))
@@ -255,15 +254,11 @@ fn slow_start_module(version: &str, start_ms: u64) -> Vec<u8> {
       (drop (call $now (i32.const 2048)))
       (br_if $done (i64.ge_u (i64.load (i32.const 2048)) (local.get $until)))
       (br $wait)))
-    i32.const 1)
-  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
-    (drop (call $add (i32.const 2) (i32.const 16) (i32.const 9) (i32.const 256) (i32.const {vl})))
-    i32.const 0))"#,
+    i32.const 1)"#,
         ml = msg.len(),
-        vl = version.len(),
         ns = start_ms * 1_000_000,
     );
-    wat::parse_str(text).unwrap()
+    wat::parse_str(header_module_text("x-version", version, imports, &start)).unwrap()
 }
 
 /// Loads slower than the writes (a busy machine, a big plugin): a version
