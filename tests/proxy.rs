@@ -791,6 +791,40 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(w.logs().contains("draining"));
 }
 
+/// Requests one after another, with bodies, with none (204, HEAD) and with
+/// errors, all take the one upstream connection the first one opened: each
+/// goes back to the pool when its response has been read.
+#[tokio::test]
+async fn one_upstream_connection_carries_requests_one_after_another() {
+    let a = Upstream::start("a").await;
+    let w = Weir::start(&format!(
+        "{}[[route]]\nname = \"a\"\ncluster = \"a\"\n",
+        cluster("a", &[&a], "")
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for path in ["/x", "/status/204", "/status/503", "/y", "/status/404"] {
+        let r = client.get(w.url(path)).send().await.unwrap();
+        statuses.push(r.status().as_u16());
+        r.bytes().await.unwrap();
+    }
+    let r = client.head(w.url("/x")).send().await.unwrap();
+    statuses.push(r.status().as_u16());
+    assert_eq!(statuses, [200, 204, 503, 200, 404, 200]);
+    assert_eq!(a.hits(), 6);
+    assert_eq!(
+        a.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "every request after the first reused the upstream connection"
+    );
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_upstream_connections{cluster=\"a\"} 1"),
+        "{m}"
+    );
+}
+
 #[tokio::test]
 async fn admin_api_reports_health_config_and_metrics() {
     let a = Upstream::start("a").await;

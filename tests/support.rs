@@ -263,6 +263,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -271,12 +273,14 @@ impl Upstream {
         let addr = socket.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let flaky: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let (name2, hits2) = (name.to_string(), hits.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (name2, hits2, accepted) = (name.to_string(), hits.clone(), connections.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = socket.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (name, hits, flaky) = (name2.clone(), hits2.clone(), flaky.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -293,6 +297,7 @@ impl Upstream {
             addr,
             name: name.to_string(),
             hits,
+            connections,
         }
     }
 

@@ -589,24 +589,23 @@ async fn forward(
                     let mut req = Request::new(body::full(bytes.clone()));
                     *req.method_mut() = h.method.clone();
                     *req.headers_mut() = h.headers.clone();
-                    *req.uri_mut() = cluster.uri(&endpoint, h.uri.path_and_query());
+                    *req.uri_mut() = h.uri.clone();
                     req
                 }
                 None => {
-                    let (mut h, b) = single.take().expect("a streamed body is sent once");
-                    h.uri = cluster.uri(&endpoint, h.uri.path_and_query());
+                    let (h, b) = single.take().expect("a streamed body is sent once");
                     Request::from_parts(h, b)
                 }
             };
             let mut req = req;
             *req.version_mut() = cluster.version();
-            let guard = ActiveGuard::new(endpoint);
+            let sent = cluster.send(&endpoint, req);
+            let guard = ActiveGuard::new(endpoint.clone());
             cluster.active.inc();
             let busy = UpstreamBusy {
                 _endpoint: guard,
                 cluster: cluster.active.clone(),
             };
-            let sent = cluster.send(req);
             let result = match policy.and_then(|p| p.per_try_timeout) {
                 Some(t) => match tokio::time::timeout(t, sent).await {
                     Ok(r) => r.map_err(|e| classify(route, cluster, body_limit, e)),
@@ -660,7 +659,7 @@ fn classify(
     route: &RouteConfig,
     cluster: &Cluster,
     body_limit: u64,
-    e: hyper_util::client::legacy::Error,
+    e: crate::upstream::SendError,
 ) -> ProxyError {
     let reason = error_chain(&e);
     let (r, c) = (route.name.clone(), cluster.config.name.clone());

@@ -1,10 +1,12 @@
 //! Upstream clusters: endpoints, balancing, connection pools, TLS origination.
 //!
-//! A [`Cluster`] owns a hyper connection pool (HTTP/1.1 keep-alive, or HTTP/2
-//! multiplexed) and an [`lb::EndpointSet`] that DNS refreshes swap as a whole.
+//! A [`Cluster`] owns a connection pool (weir's own for plain HTTP/1.1
+//! keep-alive, hyper-util's for TLS and HTTP/2 multiplexed) and an
+//! [`lb::EndpointSet`] that DNS refreshes swap as a whole.
 
 mod connector;
 pub mod lb;
+mod pool;
 mod resolve;
 pub mod retry;
 pub mod tls;
@@ -13,7 +15,6 @@ use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -25,6 +26,16 @@ use crate::config::{ClusterConfig, UpstreamProtocol};
 use crate::telemetry::Metrics;
 use connector::{Connector, SniResolver};
 use lb::{Balancer, Endpoint, EndpointSet};
+use pool::Http1Pool;
+pub use pool::{SendError, UpstreamBody};
+
+/// How a cluster's requests reach its endpoints.
+enum Transport {
+    /// Plain HTTP/1.1: weir's pool, keyed by endpoint address.
+    Own(Arc<Http1Pool>),
+    /// TLS or HTTP/2: hyper-util's pool (ALPN, SNI, multiplexing).
+    Shared(Box<Client<Connector, Body>>),
+}
 
 /// An upstream service: its endpoints, balancer and connection pool.
 pub struct Cluster {
@@ -34,7 +45,7 @@ pub struct Cluster {
     pub name: Arc<str>,
     endpoints: Arc<ArcSwap<EndpointSet>>,
     balancer: Balancer,
-    client: Client<Connector, Body>,
+    transport: Transport,
     scheme: http::uri::Scheme,
     /// Requests in flight to this cluster.
     pub active: Gauge,
@@ -62,61 +73,22 @@ impl Cluster {
             tracing::warn!(cluster.name = %config.name, error = %e, "endpoint resolution failed; retrying every dns_refresh");
         }
         let endpoints = Arc::new(ArcSwap::from_pointee(EndpointSet::new(eps, config.lb)));
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
         let mut cert_watch = None;
-        let builder = match &config.tls {
-            Some(tls) => {
-                let client = tls::client_config(&config.name, tls, Some(metrics.clone()))?;
-                if let Some(pair) = client.client_cert {
-                    cert_watch = Some(crate::mesh::rotate::PairWatcher::start(
-                        format!("cluster {:?}", config.name),
-                        vec![pair],
-                        metrics.clone(),
-                    )?);
-                }
-                let fixed = match &tls.sni {
-                    Some(s) => Some(
-                        ServerName::try_from(s.clone())
-                            .map_err(|e| format!("tls.sni {s:?}: {e}"))?,
-                    ),
-                    None => None,
-                };
-                let resolver = SniResolver {
-                    fixed,
-                    endpoints: endpoints.clone(),
-                };
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(client.config)
-                    .https_only()
-                    .with_server_name_resolver(resolver)
-            }
-            None => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(
-                    tls::client_config(&config.name, &crate::config::ClusterTls::default(), None)?
-                        .config,
-                )
-                .https_or_http()
-                .with_server_name_resolver(SniResolver {
-                    fixed: None,
-                    endpoints: endpoints.clone(),
-                }),
+        let transport = if config.tls.is_none() && config.protocol == UpstreamProtocol::Http1 {
+            Transport::Own(Http1Pool::start(
+                config.idle_timeout,
+                config.max_idle_per_endpoint,
+                config.connect_timeout,
+                metrics.upstream_connections(&config.name),
+            ))
+        } else {
+            Transport::Shared(Box::new(shared_client(
+                &config,
+                &endpoints,
+                metrics,
+                &mut cert_watch,
+            )?))
         };
-        let https = match config.protocol {
-            UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
-            UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
-        };
-        let connector = Connector::new(https, metrics.upstream_connections(&config.name));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_endpoint)
-            .http2_only(config.protocol == UpstreamProtocol::Http2)
-            .set_host(false)
-            .build(connector);
         let scheme = if config.tls.is_some() {
             http::uri::Scheme::HTTPS
         } else {
@@ -128,7 +100,7 @@ impl Cluster {
             name: config.name.as_str().into(),
             config,
             endpoints,
-            client,
+            transport,
             scheme,
             _cert_watch: cert_watch,
         });
@@ -174,9 +146,27 @@ impl Cluster {
         Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
     }
 
-    /// Sends a request through the pool.
-    pub fn send(&self, req: Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
-        self.client.request(req)
+    /// Sends `req` to `endpoint` through the cluster's pool, whatever form
+    /// its URI has (the pool puts the form its protocol needs).
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        mut req: Request<Body>,
+    ) -> Result<UpstreamResponse, SendError> {
+        match &self.transport {
+            Transport::Own(pool) => {
+                if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+                    let pq = req.uri().path_and_query().cloned();
+                    *req.uri_mut() =
+                        Uri::from(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+                }
+                pool.send(endpoint.addr, req).await
+            }
+            Transport::Shared(client) => {
+                *req.uri_mut() = self.uri(endpoint, req.uri().path_and_query());
+                Ok(client.request(req).await?.map(UpstreamBody::from))
+            }
+        }
     }
 
     /// The HTTP version requests to this cluster must carry.
@@ -194,7 +184,70 @@ impl Cluster {
 }
 
 /// A response as it comes from the pool.
-pub type UpstreamResponse = Response<Incoming>;
+pub type UpstreamResponse = Response<UpstreamBody>;
+
+/// hyper-util's pool for a TLS or HTTP/2 cluster; `cert_watch` gets the
+/// watcher of its client certificate, if it has one.
+fn shared_client(
+    config: &ClusterConfig,
+    endpoints: &Arc<ArcSwap<EndpointSet>>,
+    metrics: &Arc<Metrics>,
+    cert_watch: &mut Option<crate::mesh::rotate::PairWatcher>,
+) -> Result<Client<Connector, Body>, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    let builder = match &config.tls {
+        Some(tls) => {
+            let client = tls::client_config(&config.name, tls, Some(metrics.clone()))?;
+            if let Some(pair) = client.client_cert {
+                *cert_watch = Some(crate::mesh::rotate::PairWatcher::start(
+                    format!("cluster {:?}", config.name),
+                    vec![pair],
+                    metrics.clone(),
+                )?);
+            }
+            let fixed = match &tls.sni {
+                Some(s) => Some(
+                    ServerName::try_from(s.clone()).map_err(|e| format!("tls.sni {s:?}: {e}"))?,
+                ),
+                None => None,
+            };
+            let resolver = SniResolver {
+                fixed,
+                endpoints: endpoints.clone(),
+            };
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(client.config)
+                .https_only()
+                .with_server_name_resolver(resolver)
+        }
+        None => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(
+                tls::client_config(&config.name, &crate::config::ClusterTls::default(), None)?
+                    .config,
+            )
+            .https_or_http()
+            .with_server_name_resolver(SniResolver {
+                fixed: None,
+                endpoints: endpoints.clone(),
+            }),
+    };
+    let https = match config.protocol {
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+    };
+    let connector = Connector::new(https, metrics.upstream_connections(&config.name));
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(config.idle_timeout)
+        .pool_max_idle_per_host(config.max_idle_per_endpoint)
+        .http2_only(config.protocol == UpstreamProtocol::Http2)
+        .set_host(false)
+        .build(connector))
+}
 
 async fn refresh_dns(cluster: Weak<Cluster>) {
     loop {

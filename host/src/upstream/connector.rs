@@ -33,9 +33,9 @@ impl Connector {
 }
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = Counted;
+    type Response = Counted<MaybeHttpsStream<TokioIo<TcpStream>>>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Counted, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -46,34 +46,42 @@ impl tower_service::Service<Uri> for Connector {
         let open = self.open.clone();
         Box::pin(async move {
             let io = fut.await?;
-            open.inc();
-            Ok(Counted { io, open })
+            Ok(Counted::new(io, open))
         })
     }
 }
 
 pin_project_lite::pin_project! {
-    /// An upstream connection that decrements the open-connection gauge when closed.
-    pub struct Counted {
+    /// An upstream connection, counted in an open-connection gauge while it
+    /// lives (also after an upgrade hands it to a tunnel).
+    pub struct Counted<T> {
         #[pin]
-        io: MaybeHttpsStream<TokioIo<TcpStream>>,
+        io: T,
         open: Gauge,
     }
 
-    impl PinnedDrop for Counted {
+    impl<T> PinnedDrop for Counted<T> {
         fn drop(this: Pin<&mut Self>) {
             this.open.dec();
         }
     }
 }
 
-impl Connection for Counted {
+impl<T> Counted<T> {
+    /// Counts `io` in `open` until it drops.
+    pub fn new(io: T, open: Gauge) -> Counted<T> {
+        open.inc();
+        Counted { io, open }
+    }
+}
+
+impl Connection for Counted<MaybeHttpsStream<TokioIo<TcpStream>>> {
     fn connected(&self) -> Connected {
         self.io.connected()
     }
 }
 
-impl hyper::rt::Read for Counted {
+impl<T: hyper::rt::Read> hyper::rt::Read for Counted<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -83,7 +91,7 @@ impl hyper::rt::Read for Counted {
     }
 }
 
-impl hyper::rt::Write for Counted {
+impl<T: hyper::rt::Write> hyper::rt::Write for Counted<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

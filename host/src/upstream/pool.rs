@@ -1,0 +1,477 @@
+//! weir's own keep-alive pool for plain HTTP/1.1 clusters.
+//!
+//! Idle connections wait in a list per endpoint address; a request takes the
+//! most recently used one (its socket is the warmest) or connects. Each
+//! connection is driven by a task of its own (hyper's `client::conn::http1`),
+//! and goes back to its list when the response body has been read to its
+//! end: a body dropped early leaves the connection to close, as its next
+//! bytes are unknown. Compared with hyper-util's general pool this does no
+//! hashing of a URI authority per request and boxes no future per request;
+//! TLS and HTTP/2 clusters keep hyper-util's pool.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
+use rustc_hash::FxHashMap;
+use tokio::net::TcpStream;
+
+use super::connector::Counted;
+use crate::body::Body;
+
+/// Why a request could not be sent through the pool.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection to the endpoint could be made.
+    #[error("tcp connect to {addr}: {source}")]
+    Connect {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// Connecting took longer than the cluster's `connect_timeout`.
+    #[error("tcp connect to {addr}: timed out after {after:?}")]
+    ConnectTimeout {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The cluster's `connect_timeout`.
+        after: Duration,
+    },
+    /// The connection failed while the request was sent or answered.
+    #[error(transparent)]
+    Request(#[from] hyper::Error),
+    /// hyper-util's pool (TLS and HTTP/2 clusters) failed.
+    #[error(transparent)]
+    Legacy(#[from] hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// Whether no connection could be made (as opposed to one failing).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Connect { .. } | SendError::ConnectTimeout { .. } => true,
+            SendError::Request(_) => false,
+            SendError::Legacy(e) => e.is_connect(),
+        }
+    }
+}
+
+struct Idle {
+    tx: SendRequest<Body>,
+    since: Instant,
+}
+
+/// The pool of one cluster.
+pub struct Http1Pool {
+    idle: Mutex<FxHashMap<SocketAddr, Vec<Idle>>>,
+    idle_timeout: Duration,
+    max_idle: usize,
+    connect_timeout: Duration,
+    open: Gauge,
+}
+
+impl Http1Pool {
+    /// A pool keeping at most `max_idle` idle connections per endpoint for
+    /// `idle_timeout`, counting open connections in `open`. Starts the task
+    /// that closes connections idle for longer (it ends with the pool).
+    pub fn start(
+        idle_timeout: Duration,
+        max_idle: usize,
+        connect_timeout: Duration,
+        open: Gauge,
+    ) -> Arc<Http1Pool> {
+        let pool = Arc::new(Http1Pool {
+            idle: Mutex::default(),
+            idle_timeout,
+            max_idle,
+            connect_timeout,
+            open,
+        });
+        tokio::spawn(reap(Arc::downgrade(&pool)));
+        pool
+    }
+
+    /// Sends `req` (origin-form URI) to `addr` on an idle connection or a new
+    /// one. A request an idle connection could not take (it closed meanwhile)
+    /// goes to the next one, then to a new connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        loop {
+            let (mut tx, reused) = match self.checkout(addr) {
+                Some(tx) => (tx, true),
+                // Boxed: the connect path's state would otherwise make every
+                // request's future (and its copies) larger.
+                None => (Box::pin(self.connect(addr)).await?, false),
+            };
+            // A connection given back at the end of a body may still be
+            // finishing that response; it is ready, or closed, at once after.
+            if let Err(e) = std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
+                if reused {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let back =
+                        (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| Return {
+                            pool: self.clone(),
+                            addr,
+                            tx,
+                        });
+                    return Ok(resp.map(|inner| UpstreamBody {
+                        inner,
+                        back,
+                        done: false,
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(c) = list.pop() {
+            if !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, tx: SendRequest<Body>) {
+        if tx.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(addr).or_default();
+        if list.len() < self.max_idle {
+            list.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| SendError::ConnectTimeout {
+                addr,
+                after: self.connect_timeout,
+            })?
+            .map_err(|source| SendError::Connect { addr, source })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|source| SendError::Connect { addr, source })?;
+        let io = Counted::new(TokioIo::new(stream), self.open.clone());
+        let (tx, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// Drops idle connections past their time and closed ones.
+    fn reap_now(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout);
+            !list.is_empty()
+        });
+    }
+
+    /// Idle connections to `addr` now (for tests).
+    #[cfg(test)]
+    fn idle_to(&self, addr: SocketAddr) -> usize {
+        let idle = self.idle.lock().unwrap();
+        idle.get(&addr).map_or(0, Vec::len)
+    }
+}
+
+async fn reap(pool: Weak<Http1Pool>) {
+    let every = match pool.upgrade() {
+        Some(p) => (p.idle_timeout / 2).max(Duration::from_millis(100)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        match pool.upgrade() {
+            Some(p) => p.reap_now(),
+            None => return,
+        }
+    }
+}
+
+struct Return {
+    pool: Arc<Http1Pool>,
+    addr: SocketAddr,
+    tx: SendRequest<Body>,
+}
+
+pin_project_lite::pin_project! {
+    /// A response body from the pool: gives its connection back when read
+    /// to its end.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        back: Option<Return>,
+        done: bool,
+    }
+
+    impl PinnedDrop for UpstreamBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if (*this.done || this.inner.is_end_stream())
+                && let Some(r) = this.back.take()
+            {
+                r.pool.put(r.addr, r.tx);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("pooled", &self.back.is_some())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<Incoming> for UpstreamBody {
+    fn from(inner: Incoming) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            back: None,
+            done: false,
+        }
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => *this.done = true,
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() => *this.done = true,
+            Poll::Ready(Some(Err(_))) => *this.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An upstream answering every request on a connection with `body`,
+    /// counting the connections it accepted.
+    async fn upstream(body: &'static str) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        upstream_answering(resp).await
+    }
+
+    /// An upstream answering every request on a connection with `resp`.
+    async fn upstream_answering(resp: String) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let resp = resp.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    loop {
+                        let Ok(n) = s.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            if s.write_all(resp.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get() -> Request<Body> {
+        let mut req = Request::new(crate::body::empty());
+        *req.uri_mut() = "/".parse().unwrap();
+        req.headers_mut()
+            .insert(http::header::HOST, "up".parse().unwrap());
+        req
+    }
+
+    fn pool(max_idle: usize, idle_timeout: Duration) -> Arc<Http1Pool> {
+        Http1Pool::start(
+            idle_timeout,
+            max_idle,
+            Duration::from_secs(2),
+            Gauge::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_its_end_is_used_again() {
+        let (addr, accepted) = upstream("hello").await;
+        let p = pool(8, Duration::from_secs(30));
+        for _ in 0..5 {
+            let resp = p.send(addr, get()).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(p.idle_to(addr), 1);
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_and_their_trailers_give_the_connection_back() {
+        let (addr, accepted) = upstream_answering(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n"
+                .to_string(),
+        )
+        .await;
+        let p = pool(8, Duration::from_secs(30));
+        for _ in 0..3 {
+            let resp = p.send(addr, get()).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap();
+            assert_eq!(body.trailers().unwrap()["x-sum"], "1");
+            assert_eq!(&body.to_bytes()[..], b"hello");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_does_not_go_back() {
+        let (addr, accepted) = upstream("a body that is not read").await;
+        let p = pool(8, Duration::from_secs(30));
+        let resp = p.send(addr, get()).await.unwrap();
+        drop(resp);
+        assert_eq!(p.idle_to(addr), 0);
+        let resp = p.send(addr, get()).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_past_their_time_are_closed_and_not_used() {
+        let (addr, accepted) = upstream("x").await;
+        let p = pool(8, Duration::from_millis(200));
+        let resp = p.send(addr, get()).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(p.idle_to(addr), 1);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(p.idle_to(addr), 0, "the reaper dropped it");
+        let resp = p.send(addr, get()).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn at_most_max_idle_wait_per_endpoint() {
+        let (addr, _) = upstream("y").await;
+        let p = pool(2, Duration::from_secs(30));
+        let mut resps = Vec::new();
+        for _ in 0..4 {
+            resps.push(p.send(addr, get()).await.unwrap());
+        }
+        for r in resps {
+            r.into_body().collect().await.unwrap();
+        }
+        assert_eq!(p.idle_to(addr), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_the_upstream_closed_goes_to_a_new_one() {
+        // The upstream answers once per connection, then closes it without
+        // saying so: the idle connection is dead when the next request comes.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                drop(s);
+            }
+        });
+        let p = pool(8, Duration::from_secs(30));
+        for _ in 0..3 {
+            let resp = p.send(addr, get()).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error_naming_the_address() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let p = pool(8, Duration::from_secs(30));
+        let e = p.send(addr, get()).await.unwrap_err();
+        assert!(e.is_connect(), "{e}");
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+    }
+}
