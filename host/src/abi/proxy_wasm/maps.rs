@@ -193,6 +193,12 @@ pub fn edit(
         return Err(Status::BadArgument);
     }
     let key = lower(key);
+    // The name first: the cache and the stream's maps are both in `state`.
+    let name = if how == Edit::Remove || key.first() == Some(&b':') {
+        None
+    } else {
+        Some(header_name(state, &key)?)
+    };
     match map_type {
         map::HTTP_REQUEST_HEADERS => {
             let p = state
@@ -202,7 +208,7 @@ pub fn edit(
             if key.first() == Some(&b':') {
                 return set_request_pseudo(p, &key, value, how);
             }
-            edit_headers(&mut p.headers, &key, value, how)
+            edit_headers(&mut p.headers, &key, name, value, how)
         }
         map::HTTP_RESPONSE_HEADERS => {
             let p = state
@@ -221,7 +227,7 @@ pub fn edit(
                     .ok_or(Status::BadArgument)?;
                 return Ok(());
             }
-            edit_headers(&mut p.headers, &key, value, how)
+            edit_headers(&mut p.headers, &key, name, value, how)
         }
         map::HTTP_REQUEST_TRAILERS | map::HTTP_RESPONSE_TRAILERS => {
             // Changeable in a trailers callback only.
@@ -229,7 +235,7 @@ pub fn edit(
                 .stream()
                 .and_then(|s| s.trailers.as_mut())
                 .ok_or(Status::BadArgument)?;
-            edit_headers(t, &key, value, how)
+            edit_headers(t, &key, name, value, how)
         }
         _ => Err(Status::BadArgument),
     }
@@ -256,9 +262,27 @@ pub fn replace_all(state: &mut VmState, map_type: i32, pairs: Pairs) -> Result<(
     Ok(())
 }
 
+/// The header name `key` (lower case), from the instance's recent names or
+/// parsed (and then kept).
+fn header_name(state: &mut VmState, key: &[u8]) -> Result<HeaderName, Status> {
+    let kept = &mut state.header_names;
+    if let Some(n) = kept.iter().find(|n| n.as_str().as_bytes() == key) {
+        return Ok(n.clone());
+    }
+    let name = HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
+    if kept.len() >= super::vm::HEADER_NAMES_KEPT {
+        kept.remove(0);
+    }
+    kept.push(name.clone());
+    Ok(name)
+}
+
+/// Edits `headers`; `name` is `key` made a header name (not made for a
+/// removal, or a pseudo-header).
 fn edit_headers(
     headers: &mut HeaderMap,
     key: &[u8],
+    name: Option<HeaderName>,
     value: &[u8],
     how: Edit,
 ) -> Result<(), Status> {
@@ -271,7 +295,10 @@ fn edit_headers(
         }
         return Ok(());
     }
-    let name = HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
+    let name = match name {
+        Some(n) => n,
+        None => HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?,
+    };
     let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
     match how {
         Edit::Add => {
@@ -360,6 +387,33 @@ mod tests {
             Ok(true)
         );
         assert_eq!(out, b"kept:yes");
+    }
+
+    #[test]
+    fn added_names_are_kept_for_reuse_up_to_a_bound() {
+        let mut s = state();
+        let h = map::HTTP_REQUEST_HEADERS;
+        assert_eq!(edit(&mut s, h, b"X-Reused", b"1", Edit::Add), Ok(()));
+        assert_eq!(edit(&mut s, h, b"x-reused", b"2", Edit::Replace), Ok(()));
+        assert_eq!(s.header_names.len(), 1, "one name, kept once");
+        assert_eq!(s.header_names[0], "x-reused");
+        // Removals and pseudo-headers make no name; invalid names are not kept.
+        assert_eq!(edit(&mut s, h, b"x-other", b"", Edit::Remove), Ok(()));
+        assert_eq!(edit(&mut s, h, b":path", b"/b", Edit::Replace), Ok(()));
+        assert_eq!(
+            edit(&mut s, h, b"bad name", b"1", Edit::Add),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(s.header_names.len(), 1);
+        for i in 0..vm::HEADER_NAMES_KEPT + 4 {
+            let name = format!("x-n{i}");
+            assert_eq!(edit(&mut s, h, name.as_bytes(), b"v", Edit::Add), Ok(()));
+        }
+        assert_eq!(s.header_names.len(), vm::HEADER_NAMES_KEPT);
+        assert_eq!(s.header_names[0], "x-n4", "the oldest went first");
+        let head = s.streams[&1].request.as_ref().unwrap();
+        assert_eq!(head.headers["x-reused"], "2");
+        assert_eq!(head.headers["x-n0"], "v");
     }
 
     #[test]

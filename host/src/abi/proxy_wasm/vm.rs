@@ -75,6 +75,9 @@ pub struct StreamState {
     pub log: Option<LogInfo>,
 }
 
+/// How many header names a [`VmState`] keeps for reuse.
+pub const HEADER_NAMES_KEPT: usize = 16;
+
 /// Host state of one instance.
 pub struct VmState {
     /// The plugin.
@@ -133,6 +136,10 @@ pub struct VmState {
     /// An empty request head, left in the caller's place while the real one
     /// is lent to a callback, and kept for the next: making one parses a URI.
     pub spare_request: Option<http::request::Parts>,
+    /// Header names the plugin added or set lately, so that a filter adding
+    /// the same header to every request parses and allocates its name once
+    /// (at most [`HEADER_NAMES_KEPT`], oldest dropped first).
+    pub header_names: Vec<http::HeaderName>,
     /// The running code's CPU limit, and whether it burns CPU once past it
     /// on the wall clock (see `engine::CpuCheck`).
     pub cpu_limit: Duration,
@@ -264,6 +271,7 @@ pub fn new_state(
         metrics: Vec::new(),
         root_props: HashMap::new(),
         spare_request: None,
+        header_names: Vec::new(),
         scratch: Vec::new(),
         cpu_limit: Duration::ZERO,
         cpu_check: Default::default(),
