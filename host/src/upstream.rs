@@ -1,7 +1,7 @@
 //! Upstream clusters: endpoints, balancing, connection pools, TLS origination.
 //!
-//! A [`Cluster`] owns a connection pool (weir's own for plain HTTP/1.1
-//! keep-alive, hyper-util's for TLS and HTTP/2 multiplexed) and an
+//! A [`Cluster`] owns a connection pool (weir's own for HTTP/1.1 keep-alive,
+//! hyper-util's for HTTP/2 multiplexed) and an
 //! [`lb::EndpointSet`] that DNS refreshes swap as a whole.
 
 mod connector;
@@ -31,9 +31,9 @@ pub use pool::{SendError, UpstreamBody};
 
 /// How a cluster's requests reach its endpoints.
 enum Transport {
-    /// Plain HTTP/1.1: weir's pool, keyed by endpoint address.
+    /// HTTP/1.1, plain or over TLS: weir's pool, keyed by endpoint address.
     Own(Arc<Http1Pool>),
-    /// TLS or HTTP/2: hyper-util's pool (ALPN, SNI, multiplexing).
+    /// HTTP/2: hyper-util's pool (ALPN h2, multiplexing).
     Shared(Box<Client<Connector, Body>>),
 }
 
@@ -74,8 +74,13 @@ impl Cluster {
         }
         let endpoints = Arc::new(ArcSwap::from_pointee(EndpointSet::new(eps, config.lb)));
         let mut cert_watch = None;
-        let transport = if config.tls.is_none() && config.protocol == UpstreamProtocol::Http1 {
+        let transport = if config.protocol == UpstreamProtocol::Http1 {
+            let tls = match &config.tls {
+                Some(tls) => Some(tls_origin(&config.name, tls, metrics, &mut cert_watch)?),
+                None => None,
+            };
             Transport::Own(Http1Pool::start(
+                tls,
                 config.idle_timeout,
                 config.max_idle_per_endpoint,
                 config.connect_timeout,
@@ -160,7 +165,7 @@ impl Cluster {
                     *req.uri_mut() =
                         Uri::from(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
                 }
-                pool.send(endpoint.addr, req).await
+                pool.send(endpoint.addr, &endpoint.host, req).await
             }
             Transport::Shared(client) => {
                 *req.uri_mut() = self.uri(endpoint, req.uri().path_and_query());
@@ -186,7 +191,35 @@ impl Cluster {
 /// A response as it comes from the pool.
 pub type UpstreamResponse = Response<UpstreamBody>;
 
-/// hyper-util's pool for a TLS or HTTP/2 cluster; `cert_watch` gets the
+/// TLS origination for an HTTP/1.1 cluster's pool; `cert_watch` gets the
+/// watcher of its client certificate, if it has one.
+fn tls_origin(
+    cluster: &str,
+    tls: &crate::config::ClusterTls,
+    metrics: &Arc<Metrics>,
+    cert_watch: &mut Option<crate::mesh::rotate::PairWatcher>,
+) -> Result<pool::TlsOrigin, String> {
+    let client = tls::client_config(cluster, tls, Some(metrics.clone()))?;
+    if let Some(pair) = client.client_cert {
+        *cert_watch = Some(crate::mesh::rotate::PairWatcher::start(
+            format!("cluster {cluster:?}"),
+            vec![pair],
+            metrics.clone(),
+        )?);
+    }
+    let sni = match &tls.sni {
+        Some(s) => {
+            Some(ServerName::try_from(s.clone()).map_err(|e| format!("tls.sni {s:?}: {e}"))?)
+        }
+        None => None,
+    };
+    Ok(pool::TlsOrigin {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client.config)),
+        sni,
+    })
+}
+
+/// hyper-util's pool for an HTTP/2 cluster; `cert_watch` gets the
 /// watcher of its client certificate, if it has one.
 fn shared_client(
     config: &ClusterConfig,

@@ -1,4 +1,4 @@
-//! weir's own keep-alive pool for plain HTTP/1.1 clusters.
+//! weir's own keep-alive pool for HTTP/1.1 clusters, plain or over TLS.
 //!
 //! Idle connections wait in a list per endpoint address; a request takes the
 //! most recently used one (its socket is the warmest) or connects. Each
@@ -7,7 +7,7 @@
 //! end: a body dropped early leaves the connection to close, as its next
 //! bytes are unknown. Compared with hyper-util's general pool this does no
 //! hashing of a URI authority per request and boxes no future per request;
-//! TLS and HTTP/2 clusters keep hyper-util's pool.
+//! HTTP/2 clusters keep hyper-util's pool.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,6 +27,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use rustc_hash::FxHashMap;
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::connector::Counted;
@@ -43,8 +44,18 @@ pub enum SendError {
         /// The socket error.
         source: std::io::Error,
     },
-    /// Connecting took longer than the cluster's `connect_timeout`.
-    #[error("tcp connect to {addr}: timed out after {after:?}")]
+    /// The TLS handshake with the endpoint failed (its certificate was
+    /// refused, or it spoke no TLS).
+    #[error("tls handshake with {addr}: {source}")]
+    Tls {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The handshake error.
+        source: std::io::Error,
+    },
+    /// Connecting (TCP, and TLS if the cluster originates it) took longer
+    /// than the cluster's `connect_timeout`.
+    #[error("connect to {addr}: timed out after {after:?}")]
     ConnectTimeout {
         /// The endpoint.
         addr: SocketAddr,
@@ -63,7 +74,9 @@ impl SendError {
     /// Whether no connection could be made (as opposed to one failing).
     pub fn is_connect(&self) -> bool {
         match self {
-            SendError::Connect { .. } | SendError::ConnectTimeout { .. } => true,
+            SendError::Connect { .. }
+            | SendError::Tls { .. }
+            | SendError::ConnectTimeout { .. } => true,
             SendError::Request(_) => false,
             SendError::Legacy(e) => e.is_connect(),
         }
@@ -75,9 +88,18 @@ struct Idle {
     since: Instant,
 }
 
+/// TLS origination for a pool's connections.
+pub struct TlsOrigin {
+    /// The cluster's client config: roots, client certificate, identity check.
+    pub connector: tokio_rustls::TlsConnector,
+    /// `tls.sni`; without it, each endpoint's host as written in the config.
+    pub sni: Option<ServerName<'static>>,
+}
+
 /// The pool of one cluster.
 pub struct Http1Pool {
     idle: Mutex<FxHashMap<SocketAddr, Vec<Idle>>>,
+    tls: Option<TlsOrigin>,
     idle_timeout: Duration,
     max_idle: usize,
     connect_timeout: Duration,
@@ -86,9 +108,11 @@ pub struct Http1Pool {
 
 impl Http1Pool {
     /// A pool keeping at most `max_idle` idle connections per endpoint for
-    /// `idle_timeout`, counting open connections in `open`. Starts the task
-    /// that closes connections idle for longer (it ends with the pool).
+    /// `idle_timeout`, counting open connections in `open`, over TLS when
+    /// `tls` says. Starts the task that closes connections idle for longer
+    /// (it ends with the pool).
     pub fn start(
+        tls: Option<TlsOrigin>,
         idle_timeout: Duration,
         max_idle: usize,
         connect_timeout: Duration,
@@ -96,6 +120,7 @@ impl Http1Pool {
     ) -> Arc<Http1Pool> {
         let pool = Arc::new(Http1Pool {
             idle: Mutex::default(),
+            tls,
             idle_timeout,
             max_idle,
             connect_timeout,
@@ -105,12 +130,14 @@ impl Http1Pool {
         pool
     }
 
-    /// Sends `req` (origin-form URI) to `addr` on an idle connection or a new
-    /// one. A request an idle connection could not take (it closed meanwhile)
-    /// goes to the next one, then to a new connection.
+    /// Sends `req` (origin-form URI) to `addr` (whose host as configured is
+    /// `host`, the TLS server name without `tls.sni`) on an idle connection
+    /// or a new one. A request an idle connection could not take (it closed
+    /// meanwhile) goes to the next one, then to a new connection.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
+        host: &str,
         mut req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         loop {
@@ -118,7 +145,7 @@ impl Http1Pool {
                 Some(tx) => (tx, true),
                 // Boxed: the connect path's state would otherwise make every
                 // request's future (and its copies) larger.
-                None => (Box::pin(self.connect(addr)).await?, false),
+                None => (Box::pin(self.connect(addr, host)).await?, false),
             };
             // A connection given back at the end of a body may still be
             // finishing that response; it is ready, or closed, at once after.
@@ -175,18 +202,42 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+    async fn connect(&self, addr: SocketAddr, host: &str) -> Result<SendRequest<Body>, SendError> {
+        let connect = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|source| SendError::Connect { addr, source })?;
+            stream
+                .set_nodelay(true)
+                .map_err(|source| SendError::Connect { addr, source })?;
+            let Some(tls) = &self.tls else {
+                return self.handshake(stream, addr).await;
+            };
+            let name = match &tls.sni {
+                Some(n) => n.clone(),
+                None => server_name(host).map_err(|source| SendError::Tls { addr, source })?,
+            };
+            let stream = tls
+                .connector
+                .connect(name, stream)
+                .await
+                .map_err(|source| SendError::Tls { addr, source })?;
+            self.handshake(stream, addr).await
+        };
+        tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| SendError::ConnectTimeout {
                 addr,
                 after: self.connect_timeout,
             })?
-            .map_err(|source| SendError::Connect { addr, source })?;
-        stream
-            .set_nodelay(true)
-            .map_err(|source| SendError::Connect { addr, source })?;
-        let io = Counted::new(TokioIo::new(stream), self.open.clone());
+    }
+
+    /// Starts HTTP/1.1 on a connected `io` and the task that drives it.
+    async fn handshake<T>(&self, io: T, addr: SocketAddr) -> Result<SendRequest<Body>, SendError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let io = Counted::new(TokioIo::new(io), self.open.clone());
         let (tx, conn) = hyper::client::conn::http1::handshake(io).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -211,6 +262,18 @@ impl Http1Pool {
         let idle = self.idle.lock().unwrap();
         idle.get(&addr).map_or(0, Vec::len)
     }
+}
+
+/// The TLS server name for an endpoint's configured host (a DNS name or an
+/// IP, brackets off).
+fn server_name(host: &str) -> Result<ServerName<'static>, std::io::Error> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(bare.to_string()).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{host:?} is no TLS server name ({e}): set the cluster's tls.sni"),
+        )
+    })
 }
 
 async fn reap(pool: Weak<Http1Pool>) {
@@ -321,30 +384,30 @@ mod tests {
 
     /// An upstream answering every request on a connection with `resp`.
     async fn upstream_answering(resp: String) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        serve_raw(resp, None).await
+    }
+
+    /// Accepts connections (over TLS with `tls`), counting them, and answers
+    /// every request head on each with `resp`.
+    async fn serve_raw(
+        resp: String,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
             loop {
-                let (mut s, _) = l.accept().await.unwrap();
+                let (s, _) = l.accept().await.unwrap();
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let resp = resp.clone();
+                let (resp, tls) = (resp.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut seen = Vec::new();
-                    loop {
-                        let Ok(n) = s.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        seen.extend_from_slice(&buf[..n]);
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            if s.write_all(resp.as_bytes()).await.is_err() {
-                                return;
+                    match tls {
+                        None => answer(s, &resp).await,
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(s).await {
+                                answer(s, &resp).await;
                             }
                         }
                     }
@@ -352,6 +415,70 @@ mod tests {
             }
         });
         (addr, accepted)
+    }
+
+    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, resp: &str) {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        loop {
+            let Ok(n) = s.read(&mut buf).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                seen.drain(..end + 4);
+                if s.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = s.flush().await;
+            }
+        }
+    }
+
+    /// A TLS server config for `name` (self-signed), and a client config
+    /// trusting it.
+    fn tls_pair(name: &str) -> (tokio_rustls::TlsAcceptor, rustls::ClientConfig) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let der = cert.der().clone();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (tokio_rustls::TlsAcceptor::from(Arc::new(server)), client)
+    }
+
+    fn tls_pool(client: rustls::ClientConfig, sni: Option<&str>) -> Arc<Http1Pool> {
+        let tls = TlsOrigin {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            sni: sni.map(|n| ServerName::try_from(n.to_string()).unwrap()),
+        };
+        Http1Pool::start(
+            Some(tls),
+            Duration::from_secs(30),
+            8,
+            Duration::from_secs(2),
+            Gauge::default(),
+        )
     }
 
     fn get() -> Request<Body> {
@@ -364,6 +491,7 @@ mod tests {
 
     fn pool(max_idle: usize, idle_timeout: Duration) -> Arc<Http1Pool> {
         Http1Pool::start(
+            None,
             idle_timeout,
             max_idle,
             Duration::from_secs(2),
@@ -376,7 +504,7 @@ mod tests {
         let (addr, accepted) = upstream("hello").await;
         let p = pool(8, Duration::from_secs(30));
         for _ in 0..5 {
-            let resp = p.send(addr, get()).await.unwrap();
+            let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"hello");
         }
@@ -394,7 +522,7 @@ mod tests {
         .await;
         let p = pool(8, Duration::from_secs(30));
         for _ in 0..3 {
-            let resp = p.send(addr, get()).await.unwrap();
+            let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
             let body = resp.into_body().collect().await.unwrap();
             assert_eq!(body.trailers().unwrap()["x-sum"], "1");
             assert_eq!(&body.to_bytes()[..], b"hello");
@@ -403,13 +531,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tls_connections_are_verified_named_and_kept_alive() {
+        let (acceptor, client) = tls_pair("up.test");
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_string();
+        let (addr, accepted) = serve_raw(ok, Some(acceptor)).await;
+        // The server name is the endpoint's host as configured, or tls.sni.
+        for (host, sni) in [("up.test", None), ("127.0.0.1", Some("up.test"))] {
+            let p = tls_pool(client.clone(), sni);
+            for _ in 0..3 {
+                let resp = p.send(addr, host, get()).await.unwrap();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(&body[..], b"ok");
+            }
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "one handshake per pool, kept for its requests"
+        );
+        // A certificate for another name is refused, as a connect failure
+        // naming the endpoint and the cause.
+        let p = tls_pool(client, None);
+        let e = p.send(addr, "other.test", get()).await.unwrap_err();
+        assert!(e.is_connect(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&addr.to_string()) && text.contains("tls handshake"),
+            "{text}"
+        );
+        assert!(format!("{e:?}").contains("NotValidForName"), "{e:?}");
+    }
+
+    #[tokio::test]
     async fn a_body_dropped_before_its_end_does_not_go_back() {
         let (addr, accepted) = upstream("a body that is not read").await;
         let p = pool(8, Duration::from_secs(30));
-        let resp = p.send(addr, get()).await.unwrap();
+        let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
         drop(resp);
         assert_eq!(p.idle_to(addr), 0);
-        let resp = p.send(addr, get()).await.unwrap();
+        let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
         resp.into_body().collect().await.unwrap();
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
@@ -418,12 +578,12 @@ mod tests {
     async fn idle_connections_past_their_time_are_closed_and_not_used() {
         let (addr, accepted) = upstream("x").await;
         let p = pool(8, Duration::from_millis(200));
-        let resp = p.send(addr, get()).await.unwrap();
+        let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
         resp.into_body().collect().await.unwrap();
         assert_eq!(p.idle_to(addr), 1);
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(p.idle_to(addr), 0, "the reaper dropped it");
-        let resp = p.send(addr, get()).await.unwrap();
+        let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
         resp.into_body().collect().await.unwrap();
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
@@ -434,7 +594,7 @@ mod tests {
         let p = pool(2, Duration::from_secs(30));
         let mut resps = Vec::new();
         for _ in 0..4 {
-            resps.push(p.send(addr, get()).await.unwrap());
+            resps.push(p.send(addr, "127.0.0.1", get()).await.unwrap());
         }
         for r in resps {
             r.into_body().collect().await.unwrap();
@@ -461,7 +621,7 @@ mod tests {
         });
         let p = pool(8, Duration::from_secs(30));
         for _ in 0..3 {
-            let resp = p.send(addr, get()).await.unwrap();
+            let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
             assert_eq!(resp.status(), 200);
             resp.into_body().collect().await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -474,7 +634,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         drop(l);
         let p = pool(8, Duration::from_secs(30));
-        let e = p.send(addr, get()).await.unwrap_err();
+        let e = p.send(addr, "127.0.0.1", get()).await.unwrap_err();
         assert!(e.is_connect(), "{e}");
         assert!(e.to_string().contains(&addr.to_string()), "{e}");
     }
