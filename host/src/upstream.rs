@@ -191,14 +191,15 @@ impl Cluster {
 /// A response as it comes from the pool.
 pub type UpstreamResponse = Response<UpstreamBody>;
 
-/// TLS origination for an HTTP/1.1 cluster's pool; `cert_watch` gets the
-/// watcher of its client certificate, if it has one.
-fn tls_origin(
+/// A cluster's TLS settings made usable: its rustls config (CA, client
+/// certificate, `allowed_identities`) and `tls.sni` as a server name.
+/// `cert_watch` gets the watcher of its client certificate, if it has one.
+fn client_tls(
     cluster: &str,
     tls: &crate::config::ClusterTls,
     metrics: &Arc<Metrics>,
     cert_watch: &mut Option<crate::mesh::rotate::PairWatcher>,
-) -> Result<pool::TlsOrigin, String> {
+) -> Result<(rustls::ClientConfig, Option<ServerName<'static>>), String> {
     let client = tls::client_config(cluster, tls, Some(metrics.clone()))?;
     if let Some(pair) = client.client_cert {
         *cert_watch = Some(crate::mesh::rotate::PairWatcher::start(
@@ -213,14 +214,26 @@ fn tls_origin(
         }
         None => None,
     };
+    Ok((client.config, sni))
+}
+
+/// TLS origination for an HTTP/1.1 cluster's pool.
+fn tls_origin(
+    cluster: &str,
+    tls: &crate::config::ClusterTls,
+    metrics: &Arc<Metrics>,
+    cert_watch: &mut Option<crate::mesh::rotate::PairWatcher>,
+) -> Result<pool::TlsOrigin, String> {
+    let (config, sni) = client_tls(cluster, tls, metrics, cert_watch)?;
     Ok(pool::TlsOrigin {
-        connector: tokio_rustls::TlsConnector::from(Arc::new(client.config)),
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
         sni,
     })
 }
 
-/// hyper-util's pool for an HTTP/2 cluster; `cert_watch` gets the
-/// watcher of its client certificate, if it has one.
+/// hyper-util's pool for an HTTP/2 cluster (h2c with prior knowledge, or
+/// ALPN h2 with `tls`); `cert_watch` gets the watcher of its client
+/// certificate, if it has one.
 fn shared_client(
     config: &ClusterConfig,
     endpoints: &Arc<ArcSwap<EndpointSet>>,
@@ -233,28 +246,14 @@ fn shared_client(
     http.set_connect_timeout(Some(config.connect_timeout));
     let builder = match &config.tls {
         Some(tls) => {
-            let client = tls::client_config(&config.name, tls, Some(metrics.clone()))?;
-            if let Some(pair) = client.client_cert {
-                *cert_watch = Some(crate::mesh::rotate::PairWatcher::start(
-                    format!("cluster {:?}", config.name),
-                    vec![pair],
-                    metrics.clone(),
-                )?);
-            }
-            let fixed = match &tls.sni {
-                Some(s) => Some(
-                    ServerName::try_from(s.clone()).map_err(|e| format!("tls.sni {s:?}: {e}"))?,
-                ),
-                None => None,
-            };
-            let resolver = SniResolver {
-                fixed,
-                endpoints: endpoints.clone(),
-            };
+            let (client, fixed) = client_tls(&config.name, tls, metrics, cert_watch)?;
             hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(client.config)
+                .with_tls_config(client)
                 .https_only()
-                .with_server_name_resolver(resolver)
+                .with_server_name_resolver(SniResolver {
+                    fixed,
+                    endpoints: endpoints.clone(),
+                })
         }
         None => hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(
@@ -267,17 +266,14 @@ fn shared_client(
                 endpoints: endpoints.clone(),
             }),
     };
-    let https = match config.protocol {
-        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
-        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
-    };
+    let https = builder.enable_http2().wrap_connector(http);
     let connector = Connector::new(https, metrics.upstream_connections(&config.name));
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(config.idle_timeout)
         .pool_max_idle_per_host(config.max_idle_per_endpoint)
-        .http2_only(config.protocol == UpstreamProtocol::Http2)
+        .http2_only(true)
         .set_host(false)
         .build(connector))
 }

@@ -273,15 +273,12 @@ impl HostServices {
                 };
             };
             let (mut parts, body) = req.into_parts();
-            parts.uri = cluster.uri(&endpoint, parts.uri.path_and_query());
             parts.version = cluster.version();
             // HTTP/1 needs a Host; without one of the caller's, the endpoint's.
+            // (`Cluster::send` gives the URI the form its pool needs.)
             if parts.version != http::Version::HTTP_2
                 && !parts.headers.contains_key(http::header::HOST)
-                && let Some(a) = parts
-                    .uri
-                    .authority()
-                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+                && let Ok(a) = http::HeaderValue::from_str(endpoint.authority.as_str())
             {
                 parts.headers.insert(http::header::HOST, a);
             }

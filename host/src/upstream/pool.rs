@@ -472,13 +472,7 @@ mod tests {
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
             sni: sni.map(|n| ServerName::try_from(n.to_string()).unwrap()),
         };
-        Http1Pool::start(
-            Some(tls),
-            Duration::from_secs(30),
-            8,
-            Duration::from_secs(2),
-            Gauge::default(),
-        )
+        pool_with(Some(tls), 8, Duration::from_secs(30))
     }
 
     fn get() -> Request<Body> {
@@ -490,8 +484,16 @@ mod tests {
     }
 
     fn pool(max_idle: usize, idle_timeout: Duration) -> Arc<Http1Pool> {
+        pool_with(None, max_idle, idle_timeout)
+    }
+
+    fn pool_with(
+        tls: Option<TlsOrigin>,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Arc<Http1Pool> {
         Http1Pool::start(
-            None,
+            tls,
             idle_timeout,
             max_idle,
             Duration::from_secs(2),
