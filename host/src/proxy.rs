@@ -174,6 +174,10 @@ impl Drop for LogAtEnd {
     }
 }
 
+/// A request head on its way upstream, boxed so that moving it from one
+/// async function to the next copies a pointer.
+pub type Head = Box<http::request::Parts>;
+
 /// What the metrics need to know about an exchange.
 #[derive(Default)]
 struct Exchange {
@@ -197,7 +201,11 @@ pub async fn serve(
         original_dst: down.original_dst,
         ..Exchange::default()
     };
-    let mut resp = match handle(&rt, &shared, &down, req, &mut ex).await {
+    // The head goes on in a box: the async functions below each keep their
+    // arguments, so a 224-byte head would be copied at every level, into
+    // request state that is cold when many connections are open.
+    let (head, incoming) = req.into_parts();
+    let mut resp = match handle(&rt, &shared, &down, Box::new(head), incoming, &mut ex).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "request failed");
@@ -235,12 +243,16 @@ async fn handle(
     rt: &Runtime,
     shared: &Shared,
     down: &Downstream,
-    mut req: Request<Incoming>,
+    mut head: Head,
+    incoming: Incoming,
     ex: &mut Exchange,
 ) -> Result<Response<Body>, ProxyError> {
-    check_limits(&down.listener, &req)?;
-    let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-    let (mut head, incoming) = req.into_parts();
+    check_limits(&down.listener, &head)?;
+    let upgrade = if headers::is_upgrade(&head.headers) {
+        head.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     headers::ensure_request_id(&mut head.headers);
     let limit = down.listener.max_request_body;
     let mut body: Body = if incoming.is_end_stream() {
@@ -323,7 +335,7 @@ async fn handle(
 async fn route_request(
     rt: &Runtime,
     down: &Downstream,
-    mut head: http::request::Parts,
+    mut head: Head,
     body: Body,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     ex: &mut Exchange,
@@ -420,8 +432,8 @@ async fn route_request(
     Ok(resp)
 }
 
-fn check_limits(l: &ListenerConfig, req: &Request<Incoming>) -> Result<(), ProxyError> {
-    let h = req.headers();
+fn check_limits(l: &ListenerConfig, req: &http::request::Parts) -> Result<(), ProxyError> {
+    let h = &req.headers;
     if h.len() > l.max_headers {
         return Err(ProxyError::HeadersTooLarge {
             what: format!("{} headers, the limit is {}", h.len(), l.max_headers),
@@ -431,8 +443,8 @@ fn check_limits(l: &ListenerConfig, req: &Request<Incoming>) -> Result<(), Proxy
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
-        + req.uri().authority().map_or(0, |a| a.as_str().len());
+        + req.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + req.uri.authority().map_or(0, |a| a.as_str().len());
     if size > l.max_header_size {
         return Err(ProxyError::HeadersTooLarge {
             what: format!("{size} bytes, the limit is {}", l.max_header_size),
@@ -543,7 +555,7 @@ fn hash_key(on: &HashOn, head: &http::request::Parts, down: &Downstream) -> Opti
 async fn forward(
     route: &RouteConfig,
     cluster: &Arc<Cluster>,
-    head: http::request::Parts,
+    head: Head,
     body: Body,
     hash: Option<u64>,
     body_limit: u64,
@@ -583,23 +595,19 @@ async fn forward(
                         route: route.name.clone(),
                         cluster: cluster.config.name.clone(),
                     })?;
-            let req = match &replay {
+            let (mut head, body) = match &replay {
                 Some(bytes) => {
                     let (h, _) = single.as_ref().expect("the head is kept while retrying");
-                    let mut req = Request::new(body::full(bytes.clone()));
-                    *req.method_mut() = h.method.clone();
-                    *req.headers_mut() = h.headers.clone();
-                    *req.uri_mut() = h.uri.clone();
-                    req
+                    let (mut parts, ()) = Request::new(()).into_parts();
+                    parts.method = h.method.clone();
+                    parts.headers = h.headers.clone();
+                    parts.uri = h.uri.clone();
+                    (Box::new(parts), body::full(bytes.clone()))
                 }
-                None => {
-                    let (h, b) = single.take().expect("a streamed body is sent once");
-                    Request::from_parts(h, b)
-                }
+                None => single.take().expect("a streamed body is sent once"),
             };
-            let mut req = req;
-            *req.version_mut() = cluster.version();
-            let sent = cluster.send(&endpoint, req);
+            head.version = cluster.version();
+            let sent = cluster.send(&endpoint, head, body);
             let guard = ActiveGuard::new(endpoint.clone());
             cluster.active.inc();
             let busy = UpstreamBusy {

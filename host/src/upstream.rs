@@ -156,19 +156,21 @@ impl Cluster {
     pub async fn send(
         &self,
         endpoint: &Endpoint,
-        mut req: Request<Body>,
+        mut head: Box<http::request::Parts>,
+        body: Body,
     ) -> Result<UpstreamResponse, SendError> {
         match &self.transport {
             Transport::Own(pool) => {
-                if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-                    let pq = req.uri().path_and_query().cloned();
-                    *req.uri_mut() =
+                if head.uri.scheme().is_some() || head.uri.authority().is_some() {
+                    let pq = head.uri.path_and_query().cloned();
+                    head.uri =
                         Uri::from(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
                 }
-                pool.send(endpoint.addr, &endpoint.host, req).await
+                pool.send(endpoint.addr, &endpoint.host, head, body).await
             }
             Transport::Shared(client) => {
-                *req.uri_mut() = self.uri(endpoint, req.uri().path_and_query());
+                head.uri = self.uri(endpoint, head.uri.path_and_query());
+                let req = Request::from_parts(*head, body);
                 Ok(client.request(req).await?.map(UpstreamBody::from))
             }
         }

@@ -282,10 +282,7 @@ impl HostServices {
             {
                 parts.headers.insert(http::header::HOST, a);
             }
-            match cluster
-                .send(&endpoint, Request::from_parts(parts, body))
-                .await
-            {
+            match cluster.send(&endpoint, Box::new(parts), body).await {
                 Err(e) => CallResponse {
                     error: Some(e.to_string()),
                     ..Default::default()

@@ -138,8 +138,10 @@ impl Http1Pool {
         self: &Arc<Self>,
         addr: SocketAddr,
         host: &str,
-        mut req: Request<Body>,
+        head: Box<http::request::Parts>,
+        body: Body,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        let mut req = Request::from_parts(*head, body);
         loop {
             let (mut tx, reused) = match self.checkout(addr) {
                 Some(tx) => (tx, true),
@@ -475,6 +477,16 @@ mod tests {
         pool_with(Some(tls), 8, Duration::from_secs(30))
     }
 
+    /// Sends a GET for `/` through the pool.
+    async fn send(
+        p: &Arc<Http1Pool>,
+        addr: SocketAddr,
+        host: &str,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let (head, body) = get().into_parts();
+        p.send(addr, host, Box::new(head), body).await
+    }
+
     fn get() -> Request<Body> {
         let mut req = Request::new(crate::body::empty());
         *req.uri_mut() = "/".parse().unwrap();
@@ -506,7 +518,7 @@ mod tests {
         let (addr, accepted) = upstream("hello").await;
         let p = pool(8, Duration::from_secs(30));
         for _ in 0..5 {
-            let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
+            let resp = send(&p, addr, "127.0.0.1").await.unwrap();
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"hello");
         }
@@ -524,7 +536,7 @@ mod tests {
         .await;
         let p = pool(8, Duration::from_secs(30));
         for _ in 0..3 {
-            let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
+            let resp = send(&p, addr, "127.0.0.1").await.unwrap();
             let body = resp.into_body().collect().await.unwrap();
             assert_eq!(body.trailers().unwrap()["x-sum"], "1");
             assert_eq!(&body.to_bytes()[..], b"hello");
@@ -541,7 +553,7 @@ mod tests {
         for (host, sni) in [("up.test", None), ("127.0.0.1", Some("up.test"))] {
             let p = tls_pool(client.clone(), sni);
             for _ in 0..3 {
-                let resp = p.send(addr, host, get()).await.unwrap();
+                let resp = send(&p, addr, host).await.unwrap();
                 let body = resp.into_body().collect().await.unwrap().to_bytes();
                 assert_eq!(&body[..], b"ok");
             }
@@ -554,7 +566,7 @@ mod tests {
         // A certificate for another name is refused, as a connect failure
         // naming the endpoint and the cause.
         let p = tls_pool(client, None);
-        let e = p.send(addr, "other.test", get()).await.unwrap_err();
+        let e = send(&p, addr, "other.test").await.unwrap_err();
         assert!(e.is_connect(), "{e}");
         let text = e.to_string();
         assert!(
@@ -568,10 +580,10 @@ mod tests {
     async fn a_body_dropped_before_its_end_does_not_go_back() {
         let (addr, accepted) = upstream("a body that is not read").await;
         let p = pool(8, Duration::from_secs(30));
-        let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
+        let resp = send(&p, addr, "127.0.0.1").await.unwrap();
         drop(resp);
         assert_eq!(p.idle_to(addr), 0);
-        let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
+        let resp = send(&p, addr, "127.0.0.1").await.unwrap();
         resp.into_body().collect().await.unwrap();
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
@@ -580,12 +592,12 @@ mod tests {
     async fn idle_connections_past_their_time_are_closed_and_not_used() {
         let (addr, accepted) = upstream("x").await;
         let p = pool(8, Duration::from_millis(200));
-        let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
+        let resp = send(&p, addr, "127.0.0.1").await.unwrap();
         resp.into_body().collect().await.unwrap();
         assert_eq!(p.idle_to(addr), 1);
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(p.idle_to(addr), 0, "the reaper dropped it");
-        let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
+        let resp = send(&p, addr, "127.0.0.1").await.unwrap();
         resp.into_body().collect().await.unwrap();
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
@@ -596,7 +608,7 @@ mod tests {
         let p = pool(2, Duration::from_secs(30));
         let mut resps = Vec::new();
         for _ in 0..4 {
-            resps.push(p.send(addr, "127.0.0.1", get()).await.unwrap());
+            resps.push(send(&p, addr, "127.0.0.1").await.unwrap());
         }
         for r in resps {
             r.into_body().collect().await.unwrap();
@@ -623,7 +635,7 @@ mod tests {
         });
         let p = pool(8, Duration::from_secs(30));
         for _ in 0..3 {
-            let resp = p.send(addr, "127.0.0.1", get()).await.unwrap();
+            let resp = send(&p, addr, "127.0.0.1").await.unwrap();
             assert_eq!(resp.status(), 200);
             resp.into_body().collect().await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -636,7 +648,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         drop(l);
         let p = pool(8, Duration::from_secs(30));
-        let e = p.send(addr, "127.0.0.1", get()).await.unwrap_err();
+        let e = send(&p, addr, "127.0.0.1").await.unwrap_err();
         assert!(e.is_connect(), "{e}");
         assert!(e.to_string().contains(&addr.to_string()), "{e}");
     }
