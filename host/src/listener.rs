@@ -7,10 +7,12 @@
 //! requests and close.
 
 mod head_clock;
+pub mod sweep;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -83,6 +85,10 @@ impl Bound {
             },
             None => None,
         };
+        let registry = Arc::new(sweep::Registry::default());
+        let (head_limit, idle) = (self.config.header_read_timeout, self.config.idle_timeout);
+        let mut sweeps = tokio::time::interval(sweep::period(head_limit, idle));
+        sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let (stream, peer) = tokio::select! {
                 r = self.socket.accept() => match r {
@@ -93,7 +99,14 @@ impl Bound {
                         continue;
                     }
                 },
-                _ = shutdown.changed() => break,
+                _ = sweeps.tick() => {
+                    registry.sweep(head_limit, idle, std::time::Instant::now());
+                    continue;
+                }
+                _ = shutdown.changed() => {
+                    registry.drain_all();
+                    break;
+                }
             };
             let _ = stream.set_nodelay(true);
             let mut local = stream.local_addr().unwrap_or(self.config.addr);
@@ -106,11 +119,11 @@ impl Bound {
             if let Some(dst) = original_dst {
                 local = dst;
             }
-            let (config, shared, builder, shutdown, tls, acceptor) = (
+            let (config, shared, builder, registry, tls, acceptor) = (
                 self.config.clone(),
                 shared.clone(),
                 builder.clone(),
-                shutdown.clone(),
+                registry.clone(),
                 self.tls.clone(),
                 acceptor.clone(),
             );
@@ -121,7 +134,7 @@ impl Bound {
                     (Some(tls), Some(acceptor)) => match tokio::time::timeout(config.header_read_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             let session = Arc::new(tls.session(tls_stream.get_ref().1));
-                            serve_conn(tls_stream, Addrs { peer, local, original_dst }, Some(session), config, shared, builder, shutdown).await
+                            serve_conn(tls_stream, Addrs { peer, local, original_dst }, Some(session), config, shared, builder, &registry).await
                         }
                         Ok(Err(e)) => {
                             let reason = tls::refusal_reason(&e);
@@ -133,7 +146,7 @@ impl Bound {
                             tracing::info!(listener.name = %config.name, client = %peer, reason = "timeout", "TLS handshake timed out");
                         }
                     },
-                    _ => serve_conn(stream, Addrs { peer, local, original_dst }, None, config, shared, builder, shutdown).await,
+                    _ => serve_conn(stream, Addrs { peer, local, original_dst }, None, config, shared, builder, &registry).await,
                 }
                 open.dec();
             });
@@ -214,11 +227,10 @@ async fn serve_conn<I>(
     listener: Arc<ListenerConfig>,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    mut shutdown: watch::Receiver<bool>,
+    registry: &Arc<sweep::Registry>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let idle = listener.idle_timeout;
     let down = Arc::new(Downstream {
         local,
         listener_name: listener.name.as_str().into(),
@@ -229,50 +241,36 @@ async fn serve_conn<I>(
         tls_session: tls,
         original_dst,
         activity: Activity::default(),
+        signal: sweep::Signal::default(),
     });
+    let _registered = registry.register(down.clone());
     let svc_down = down.clone();
     let svc = service_fn(move |req| crate::proxy::serve(shared.clone(), svc_down.clone(), req));
     let io = head_clock::HeadClock::new(io, down.clone());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let mut closing = *shutdown.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
-    }
-    let head_limit = down.listener.header_read_timeout;
-    // The loop looks at the connection at least this often, so a head begun
-    // since its last look is caught within half of header_read_timeout.
-    let every = (head_limit / 2).max(std::time::Duration::from_millis(10));
-    let mut wake = tokio::time::Instant::now() + every.min(idle);
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = tokio::time::sleep_until(wake), if !closing => {
-                let now = std::time::Instant::now();
-                let head_at = down.activity.head_deadline(head_limit);
-                if head_at.is_some_and(|at| at <= now) {
-                    tracing::debug!(client = %peer, limit = ?head_limit, "closing the connection: no whole request head within header_read_timeout");
-                    return;
-                }
-                let idle_at = down.activity.idle_deadline(idle);
-                if idle_at.is_some_and(|at| at <= now) {
-                    tracing::debug!(client = %peer, "closing idle connection");
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                    continue;
-                }
-                let next = [head_at, idle_at].into_iter().flatten().fold(now + every, |a, b| a.min(b));
-                wake = tokio::time::Instant::from_std(next);
-            }
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
+    // The listener's sweep asks a connection to drain or close through its
+    // signal; looking at it costs an atomic load per wake-up.
+    let mut draining = false;
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
         }
+        match down.signal.poll(cx) {
+            sweep::Ask::Serve => {}
+            sweep::Ask::Drain if draining => {}
+            sweep::Ask::Drain => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+                // The connection acts on it when polled next.
+                cx.waker().wake_by_ref();
+            }
+            sweep::Ask::Close => return Poll::Ready(None),
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Some(Err(e)) = ended {
+        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
     }
 }

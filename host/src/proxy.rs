@@ -62,6 +62,8 @@ pub struct Downstream {
     pub original_dst: Option<SocketAddr>,
     /// Requests in flight and the time of the last one, for the idle timeout.
     pub activity: Activity,
+    /// What its listener asks of it (drain, close), see [`crate::listener::sweep`].
+    pub signal: crate::listener::sweep::Signal,
 }
 
 /// Requests in flight on a connection, when the connection was last busy,
