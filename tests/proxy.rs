@@ -791,6 +791,45 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(w.logs().contains("draining"));
 }
 
+/// On SIGTERM an idle keep-alive connection is closed at once, not held until
+/// drain_timeout: the listener's sweep asks every open connection to drain,
+/// and hyper closes one with nothing in flight straight away.
+#[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Upstream::start("a").await;
+    let mut w = Weir::start(&format!(
+        "[server]\ndrain_timeout = \"30s\"\n{}[[route]]\nname = \"a\"\ncluster = \"a\"\n",
+        cluster("a", &[&a], "")
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", w.port))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("a response within 5 s")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let t = std::time::Instant::now();
+    w.signal("TERM");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed within 10 s of SIGTERM")
+        .ok();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "an idle connection was held {:?} after SIGTERM",
+        t.elapsed()
+    );
+    assert_eq!(w.wait_exit(Duration::from_secs(5)).await, Some(0));
+}
+
 /// Requests one after another, with bodies, with none (204, HEAD) and with
 /// errors, all take the one upstream connection the first one opened: each
 /// goes back to the pool when its response has been read.
