@@ -134,16 +134,6 @@ impl Registry {
         }
         asked
     }
-
-    /// How many connections are open.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// How often a listener sweeps: an eighth of its shorter timeout, between
