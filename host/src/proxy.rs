@@ -26,7 +26,7 @@ use crate::router::{RequestView, pick_weighted};
 use crate::runtime::Runtime;
 use crate::telemetry::Metrics;
 use crate::upstream::lb::ActiveGuard;
-use crate::upstream::{Cluster, retry};
+use crate::upstream::{Cluster, Head, retry};
 
 /// Bodies up to this size are kept so that a failed attempt can be retried.
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
@@ -175,10 +175,6 @@ impl Drop for LogAtEnd {
         self.chain.log(&self.info);
     }
 }
-
-/// A request head on its way upstream, boxed so that moving it from one
-/// async function to the next copies a pointer.
-pub type Head = Box<http::request::Parts>;
 
 /// What the metrics need to know about an exchange.
 #[derive(Default)]

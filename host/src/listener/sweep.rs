@@ -10,7 +10,7 @@
 //! timers in batches. A deadline is therefore caught within one sweep
 //! period ([`period`]) of passing.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Context;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use rustc_hash::FxHashMap;
 use crate::proxy::Downstream;
 
 /// What the listener asks of a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Ask {
     /// Serve on.
@@ -65,7 +65,7 @@ pub struct Registry {
     conns: Mutex<FxHashMap<u64, Arc<Downstream>>>,
     next: AtomicU64,
     /// Set at shutdown: a connection registered after it is drained at once.
-    draining: std::sync::atomic::AtomicBool,
+    draining: AtomicBool,
 }
 
 /// A connection's place in its listener's [`Registry`]; leaving drops it.
@@ -109,11 +109,9 @@ impl Registry {
     }
 
     /// One visit: closes connections whose head is overdue and drains those
-    /// idle too long. Returns how many it asked.
-    pub fn sweep(&self, head_limit: Duration, idle: Duration, now: Instant) -> usize {
-        let conns = self.lock();
-        let mut asked = 0;
-        for down in conns.values() {
+    /// idle too long.
+    pub fn sweep(&self, head_limit: Duration, idle: Duration, now: Instant) {
+        for down in self.lock().values() {
             if down
                 .activity
                 .head_deadline(head_limit)
@@ -121,7 +119,6 @@ impl Registry {
             {
                 tracing::debug!(client = %down.peer, limit = ?head_limit, "closing the connection: no whole request head within header_read_timeout");
                 down.signal.raise(Ask::Close);
-                asked += 1;
             } else if down
                 .activity
                 .idle_deadline(idle)
@@ -129,10 +126,8 @@ impl Registry {
             {
                 tracing::debug!(client = %down.peer, "closing idle connection");
                 down.signal.raise(Ask::Drain);
-                asked += 1;
             }
         }
-        asked
     }
 }
 

@@ -138,7 +138,7 @@ impl Http1Pool {
         self: &Arc<Self>,
         addr: SocketAddr,
         host: &str,
-        head: Box<http::request::Parts>,
+        head: super::Head,
         body: Body,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let mut req = Request::from_parts(*head, body);
@@ -483,16 +483,12 @@ mod tests {
         addr: SocketAddr,
         host: &str,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let (head, body) = get().into_parts();
-        p.send(addr, host, Box::new(head), body).await
-    }
-
-    fn get() -> Request<Body> {
-        let mut req = Request::new(crate::body::empty());
-        *req.uri_mut() = "/".parse().unwrap();
-        req.headers_mut()
+        let (mut head, ()) = Request::new(()).into_parts();
+        head.uri = "/".parse().unwrap();
+        head.headers
             .insert(http::header::HOST, "up".parse().unwrap());
-        req
+        p.send(addr, host, Box::new(head), crate::body::empty())
+            .await
     }
 
     fn pool(max_idle: usize, idle_timeout: Duration) -> Arc<Http1Pool> {
