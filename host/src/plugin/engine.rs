@@ -172,7 +172,14 @@ pub fn ticks(limit: Duration) -> u64 {
 /// Epoch ticks that cover `limit`: a callback is stopped between its limit
 /// and one tick past it.
 fn ticks_for(limit: Duration) -> u64 {
-    (limit.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+    // In u64 nanoseconds: `as_micros()` is a u128, and dividing one calls
+    // a 128-bit division routine on every callback.
+    const TICK_NS: u64 = EPOCH_TICK.as_nanos() as u64;
+    let ns = limit
+        .as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(limit.subsec_nanos()));
+    (ns / TICK_NS).max(1) + 1
 }
 
 /// Tells a callback that burns CPU past its `cpu_limit` from one that only
@@ -554,6 +561,20 @@ mod tests {
             assert!(Instant::now() < deadline, "the ticker never parked");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn a_limit_gets_the_ticks_that_cover_it_and_one_more() {
+        let ms = Duration::from_millis;
+        // At least one whole tick, plus the one already under way.
+        assert_eq!(ticks_for(Duration::ZERO), 2);
+        assert_eq!(ticks_for(ms(1)), 2);
+        assert_eq!(ticks_for(EPOCH_TICK), 2);
+        assert_eq!(ticks_for(EPOCH_TICK * 2 + Duration::from_nanos(1)), 3);
+        assert_eq!(ticks_for(ms(10)), 6);
+        assert_eq!(ticks_for(Duration::from_secs(1)), 501);
+        // No overflow, however long the limit.
+        assert_eq!(ticks_for(Duration::MAX), u64::MAX / 2_000_000 + 1);
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub struct RequestFacts {
     tls: bool,
 }
 
+/// Looked up by a ready name: a `&str` would be parsed and checked again
+/// for each plugin on each request.
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 impl RequestFacts {
     /// Captures the facts of a request head.
     pub fn of(p: &http::request::Parts, tls: bool) -> RequestFacts {
@@ -26,7 +30,7 @@ impl RequestFacts {
             uri: p.uri.clone(),
             version: p.version,
             host: p.headers.get(http::header::HOST).cloned(),
-            id: p.headers.get("x-request-id").cloned(),
+            id: p.headers.get(&X_REQUEST_ID).cloned(),
             tls,
         }
     }
