@@ -518,6 +518,58 @@ async fn a_path_rewritten_before_routing_changes_the_route() {
 }
 
 #[tokio::test]
+async fn later_phases_read_the_request_as_the_whole_chain_left_it() {
+    // Two plugins of one module: the first rewrites :path, and both read
+    // request.path in their log phase. Envoy 1.40, run with this config's
+    // two filters, logs "request done with status ... for path /rewritten"
+    // for both: its filters share one request header map. weir keeps one
+    // snapshot per request, taken when the chain's request-headers phase
+    // ends (it took one per plugin, as the request arrived at it, and the
+    // first plugin read "/rewrite").
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for name in ["10-first.wasm", "20-second.wasm"] {
+        std::fs::copy(test_filter("pw-test"), plugins.join(name)).unwrap();
+    }
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        up.addr
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
+    let r = reqwest::get(w.url("/rewrite")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["path"], "/rewritten",
+        "the upstream got the rewritten path"
+    );
+    for name in ["first", "second"] {
+        let tag = format!("plugin.name={name}");
+        let mut line = None;
+        for _ in 0..50 {
+            let logs = w.logs();
+            line = logs
+                .lines()
+                .find(|l| l.contains("request done with status 200") && l.contains(&tag))
+                .map(str::to_string);
+            if line.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let line = line.unwrap_or_else(|| panic!("no log line of {name}:\n{}", w.logs()));
+        assert!(
+            line.contains("for path /rewritten"),
+            "{name} read the path as the chain left it: {line}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn traps_and_runaway_loops_fail_only_their_request() {
     let up = Upstream::start("app").await;
     let w = weir_with_filter("cpu_limit = \"20ms\"\n", "", &up).await;

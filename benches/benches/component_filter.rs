@@ -80,6 +80,7 @@ fn bench(c: &mut Criterion) {
         tls_session: None,
         route: None,
         attributes: Default::default(),
+        request: Default::default(),
         start: std::time::SystemTime::now(),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -95,13 +96,14 @@ fn bench(c: &mut Criterion) {
     for (name, filter) in [("proxy_wasm", &pw), ("component", &comp)] {
         group.bench_function(name, |b| {
             b.iter(|| {
-                let (mut head, ()) = http::Request::get("/bench")
+                let (head, ()) = http::Request::get("/bench")
                     .header("host", "example.com")
                     .header("user-agent", "bench")
                     .body(())
                     .unwrap()
                     .into_parts();
                 let mut stream = filter.new_stream(&info);
+                let mut head = Box::new(head);
                 let action = rt.block_on(stream.on_request_headers(&mut head, true));
                 assert!(matches!(action, weir::filter::Action::Continue));
                 assert_eq!(head.headers["x-pw-seen"], "tag");

@@ -131,6 +131,7 @@ fn bench(c: &mut Criterion) {
                     tls: false,
                     tls_session: None,
                     attributes: Default::default(),
+                    request: Default::default(),
                     start: std::time::SystemTime::now(),
                 });
                 if alone_authz {
@@ -140,12 +141,13 @@ fn bench(c: &mut Criterion) {
                         .set("request.auth.principal", b"https://bench/u".to_vec());
                 }
                 let mut stream = chain.start(&info);
-                let (mut head, ()) = http::Request::get("/orders")
+                let (head, ()) = http::Request::get("/orders")
                     .header("host", "example.com")
                     .header("authorization", bearer.as_str())
                     .body(())
                     .unwrap()
                     .into_parts();
+                let mut head = Box::new(head);
                 let allowed = rt.block_on(stream.request_headers(&mut head, true, &|_| None));
                 assert!(allowed.is_ok(), "the chain let the request through");
                 let (mut resp, ()) = http::Response::builder()

@@ -62,6 +62,7 @@ fn one(c: &mut Criterion, bench: &str, wasm: &str, name: &str) {
         tls_session: None,
         route: None,
         attributes: Default::default(),
+        request: Default::default(),
         start: std::time::SystemTime::now(),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -80,8 +81,9 @@ fn one(c: &mut Criterion, bench: &str, wasm: &str, name: &str) {
                 .header("user-agent", "bench")
                 .body(())
                 .unwrap();
-            let (mut head, ()) = std::mem::replace(&mut req, http::Request::new(())).into_parts();
+            let (head, ()) = std::mem::replace(&mut req, http::Request::new(())).into_parts();
             let mut stream = filter.new_stream(&info);
+            let mut head = Box::new(head);
             let action = rt.block_on(stream.on_request_headers(&mut head, true));
             assert!(matches!(action, weir::filter::Action::Continue));
             stream.on_log(&log);

@@ -80,6 +80,77 @@ pub struct LocalResponse {
     pub by: String,
 }
 
+/// The request as the filters left it, for the phases after its head has
+/// gone upstream (request body, response, log): what a filter reads as
+/// `request.path`, `request.host` and so on there. Taken once per request,
+/// when the chain's request-headers phase ends, so that every filter sees
+/// the changes of the filters after it too (as in Envoy, whose filters share
+/// one header map). Cheap to keep: the parts are reference-counted.
+#[derive(Clone, Debug)]
+pub struct RequestFacts {
+    /// The method.
+    pub method: http::Method,
+    /// The URI (origin form for HTTP/1.1, with the authority for HTTP/2).
+    pub uri: http::Uri,
+    /// The HTTP version.
+    pub version: http::Version,
+    /// The Host header.
+    pub host: Option<HeaderValue>,
+    /// The x-request-id header.
+    pub id: Option<HeaderValue>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Looked up by a ready name: a `&str` would be parsed and checked again
+/// for each plugin on each request.
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+impl RequestFacts {
+    /// Captures the facts of a request head.
+    pub fn of(p: &http::request::Parts, tls: bool) -> RequestFacts {
+        RequestFacts {
+            method: p.method.clone(),
+            uri: p.uri.clone(),
+            version: p.version,
+            host: p.headers.get(http::header::HOST).cloned(),
+            id: p.headers.get(&X_REQUEST_ID).cloned(),
+            tls,
+        }
+    }
+
+    /// The path with its query, as `request.path` gives it.
+    pub fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    }
+
+    /// The authority, else the Host header, as `request.host` gives it.
+    pub fn host(&self) -> Vec<u8> {
+        self.uri
+            .authority()
+            .map(|a| a.as_str().as_bytes().to_vec())
+            .or_else(|| self.host.as_ref().map(|h| h.as_bytes().to_vec()))
+            .unwrap_or_default()
+    }
+
+    /// The scheme, from the URI or the connection.
+    pub fn scheme(&self) -> &str {
+        self.uri
+            .scheme_str()
+            .unwrap_or(if self.tls { "https" } else { "http" })
+    }
+
+    /// The protocol as Envoy names it (`HTTP/1.1`, `HTTP/2`).
+    pub fn protocol(&self) -> &'static str {
+        match self.version {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_3 => "HTTP/3",
+            _ => "HTTP/1.1",
+        }
+    }
+}
+
 /// What a filter may know about the request's connection and timing.
 #[derive(Clone, Debug)]
 pub struct StreamInfo {
@@ -99,6 +170,9 @@ pub struct StreamInfo {
     pub start: SystemTime,
     /// Attributes plugins set for the rest of the request (`request.auth.principal`, ...).
     pub attributes: Attributes,
+    /// The request as the filters left it, set when the request-headers
+    /// phase of the chain ends.
+    pub request: std::sync::OnceLock<RequestFacts>,
 }
 
 /// Attributes set by plugins during one request, read by the plugins after
@@ -268,10 +342,12 @@ pub trait HttpFilter: Send + Sync {
 
 /// A filter's state for one request. Every phase defaults to [`Action::Continue`].
 pub trait StreamFilter: Send {
-    /// The request head arrived; `end_of_stream` when no body follows.
+    /// The request head arrived; `end_of_stream` when no body follows. The
+    /// head comes boxed, as it travels upstream: a filter that must keep it
+    /// for a while (proxy-wasm lends it to its instance) swaps a pointer.
     fn on_request_headers<'a>(
         &'a mut self,
-        _head: &'a mut http::request::Parts,
+        _head: &'a mut crate::upstream::Head,
         _end_of_stream: bool,
     ) -> FilterFuture<'a> {
         decided(Action::Continue)
@@ -419,7 +495,7 @@ impl ChainStream {
     /// local response.
     pub async fn request_headers<'r>(
         &mut self,
-        head: &mut http::request::Parts,
+        head: &mut crate::upstream::Head,
         eos: bool,
         route_of: &(dyn Fn(&http::request::Parts) -> Option<&'r str> + Sync),
     ) -> Result<bool, LocalResponse> {
@@ -435,9 +511,13 @@ impl ChainStream {
             match settle(timed!(s, s.stream.on_request_headers(head, eos).await)) {
                 Settled::Continue => {}
                 Settled::Buffer => wants_body = true,
-                Settled::Respond(r) => return Err(answered(&self.info, r)),
+                Settled::Respond(r) => {
+                    let _ = self.info.request.set(RequestFacts::of(head, self.info.tls));
+                    return Err(answered(&self.info, r));
+                }
             }
         }
+        let _ = self.info.request.set(RequestFacts::of(head, self.info.tls));
         Ok(wants_body)
     }
 
@@ -570,7 +650,7 @@ mod tests {
     impl StreamFilter for TagStream {
         fn on_request_headers<'a>(
             &'a mut self,
-            head: &'a mut http::request::Parts,
+            head: &'a mut crate::upstream::Head,
             _: bool,
         ) -> FilterFuture<'a> {
             head.headers
@@ -611,6 +691,7 @@ mod tests {
             tls_session: None,
             start: SystemTime::now(),
             attributes: Default::default(),
+            request: Default::default(),
         })
     }
 
@@ -622,7 +703,7 @@ mod tests {
             Arc::new(Tag("c", None)),
         ]);
         let mut s = chain.start(&info());
-        let (mut head, ()) = http::Request::new(()).into_parts();
+        let mut head = Box::new(http::Request::new(()).into_parts().0);
         let r = s
             .request_headers(&mut head, true, &|_| None)
             .await

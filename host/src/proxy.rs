@@ -273,6 +273,7 @@ async fn handle(
                 tls_session: down.tls_session.clone(),
                 start: std::time::SystemTime::now(),
                 attributes: Default::default(),
+                request: Default::default(),
             });
             (chain.start(&info), chain.by_route())
         })

@@ -1644,7 +1644,7 @@ fn action(a: wit::Action, by: &str) -> Action {
 impl StreamFilter for ComponentStream {
     fn on_request_headers<'a>(
         &'a mut self,
-        head: &'a mut http::request::Parts,
+        head: &'a mut crate::upstream::Head,
         eos: bool,
     ) -> FilterFuture<'a> {
         FilterFuture::wait(self.head_callback(Head::Request(head), eos))

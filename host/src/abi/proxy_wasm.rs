@@ -1015,7 +1015,7 @@ impl ProxyWasmStream {
 impl StreamFilter for ProxyWasmStream {
     fn on_request_headers<'a>(
         &'a mut self,
-        head: &'a mut http::request::Parts,
+        head: &'a mut crate::upstream::Head,
         eos: bool,
     ) -> FilterFuture<'a> {
         let core = &self.core;
@@ -1028,12 +1028,14 @@ impl StreamFilter for ProxyWasmStream {
         let n = head.headers.len() + 4;
         {
             let s = vm.store.data_mut();
-            let spare = s.spare_request.take().unwrap_or_else(empty_request);
+            let spare = s
+                .spare_request
+                .take()
+                .unwrap_or_else(|| Box::new(empty_request()));
             let st = s
                 .streams
                 .get_mut(&ctx)
                 .expect("the stream's context exists while the instance lives");
-            st.facts = Some(properties::RequestFacts::of(head, self.side.info.tls));
             st.request = Some(std::mem::replace(head, spare));
         }
         let called = core.call(&mut vm, ctx, Phase::RequestHeaders, |vm| {

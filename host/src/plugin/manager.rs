@@ -888,7 +888,7 @@ struct NotLoadedStream(LocalResponse);
 impl StreamFilter for NotLoadedStream {
     fn on_request_headers<'a>(
         &'a mut self,
-        _head: &'a mut http::request::Parts,
+        _head: &'a mut crate::upstream::Head,
         _end_of_stream: bool,
     ) -> FilterFuture<'a> {
         decided(Action::Respond(self.0.clone()))

@@ -285,11 +285,11 @@ impl ShadowStream {
 impl StreamFilter for ShadowStream {
     fn on_request_headers<'a>(
         &'a mut self,
-        head: &'a mut http::request::Parts,
+        head: &'a mut crate::upstream::Head,
         end_of_stream: bool,
     ) -> FilterFuture<'a> {
         FilterFuture::wait(async move {
-            let mut copy = copy_request(head);
+            let mut copy = Box::new(copy_request(head));
             let shadow = self
                 .shadow()
                 .on_request_headers(&mut copy, end_of_stream)
@@ -380,7 +380,7 @@ mod tests {
     impl StreamFilter for PolicyStream {
         fn on_request_headers<'a>(
             &'a mut self,
-            head: &'a mut http::request::Parts,
+            head: &'a mut crate::upstream::Head,
             _: bool,
         ) -> FilterFuture<'a> {
             head.headers
@@ -408,11 +408,12 @@ mod tests {
             tls_session: None,
             start: std::time::SystemTime::now(),
             attributes: Default::default(),
+            request: Default::default(),
         })
     }
 
-    fn request(path: &str) -> http::request::Parts {
-        http::Request::get(path).body(()).unwrap().into_parts().0
+    fn request(path: &str) -> crate::upstream::Head {
+        Box::new(http::Request::get(path).body(()).unwrap().into_parts().0)
     }
 
     #[tokio::test]

@@ -354,7 +354,7 @@ mod tests {
         s.streams.insert(
             1,
             Box::new(StreamState {
-                request: Some(head),
+                request: Some(Box::new(head)),
                 ..Default::default()
             }),
         );

@@ -5,63 +5,7 @@
 use super::pairs;
 use super::vm::VmState;
 
-/// A request's facts that outlive the request phases (for response and log
-/// callbacks). Cheap to keep: the parts are reference-counted, strings are
-/// made only when a property is read.
-#[derive(Clone, Debug)]
-pub struct RequestFacts {
-    method: http::Method,
-    uri: http::Uri,
-    version: http::Version,
-    host: Option<http::HeaderValue>,
-    id: Option<http::HeaderValue>,
-    tls: bool,
-}
-
-/// Looked up by a ready name: a `&str` would be parsed and checked again
-/// for each plugin on each request.
-static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-
-impl RequestFacts {
-    /// Captures the facts of a request head.
-    pub fn of(p: &http::request::Parts, tls: bool) -> RequestFacts {
-        RequestFacts {
-            method: p.method.clone(),
-            uri: p.uri.clone(),
-            version: p.version,
-            host: p.headers.get(http::header::HOST).cloned(),
-            id: p.headers.get(&X_REQUEST_ID).cloned(),
-            tls,
-        }
-    }
-
-    fn path(&self) -> &str {
-        self.uri.path_and_query().map_or("/", |pq| pq.as_str())
-    }
-
-    fn host(&self) -> Vec<u8> {
-        self.uri
-            .authority()
-            .map(|a| a.as_str().as_bytes().to_vec())
-            .or_else(|| self.host.as_ref().map(|h| h.as_bytes().to_vec()))
-            .unwrap_or_default()
-    }
-
-    fn scheme(&self) -> &str {
-        self.uri
-            .scheme_str()
-            .unwrap_or(if self.tls { "https" } else { "http" })
-    }
-
-    fn protocol(&self) -> &'static str {
-        match self.version {
-            http::Version::HTTP_2 => "HTTP/2",
-            http::Version::HTTP_10 => "HTTP/1.0",
-            http::Version::HTTP_3 => "HTTP/3",
-            _ => "HTTP/1.1",
-        }
-    }
-}
+use crate::filter::RequestFacts;
 
 fn int(v: i64) -> Vec<u8> {
     v.to_le_bytes().to_vec()
@@ -107,7 +51,16 @@ pub fn get(state: &mut VmState, raw_path: &[u8]) -> Option<Vec<u8>> {
         return Some(v.clone());
     }
     let info = stream.info.as_ref();
-    let facts = stream.facts.as_ref();
+    // The head itself while it is lent to the plugin (its own changes
+    // show), else the request as the chain's filters left it.
+    let live;
+    let facts = match stream.request.as_deref() {
+        Some(head) => {
+            live = RequestFacts::of(head, info.is_some_and(|i| i.tls));
+            Some(&live)
+        }
+        None => info.and_then(|i| i.request.get()),
+    };
     let log = stream.log.as_ref();
     let string = |s: &str| Some(s.as_bytes().to_vec());
     match p.as_slice() {

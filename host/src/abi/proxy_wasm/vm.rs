@@ -49,8 +49,9 @@ pub enum Phase {
 pub struct StreamState {
     /// Connection and timing facts.
     pub info: Option<Arc<StreamInfo>>,
-    /// The request head, while lent to the instance.
-    pub request: Option<http::request::Parts>,
+    /// The request head, while lent to the instance (boxed, as it travels:
+    /// lending it swaps a pointer).
+    pub request: Option<crate::upstream::Head>,
     /// The response head, while lent to the instance.
     pub response: Option<http::response::Parts>,
     /// The body of the current body callback.
@@ -69,8 +70,6 @@ pub struct StreamState {
     pub waiter: Option<tokio::sync::oneshot::Sender<()>>,
     /// Values set with `proxy_set_property`.
     pub props: HashMap<Vec<u8>, Vec<u8>>,
-    /// Facts of the request, for callbacks after the request phases.
-    pub facts: Option<super::properties::RequestFacts>,
     /// The exchange's outcome, in the log phase.
     pub log: Option<LogInfo>,
 }
@@ -135,7 +134,7 @@ pub struct VmState {
     pub root_props: HashMap<Vec<u8>, Vec<u8>>,
     /// An empty request head, left in the caller's place while the real one
     /// is lent to a callback, and kept for the next: making one parses a URI.
-    pub spare_request: Option<http::request::Parts>,
+    pub spare_request: Option<crate::upstream::Head>,
     /// Header names the plugin added or set lately, so that a filter adding
     /// the same header to every request parses and allocates its name once
     /// (at most [`HEADER_NAMES_KEPT`], oldest dropped first).

@@ -465,6 +465,7 @@ impl HttpContext for Stream {
 
     fn on_log(&mut self) {
         let status = prop_int(self, &["response", "code"]);
-        log::debug!("request done with status {status}");
+        let path = prop_string(self, &["request", "path"]);
+        log::debug!("request done with status {status} for path {path}");
     }
 }
