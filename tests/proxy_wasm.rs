@@ -12,11 +12,18 @@ use support::{Upstream, Weir, free_port, test_filter};
 /// A weir with the pw-test filter in its plugins directory, configured by `plugin_toml`,
 /// and an `auth` cluster pointing at `auth`.
 async fn weir_with_filter(plugin_toml: &str, routes: &str, upstream: &Upstream) -> Weir {
+    weir_with_pw_test_as(&[("10-pw-test", plugin_toml)], routes, upstream).await
+}
+
+/// weir with pw-test as each of `plugins` (file stem, its .toml).
+async fn weir_with_pw_test_as(plugins: &[(&str, &str)], routes: &str, upstream: &Upstream) -> Weir {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(test_filter("pw-test"), plugins.join("10-pw-test.wasm")).unwrap();
-    std::fs::write(plugins.join("10-pw-test.toml"), plugin_toml).unwrap();
+    let folder = dir.path().join("plugins");
+    std::fs::create_dir(&folder).unwrap();
+    for (stem, toml) in plugins {
+        std::fs::copy(test_filter("pw-test"), folder.join(format!("{stem}.wasm"))).unwrap();
+        std::fs::write(folder.join(format!("{stem}.toml")), toml).unwrap();
+    }
     let (admin, port) = (free_port(), free_port());
     let config = format!(
         "{}[[cluster]]\nname = \"auth\"\nendpoints = [\"{addr}\"]\n[[cluster]]\nname = \"app\"\nendpoints = [\"{addr}\"]\n{routes}\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
@@ -527,19 +534,7 @@ async fn later_phases_read_the_request_as_the_whole_chain_left_it() {
     // ends (it took one per plugin, as the request arrived at it, and the
     // first plugin read "/rewrite").
     let up = Upstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    for name in ["10-first.wasm", "20-second.wasm"] {
-        std::fs::copy(test_filter("pw-test"), plugins.join(name)).unwrap();
-    }
-    let (admin, port) = (free_port(), free_port());
-    let config = format!(
-        "{}[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
-        support::base_config(admin, port),
-        up.addr
-    );
-    let w = Weir::start_in(dir, admin, port, &config).await;
+    let w = weir_with_pw_test_as(&[("10-first", ""), ("20-second", "")], "", &up).await;
     let r = reqwest::get(w.url("/rewrite")).await.unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
