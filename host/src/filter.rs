@@ -151,6 +151,36 @@ impl RequestFacts {
     }
 }
 
+/// Where [`RequestFacts`] wait for the phases after the request head: taken
+/// only for a request that has a filter which asked ([`RequestSnapshot::want`]),
+/// and shared by every view of the request (a shadow plugin's copy of its
+/// [`StreamInfo`] too).
+#[derive(Debug, Default)]
+pub struct RequestSnapshot {
+    wanted: std::sync::atomic::AtomicBool,
+    facts: std::sync::OnceLock<RequestFacts>,
+}
+
+impl RequestSnapshot {
+    /// A filter of this request reads the request after its head phase.
+    pub fn want(&self) {
+        self.wanted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes the facts of `head`, if a filter wants them (once per request).
+    fn take(&self, head: &http::request::Parts, tls: bool) {
+        if self.wanted.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = self.facts.get_or_init(|| RequestFacts::of(head, tls));
+        }
+    }
+
+    /// The facts, once the request-headers phase has ended.
+    pub fn get(&self) -> Option<&RequestFacts> {
+        self.facts.get()
+    }
+}
+
 /// What a filter may know about the request's connection and timing.
 #[derive(Clone, Debug)]
 pub struct StreamInfo {
@@ -172,7 +202,7 @@ pub struct StreamInfo {
     pub attributes: Attributes,
     /// The request as the filters left it, set when the request-headers
     /// phase of the chain ends.
-    pub request: std::sync::OnceLock<RequestFacts>,
+    pub request: Arc<RequestSnapshot>,
 }
 
 /// Attributes set by plugins during one request, read by the plugins after
@@ -499,7 +529,7 @@ impl ChainStream {
         eos: bool,
         route_of: &(dyn Fn(&http::request::Parts) -> Option<&'r str> + Sync),
     ) -> Result<bool, LocalResponse> {
-        let mut wants_body = false;
+        let mut outcome = Ok(false);
         for s in self.streams.iter_mut() {
             if let Some(routes) = &s.routes {
                 let route = route_of(head);
@@ -510,15 +540,15 @@ impl ChainStream {
             }
             match settle(timed!(s, s.stream.on_request_headers(head, eos).await)) {
                 Settled::Continue => {}
-                Settled::Buffer => wants_body = true,
+                Settled::Buffer => outcome = Ok(true),
                 Settled::Respond(r) => {
-                    let _ = self.info.request.set(RequestFacts::of(head, self.info.tls));
-                    return Err(answered(&self.info, r));
+                    outcome = Err(answered(&self.info, r));
+                    break;
                 }
             }
         }
-        let _ = self.info.request.set(RequestFacts::of(head, self.info.tls));
-        Ok(wants_body)
+        self.info.request.take(head, self.info.tls);
+        outcome
     }
 
     /// Records that `r` answers the request (a filter's local response made
@@ -693,6 +723,40 @@ mod tests {
             attributes: Default::default(),
             request: Default::default(),
         })
+    }
+
+    #[tokio::test]
+    async fn the_request_is_kept_for_later_phases_only_when_a_filter_wants_it() {
+        let chain = FilterChain::new(vec![Arc::new(Tag("a", None))]);
+        let head = || {
+            Box::new(
+                http::Request::get("/x?y=1")
+                    .body(())
+                    .unwrap()
+                    .into_parts()
+                    .0,
+            )
+        };
+        // No filter asked: nothing is taken.
+        let quiet = info();
+        chain
+            .start(&quiet)
+            .request_headers(&mut head(), true, &|_| None)
+            .await
+            .unwrap();
+        assert!(quiet.request.get().is_none());
+        // Asked: the head as the chain left it, seen by a copy of the info
+        // made before the phase ended (a shadow plugin's).
+        let asked = info();
+        asked.request.want();
+        let copy = (*asked).clone();
+        chain
+            .start(&asked)
+            .request_headers(&mut head(), true, &|_| None)
+            .await
+            .unwrap();
+        assert_eq!(asked.request.get().map(|f| f.path()), Some("/x?y=1"));
+        assert_eq!(copy.request.get().map(|f| f.path()), Some("/x?y=1"));
     }
 
     #[tokio::test]

@@ -682,6 +682,8 @@ impl HttpFilter for ProxyWasmPlugin {
     }
 
     fn new_stream(&self, info: &Arc<StreamInfo>) -> Box<dyn StreamFilter> {
+        // `request.*` in the phases after the request head.
+        info.request.want();
         Box::new(ProxyWasmStream {
             core: self.0.clone(),
             side: Side {

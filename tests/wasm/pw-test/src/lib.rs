@@ -50,8 +50,7 @@ impl RootContext for Root {
             log::error!("refusing the configuration {:?}", self.tag);
             return false;
         }
-        self.hits =
-            proxy_wasm::hostcalls::define_metric(MetricType::Counter, "pw_test_hits").unwrap();
+        self.hits = proxy_wasm::hostcalls::define_metric(MetricType::Counter, "pw_test_hits").unwrap();
         self.queue = self.register_shared_queue("work");
         log::info!("configured with tag {:?}", self.tag);
         if self.tag == "tick" {
@@ -71,18 +70,12 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let (value, cas) = self.get_shared_data("ticks");
-        let n = value.map_or(0, |v| {
-            String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0)
-        });
+        let n = value.map_or(0, |v| String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0));
         let _ = self.set_shared_data("ticks", Some((n + 1).to_string().as_bytes()), cas);
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream {
-            tag: self.tag.clone(),
-            hits: self.hits,
-            path: String::new(),
-        }))
+        Some(Box::new(Stream { tag: self.tag.clone(), hits: self.hits, path: String::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -114,41 +107,23 @@ fn prop_int(ctx: &dyn Context, path: &[&str]) -> String {
 impl Context for Stream {
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
         if status_code == 0 {
-            let body = self
-                .get_grpc_call_response_body(0, response_size)
-                .unwrap_or_default();
+            let body = self.get_grpc_call_response_body(0, response_size).unwrap_or_default();
             let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
             self.set_http_request_header("x-grpc-reply", Some(&hex));
             self.resume_http_request();
         } else {
             let code = status_code.to_string();
-            self.send_http_response(
-                502,
-                vec![("x-grpc-status", code.as_str())],
-                Some(b"grpc call failed\n"),
-            );
+            self.send_http_response(502, vec![("x-grpc-status", code.as_str())], Some(b"grpc call failed\n"));
         }
     }
 
-    fn on_http_call_response(
-        &mut self,
-        _token: u32,
-        _headers: usize,
-        _body: usize,
-        _trailers: usize,
-    ) {
-        let status = self
-            .get_http_call_response_header(":status")
-            .unwrap_or_default();
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _trailers: usize) {
+        let status = self.get_http_call_response_header(":status").unwrap_or_default();
         if status == "200" {
             self.set_http_request_header("x-callout-status", Some(&status));
             self.resume_http_request();
         } else {
-            self.send_http_response(
-                401,
-                vec![("x-callout-status", status.as_str())],
-                Some(b"callout refused\n"),
-            );
+            self.send_http_response(401, vec![("x-callout-status", status.as_str())], Some(b"callout refused\n"));
         }
     }
 }
@@ -166,37 +141,12 @@ impl HttpContext for Stream {
         self.path = path.split('?').next().unwrap_or("").to_string();
         match self.path.as_str() {
             "/deny" => {
-                self.send_http_response(
-                    403,
-                    vec![("x-denied-by", "pw-test")],
-                    Some(b"denied by pw-test\n"),
-                );
+                self.send_http_response(403, vec![("x-denied-by", "pw-test")], Some(b"denied by pw-test\n"));
                 Action::Pause
             }
             "/props" => {
                 let mut body = String::new();
-                for p in [
-                    "request.path",
-                    "request.url_path",
-                    "request.host",
-                    "request.method",
-                    "request.scheme",
-                    "request.protocol",
-                    "request.id",
-                    "source.address",
-                    "destination.address",
-                    "plugin_name",
-                    "plugin_root_id",
-                    "plugin_vm_id",
-                    "connection.tls_version",
-                    "connection.requested_server_name",
-                    "connection.uri_san_peer_certificate",
-                    "connection.subject_peer_certificate",
-                    "connection.uri_san_local_certificate",
-                    "source.principal",
-                    "destination.principal",
-                    "request.auth.principal",
-                ] {
+                for p in ["request.path", "request.url_path", "request.host", "request.method", "request.scheme", "request.protocol", "request.id", "source.address", "destination.address", "plugin_name", "plugin_root_id", "plugin_vm_id", "connection.tls_version", "connection.requested_server_name", "connection.uri_san_peer_certificate", "connection.subject_peer_certificate", "connection.uri_san_local_certificate", "source.principal", "destination.principal", "request.auth.principal"] {
                     let parts: Vec<&str> = p.split('.').collect();
                     body.push_str(&format!("{p}={}\n", prop_string(self, &parts)));
                 }
@@ -214,15 +164,8 @@ impl HttpContext for Stream {
                     let parts: Vec<&str> = p.split('.').collect();
                     body.push_str(&format!("{p}={}\n", prop_int(self, &parts)));
                 }
-                body.push_str(&format!(
-                    "request.headers.user-agent={}\n",
-                    prop_string(self, &["request", "headers", "user-agent"])
-                ));
-                self.send_http_response(
-                    200,
-                    vec![("content-type", "text/plain")],
-                    Some(body.as_bytes()),
-                );
+                body.push_str(&format!("request.headers.user-agent={}\n", prop_string(self, &["request", "headers", "user-agent"])));
+                self.send_http_response(200, vec![("content-type", "text/plain")], Some(body.as_bytes()));
                 Action::Pause
             }
             "/quota" => {
@@ -230,11 +173,7 @@ impl HttpContext for Stream {
                 match proxy_wasm::hostcalls::call_foreign_function("weir.quota.take", Some(args)) {
                     Ok(Some(reply)) => {
                         let allowed = String::from_utf8_lossy(&reply).contains("\"allowed\":true");
-                        self.send_http_response(
-                            if allowed { 200 } else { 429 },
-                            vec![],
-                            Some(&reply),
-                        );
+                        self.send_http_response(if allowed { 200 } else { 429 }, vec![], Some(&reply));
                     }
                     other => {
                         let msg = format!("weir.quota.take failed: {other:?}\n");
@@ -243,19 +182,16 @@ impl HttpContext for Stream {
                 }
                 Action::Pause
             }
-            "/shared" => loop {
-                let (value, cas) = self.get_shared_data("counter");
-                let n = value.map_or(0, |v| {
-                    String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0)
-                }) + 1;
-                if self
-                    .set_shared_data("counter", Some(n.to_string().as_bytes()), cas)
-                    .is_ok()
-                {
-                    self.send_http_response(200, vec![], Some(format!("{n}\n").as_bytes()));
-                    return Action::Pause;
+            "/shared" => {
+                loop {
+                    let (value, cas) = self.get_shared_data("counter");
+                    let n = value.map_or(0, |v| String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0)) + 1;
+                    if self.set_shared_data("counter", Some(n.to_string().as_bytes()), cas).is_ok() {
+                        self.send_http_response(200, vec![], Some(format!("{n}\n").as_bytes()));
+                        return Action::Pause;
+                    }
                 }
-            },
+            }
             "/enqueue" => {
                 let item = self.get_http_request_header("x-item").unwrap_or_default();
                 let reply = match self.resolve_shared_queue("", "work") {
@@ -275,10 +211,7 @@ impl HttpContext for Stream {
             }
             "/ticks" => {
                 let (value, _) = self.get_shared_data("ticks");
-                let n = value.map_or_else(
-                    || "0".to_string(),
-                    |v| String::from_utf8_lossy(&v).to_string(),
-                );
+                let n = value.map_or_else(|| "0".to_string(), |v| String::from_utf8_lossy(&v).to_string());
                 self.send_http_response(200, vec![], Some(format!("{n}\n").as_bytes()));
                 Action::Pause
             }
@@ -287,50 +220,25 @@ impl HttpContext for Stream {
                 Action::Continue
             }
             "/callout" => {
-                let code = self
-                    .get_http_request_header("x-callout-status")
-                    .unwrap_or_else(|| "200".into());
+                let code = self.get_http_request_header("x-callout-status").unwrap_or_else(|| "200".into());
                 let path = format!("/status/{code}");
-                match self.dispatch_http_call(
-                    "auth",
-                    vec![(":method", "GET"), (":path", &path), (":authority", "auth")],
-                    None,
-                    vec![],
-                    Duration::from_secs(5),
-                ) {
+                match self.dispatch_http_call("auth", vec![(":method", "GET"), (":path", &path), (":authority", "auth")], None, vec![], Duration::from_secs(5)) {
                     Ok(_) => Action::Pause,
                     Err(e) => {
-                        self.send_http_response(
-                            500,
-                            vec![],
-                            Some(format!("dispatch failed: {e:?}\n").as_bytes()),
-                        );
+                        self.send_http_response(500, vec![], Some(format!("dispatch failed: {e:?}\n").as_bytes()));
                         Action::Pause
                     }
                 }
             }
             "/grpc" => {
                 // grpc.health.v1.HealthCheckRequest { service } in protobuf: field 1, length-delimited.
-                let service = self
-                    .get_http_request_header("x-grpc-service")
-                    .unwrap_or_else(|| "weir.test".into());
+                let service = self.get_http_request_header("x-grpc-service").unwrap_or_else(|| "weir.test".into());
                 let mut message = vec![0x0a, service.len() as u8];
                 message.extend_from_slice(service.as_bytes());
-                match self.dispatch_grpc_call(
-                    "grpc",
-                    "grpc.health.v1.Health",
-                    "Check",
-                    vec![],
-                    Some(&message),
-                    Duration::from_secs(5),
-                ) {
+                match self.dispatch_grpc_call("grpc", "grpc.health.v1.Health", "Check", vec![], Some(&message), Duration::from_secs(5)) {
                     Ok(_) => Action::Pause,
                     Err(e) => {
-                        self.send_http_response(
-                            500,
-                            vec![],
-                            Some(format!("grpc dispatch failed: {e:?}\n").as_bytes()),
-                        );
+                        self.send_http_response(500, vec![], Some(format!("grpc dispatch failed: {e:?}\n").as_bytes()));
                         Action::Pause
                     }
                 }
@@ -364,8 +272,7 @@ impl HttpContext for Stream {
                 self.set_http_request_header("x-bomb", Some(&bomb.len().to_string()));
                 Action::Continue
             }
-            "/loop" =>
-            {
+            "/loop" => {
                 #[allow(clippy::empty_loop)]
                 loop {}
             }
@@ -421,18 +328,9 @@ impl HttpContext for Stream {
         }
         if self.path == "/pairs" {
             let mut pairs = self.get_http_response_headers();
-            let status = pairs
-                .iter()
-                .find(|(k, _)| k == ":status")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
+            let status = pairs.iter().find(|(k, _)| k == ":status").map(|(_, v)| v.clone()).unwrap_or_default();
             pairs.push(("x-pairs-status".to_string(), status));
-            self.set_http_response_headers(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect(),
-            );
+            self.set_http_response_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
         }
         let name = prop_string(self, &["plugin_name"]);
         self.set_http_response_header("x-pw-plugin", Some(&name));
@@ -441,9 +339,7 @@ impl HttpContext for Stream {
 
     fn on_http_response_trailers(&mut self, num_trailers: usize) -> Action {
         // As in Envoy: the response trailers are readable and changeable here.
-        let status = self
-            .get_http_response_trailer("grpc-status")
-            .unwrap_or_default();
+        let status = self.get_http_response_trailer("grpc-status").unwrap_or_default();
         self.add_http_response_trailer("x-pw-grpc-status", &status);
         self.add_http_response_trailer("x-pw-trailers-seen", &num_trailers.to_string());
         Action::Continue
