@@ -561,6 +561,56 @@ async fn runaway_plugins_are_stopped_and_quarantined_and_the_process_lives() {
     assert!(m.contains("weir_plugin_memory_bytes{plugin=\"pw\"}"), "{m}");
 }
 
+/// `[plugins] instance_slots` sizes the pooling allocator instances come
+/// from. Two workers and two slots: the first plugin takes both, the second
+/// cannot start and says which setting to raise; the first, trapping, is
+/// replaced in the slot it frees, so it keeps serving in a full pool.
+#[tokio::test]
+async fn a_full_instance_pool_names_its_setting_and_a_trapped_instance_is_replaced_in_its_slot() {
+    let _shared = ALONE.read().await;
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(test_filter("pw-test"), plugins.join("10-first.wasm")).unwrap();
+    std::fs::copy(test_filter("pw-test"), plugins.join("20-second.wasm")).unwrap();
+    std::fs::write(plugins.join("20-second.toml"), "failure = \"open\"\n").unwrap();
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[server]\nworkers = 2\n[plugins]\ncache_dir = \"\"\ninstance_slots = 2\n[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        up.addr
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
+
+    let s = plugins_status(&w).await;
+    assert_eq!(plugin(&s, "first").unwrap()["state"], "active", "{s}");
+    let second = plugin(&s, "second").unwrap();
+    assert_eq!(second["state"], "failed", "{s}");
+    let error = second["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("instantiation failed") && error.contains("raise [plugins] instance_slots"),
+        "{error}"
+    );
+
+    // One keep-alive connection: each request after a trap reaches the
+    // worker, and the instance, that trapped.
+    let c = reqwest::Client::new();
+    assert_eq!(
+        header_of(&c, &w.url("/ok"), "x-pw-plugin").await.as_deref(),
+        Some("first")
+    );
+    for _ in 0..3 {
+        let r = c.get(w.url("/panic")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        let r = c.get(w.url("/ok")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        assert_eq!(r.headers()["x-pw-plugin"], "first");
+    }
+    let logs = w.logs();
+    assert!(!logs.contains("could not be restarted"), "{logs}");
+}
+
 #[tokio::test]
 async fn plugins_attach_to_named_routes_only() {
     let _shared = ALONE.read().await;

@@ -110,6 +110,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     if !crate::plugin::engine::set_cache_dir(config.plugin_cache_dir.clone()) {
         tracing::debug!("the plugin engine was already started; its module cache folder stays");
     }
+    let workers = config
+        .server
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let slots = config
+        .plugin_instance_slots
+        .unwrap_or_else(|| crate::plugin::engine::default_instance_slots(workers));
+    if !crate::plugin::engine::set_instance_slots(slots) {
+        tracing::debug!("the plugin engine was already started; its instance pool stays");
+    }
     // Started here, so that its epoch ticker runs at normal priority (threads
     // inherit the priority of the thread that starts them; plugins load on a
     // low-priority one).
@@ -140,10 +150,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         crate::config::AccessLogTarget::Off => {}
     }
     let host = Arc::new(host);
-    let workers = config
-        .server
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let plugins = Arc::new(PluginManager::new(
         config.plugins_dir.clone(),
         config.plugin_defaults.clone(),

@@ -46,6 +46,9 @@ pub struct Config {
     pub plugin_defaults: PluginDefaults,
     /// The compiled-module cache folder; `None` when off.
     pub plugin_cache_dir: Option<PathBuf>,
+    /// Instance slots of the plugin engines' pooling allocator; 0: none;
+    /// `None`: sized from the worker count.
+    pub plugin_instance_slots: Option<u32>,
     /// The quota service.
     pub quota: QuotaConfig,
     /// Where plugins' access log lines go.

@@ -1062,7 +1062,13 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
         async {
             let bindings = Plugin::instantiate_async(&mut store, &component, linker)
                 .await
-                .map_err(|e| format!("instantiation failed: {}", e.root_cause()))?;
+                .map_err(|e| {
+                    format!(
+                        "instantiation failed: {}{}",
+                        e.root_cause(),
+                        engine::pool_hint(&e)
+                    )
+                })?;
             bindings
                 .weir_filter_filter()
                 .call_config_schema(&mut store)
@@ -1207,8 +1213,13 @@ impl ComponentCore {
         store.data_mut().entered = Instant::now();
         store.data_mut().cpu_check.reset();
         store.set_epoch_deadline(engine::ticks(startup));
-        let instantiated =
-            |e: wasmtime::Error| format!("instantiation failed: {}", trap_message(&e));
+        let instantiated = |e: wasmtime::Error| {
+            format!(
+                "instantiation failed: {}{}",
+                trap_message(&e),
+                engine::pool_hint(&e)
+            )
+        };
         let (bindings, sync) = if self.waits {
             let b = self
                 .pre

@@ -292,10 +292,13 @@ impl PluginCore {
         let startup = self.spec.cpu_limit.max(Duration::from_secs(1));
         store.data_mut().cpu_limit = startup;
         store.set_epoch_deadline(engine::ticks(startup));
-        let instance = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| format!("instantiation failed: {}", e.root_cause()))?;
+        let instance = self.pre.instantiate(&mut store).map_err(|e| {
+            format!(
+                "instantiation failed: {}{}",
+                e.root_cause(),
+                engine::pool_hint(&e)
+            )
+        })?;
         let memory = instance.get_memory(&mut store, "memory");
         let malloc = instance
             .get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
@@ -401,6 +404,24 @@ impl PluginCore {
         if let Some(t) = vm.store.data_mut().tick_task.take() {
             t.abort();
         }
+        // Free the trapped instance before starting its successor: its
+        // pool slot is then the one the successor takes, warm, and a pool
+        // with every slot in use still has one for it. An empty store holds
+        // its place (its generation already the successor's) meanwhile, and
+        // for good if the successor cannot start.
+        let placeholder = Store::new(
+            self.pre.module().engine(),
+            vm::new_state(
+                Arc::downgrade(self),
+                self.spec.name.clone().into(),
+                self.abi,
+                index,
+                generation + 1,
+                self.spec.memory_limit,
+                self.spec.health.callback_shard(),
+            ),
+        );
+        drop(std::mem::replace(&mut vm.store, placeholder));
         match self.start_instance(index, generation + 1) {
             Ok(fresh) => *vm = fresh,
             Err(e) => {

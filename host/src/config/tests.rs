@@ -258,3 +258,21 @@ fn settings_of_a_plugin_not_bundled_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn instance_slots_are_bounded() {
+    let base = "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\n[[route]]\nname = \"r\"\necho = true\n";
+    let c = parse(base).unwrap();
+    assert_eq!(c.plugin_instance_slots, None, "sized from the workers");
+    let c = parse(&format!("[plugins]\ninstance_slots = 0\n{base}")).unwrap();
+    assert_eq!(c.plugin_instance_slots, Some(0), "0: no pool");
+    let err = parse(&format!("[plugins]\ninstance_slots = 5000\n{base}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "plugins.instance_slots: 5000 slots would reserve 39 TiB of address space; at most 4096"
+        ),
+        "{err}"
+    );
+}

@@ -167,6 +167,19 @@ impl Validator<'_> {
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
                 .map(|d| d.join("weir")),
         };
+        let plugin_instance_slots = raw.plugins.instance_slots;
+        if let Some(slots) = plugin_instance_slots
+            && slots > crate::plugin::engine::MAX_INSTANCE_SLOTS
+        {
+            self.err(
+                "plugins.instance_slots",
+                format!(
+                    "{slots} slots would reserve {} TiB of address space; at most {} (each reserves 4 GiB in each of the two compiler tiers' engines)",
+                    u64::from(slots) * 8 / 1024,
+                    crate::plugin::engine::MAX_INSTANCE_SLOTS
+                ),
+            );
+        }
         let plugin_defaults = PluginDefaults {
             memory_limit: raw.plugins.memory_limit.unwrap_or(Size::mib(64)).bytes(),
             cpu_limit: raw
@@ -235,6 +248,7 @@ impl Validator<'_> {
             plugins_dir,
             plugin_defaults,
             plugin_cache_dir,
+            plugin_instance_slots,
             quota,
             access_log,
             listeners,
