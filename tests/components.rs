@@ -271,6 +271,37 @@ async fn a_streaming_body_transform_rewrites_responses_through_weir() {
     assert!(!text.contains("colour"), "{text}");
 }
 
+/// A trapped component is freed before its successor starts: with two
+/// workers and two instance slots, both taken, it is still replaced.
+#[tokio::test]
+async fn a_trapped_component_is_replaced_in_a_full_instance_pool() {
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(sdk_plugin("misbehave-test"), plugins.join("10-bad.wasm")).unwrap();
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[server]\nworkers = 2\n[plugins]\ninstance_slots = 2\n[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        up.addr
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
+    // One keep-alive connection: each request after a trap reaches the
+    // worker, and the instance, that trapped.
+    let c = reqwest::Client::new();
+    for _ in 0..3 {
+        let r = c.get(w.url("/fine")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let r = c.get(w.url("/panic")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+    }
+    let r = c.get(w.url("/fine")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["headers"]["x-misbehave"], "no");
+}
+
 #[tokio::test]
 async fn a_component_that_traps_loops_or_grows_fails_only_its_request() {
     let up = Upstream::start("app").await;

@@ -1191,7 +1191,8 @@ impl ComponentCore {
         engine::Running::new(self.start_instance_now(), startup).await
     }
 
-    async fn start_instance_now(&self) -> Result<Instance, String> {
+    /// A store for one instance of this plugin, with nothing in it yet.
+    fn new_store(&self) -> Store<State> {
         let mut state = State::new(
             &self.spec.name,
             &self.spec.vm_id,
@@ -1207,7 +1208,11 @@ impl ComponentCore {
             self.memory.clone(),
         );
         state.skip = self.skip.clone();
-        let mut store = new_store(self.pre.engine(), state);
+        new_store(self.pre.engine(), state)
+    }
+
+    async fn start_instance_now(&self) -> Result<Instance, String> {
+        let mut store = self.new_store();
         let startup = self.spec.cpu_limit.max(Duration::from_secs(1));
         store.data_mut().cpu_limit = startup;
         store.data_mut().entered = Instant::now();
@@ -1279,9 +1284,21 @@ impl ComponentCore {
     /// Makes `inst` usable again after a trap or a cancelled call: a fresh
     /// instance, or the reason there is none.
     async fn replace(&self, inst: &mut Instance) {
+        // Free the old instance first: its pool slot is then the one the
+        // new instance takes, warm, and a full pool still has one for it.
+        // An empty store holds its place meanwhile, marked failed (nothing
+        // enters it) and in a call (a replacement cut short, its request
+        // gone, is made again by the next request), and for good if the new
+        // one cannot start.
+        inst.failed = Some("the instance is being replaced".into());
+        inst.in_call = true;
+        drop(std::mem::replace(&mut inst.store, self.new_store()));
         match self.start_instance().await {
             Ok(fresh) => *inst = fresh,
-            Err(e) => inst.failed = Some(e),
+            Err(e) => {
+                inst.failed = Some(e);
+                inst.in_call = false;
+            }
         }
     }
 
