@@ -609,6 +609,12 @@ async fn a_full_instance_pool_names_its_setting_and_a_trapped_instance_is_replac
     }
     let logs = w.logs();
     assert!(!logs.contains("could not be restarted"), "{logs}");
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_plugin_instance_slots{compiler=\"optimized\",state=\"in_use\"} 2")
+            && m.contains("weir_plugin_instance_slots{compiler=\"optimized\",state=\"free\"} 0"),
+        "{m}"
+    );
 }
 
 #[tokio::test]

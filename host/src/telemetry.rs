@@ -93,6 +93,12 @@ struct PluginVersionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotLabels {
+    compiler: &'static str,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -129,6 +135,7 @@ pub struct Metrics {
     plugin_traps: Family<PluginLabel, Counter>,
     plugin_callbacks: Family<PluginLabel, crate::plugin::health::CallbackHistogram>,
     plugin_memory: Family<PluginLabel, Gauge>,
+    instance_slots: Family<SlotLabels, Gauge>,
     plugin_reloads: Family<PluginOutcomeLabels, Counter>,
     plugin_up: Family<PluginLabel, Gauge>,
     plugin_canary: Family<PluginVersionLabels, Counter>,
@@ -205,6 +212,7 @@ impl Metrics {
             plugin_traps: Family::default(),
             plugin_callbacks: Family::default(),
             plugin_memory: Family::default(),
+            instance_slots: Family::default(),
             plugin_reloads: Family::default(),
             plugin_up: Family::default(),
             plugin_canary: Family::default(),
@@ -312,6 +320,11 @@ impl Metrics {
             "plugin_memory_bytes",
             "Linear memory of a plugin's instances, summed",
             m.plugin_memory.clone(),
+        );
+        registry.register(
+            "plugin_instance_slots",
+            "Plugin instance slots of the pooling allocator, by compiler tier and state (in_use, free)",
+            m.instance_slots.clone(),
         );
         registry.register(
             "plugin_reloads",
@@ -535,6 +548,16 @@ impl Metrics {
                 plugin: plugin.to_string(),
             })
             .set(bytes as i64);
+    }
+
+    /// Sets the instance slots in use and free in the pool of `compiler`'s
+    /// engine (`[plugins] instance_slots`).
+    pub fn instance_slots(&self, compiler: &'static str, in_use: u64, total: u64) {
+        for (state, n) in [("in_use", in_use), ("free", total.saturating_sub(in_use))] {
+            self.instance_slots
+                .get_or_create(&SlotLabels { compiler, state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Counts a request of `plugin` served by its stable or canary version.

@@ -172,13 +172,7 @@ pub fn engine() -> &'static Engine {
 /// one runs only in stores and linkers of the same one (take it from the
 /// module: `Module::engine`).
 pub fn engine_for(tier: Tier) -> &'static Engine {
-    static OPTIMIZED: OnceLock<Engine> = OnceLock::new();
-    static BASELINE: OnceLock<Engine> = OnceLock::new();
-    let cell = match tier {
-        Tier::Optimized => &OPTIMIZED,
-        Tier::Baseline => &BASELINE,
-    };
-    cell.get_or_init(|| {
+    engine_cell(tier).get_or_init(|| {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
@@ -215,6 +209,45 @@ pub fn engine_for(tier: Tier) -> &'static Engine {
             .tick_also(&engine);
         engine
     })
+}
+
+/// Where the engine of `tier` lives once made.
+fn engine_cell(tier: Tier) -> &'static OnceLock<Engine> {
+    static OPTIMIZED: OnceLock<Engine> = OnceLock::new();
+    static BASELINE: OnceLock<Engine> = OnceLock::new();
+    match tier {
+        Tier::Optimized => &OPTIMIZED,
+        Tier::Baseline => &BASELINE,
+    }
+}
+
+/// Instance slots of one engine's pool: those holding a live instance, and
+/// all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotUsage {
+    /// The compiler tier whose engine this is.
+    pub tier: Tier,
+    /// Slots holding an instance's linear memory now.
+    pub in_use: u64,
+    /// Slots in the pool.
+    pub total: u64,
+}
+
+/// The instance slots of each engine made so far that has a pool.
+pub fn slot_usage() -> Vec<SlotUsage> {
+    [Tier::Optimized, Tier::Baseline]
+        .into_iter()
+        .filter_map(|tier| {
+            let engine = engine_cell(tier).get()?;
+            let metrics = engine.pooling_allocator_metrics()?;
+            let total = engine.get_pooling_config()?.get_total_memories();
+            Some(SlotUsage {
+                tier,
+                in_use: metrics.memories() as u64,
+                total: u64::from(total),
+            })
+        })
+        .collect()
 }
 
 /// wasmtime's on-disk cache of optimized code, if a usable folder was set.

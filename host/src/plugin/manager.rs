@@ -779,6 +779,10 @@ impl PluginManager {
                 self.metrics.plugin_memory(&s.name, a.plugin.memory_bytes());
             }
         }
+        for u in engine::slot_usage() {
+            self.metrics
+                .instance_slots(u.tier.as_str(), u.in_use, u.total);
+        }
     }
 
     /// The last load error of every plugin that has one.
