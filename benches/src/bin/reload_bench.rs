@@ -3,7 +3,7 @@
 //! every second does to latency under load.
 //!
 //! ```text
-//! cargo run --release -p weir-benches --bin reload_bench -- [--trials 15] [--load-seconds 60] [--rounds 3] [--reload-cached] [--no-disk-cache] [--pin]
+//! cargo run --release -p weir-benches --bin reload_bench -- [--trials 15] [--load-seconds 60] [--rounds 3] [--reload-cached] [--no-disk-cache] [--instance-slots N] [--pin]
 //! ```
 //!
 //! Runs a release weir (built first) on 127.0.0.1 with the built-in echo route
@@ -22,7 +22,8 @@
 //! were written and how many went live meanwhile, from weir's /metrics), the ratio of the p99 medians, and
 //! the median of the rounds' own p99 ratios. weir keeps compiled modules in
 //! a disk cache folder, as `weir run` does by default; `--no-disk-cache`
-//! runs it without one. `--pin` (Linux, needs `taskset`) runs weir, all its
+//! runs it without one. `--instance-slots N` sets `[plugins]
+//! instance_slots` (0: instances without the pooling allocator). `--pin` (Linux, needs `taskset`) runs weir, all its
 //! threads, on CPU 1 and wrk on CPU 0, so that where the scheduler places
 //! wrk's threads against weir's worker does not decide the result; on a
 //! 2-core machine it leaves weir's background threads only what the worker
@@ -198,7 +199,7 @@ impl Drop for Weir {
     }
 }
 
-fn start_weir(root: &Path, dir: &Path, disk_cache: bool) -> Weir {
+fn start_weir(root: &Path, dir: &Path, disk_cache: bool, instance_slots: Option<u32>) -> Weir {
     let config = dir.join("weir.toml");
     let cache = if disk_cache {
         dir.join("cache").display().to_string()
@@ -208,8 +209,9 @@ fn start_weir(root: &Path, dir: &Path, disk_cache: bool) -> Weir {
     std::fs::write(
         &config,
         format!(
-            "[admin]\nlisten = \"127.0.0.1:{ADMIN}\"\n[server]\nworkers = 1\n[plugins]\ncache_dir = \"{}\"\n[[listener]]\nname = \"bench\"\nlisten = \"127.0.0.1:{PORT}\"\n[[route]]\nname = \"echo\"\necho = true\n",
-            cache
+            "[admin]\nlisten = \"127.0.0.1:{ADMIN}\"\n[server]\nworkers = 1\n[plugins]\ncache_dir = \"{}\"\n{}[[listener]]\nname = \"bench\"\nlisten = \"127.0.0.1:{PORT}\"\n[[route]]\nname = \"echo\"\necho = true\n",
+            cache,
+            instance_slots.map_or(String::new(), |n| format!("instance_slots = {n}\n"))
         ),
     )
     .unwrap();
@@ -277,6 +279,7 @@ fn main() {
     let mut reload_cached = false;
     let mut rounds = 3;
     let mut disk_cache = true;
+    let mut instance_slots = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -289,6 +292,13 @@ fn main() {
             }
             "--reload-cached" => reload_cached = true,
             "--no-disk-cache" => disk_cache = false,
+            "--instance-slots" => {
+                instance_slots = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--instance-slots takes a number"),
+                )
+            }
             "--pin" => PIN.store(true, Ordering::Relaxed),
             "--rounds" => rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(rounds),
             other => panic!("unknown argument {other}; see the file's doc comment"),
@@ -314,7 +324,7 @@ fn main() {
     std::fs::create_dir(&plugins).unwrap();
     let file = plugins.join("10-version.wasm");
     std::fs::write(&file, module("start", 0)).unwrap();
-    let _weir = start_weir(&root, dir.path(), disk_cache);
+    let _weir = start_weir(&root, dir.path(), disk_cache, instance_slots);
     let mut probe = Probe::connect();
     assert_eq!(probe.version().as_deref(), Some("start"));
 
