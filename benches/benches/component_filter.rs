@@ -16,7 +16,6 @@ use std::sync::Arc;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use weir::filter::StreamInfo;
 use weir::plugin::host::HostServices;
 
 #[path = "../../tests/wasm/build_filters.rs"]
@@ -71,18 +70,7 @@ fn bench(c: &mut Criterion) {
         &component(),
         Some("[config]\nrequire = \":path\"\nrequest_set = { \"x-pw-seen\" = \"tag\" }\n"),
     );
-    let addr = "127.0.0.1:8080".parse().unwrap();
-    let info = Arc::new(StreamInfo {
-        listener: "bench".into(),
-        peer: addr,
-        local: addr,
-        tls: false,
-        tls_session: None,
-        route: None,
-        attributes: Default::default(),
-        request: Default::default(),
-        start: std::time::SystemTime::now(),
-    });
+    let info = weir_benches::stream_info(None);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

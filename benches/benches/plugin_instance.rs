@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use weir::filter::{Action, StreamInfo};
+use weir::filter::Action;
 use weir::plugin::host::HostServices;
 
 #[path = "../../tests/wasm/build_filters.rs"]
@@ -69,18 +69,7 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
-    let addr = "127.0.0.1:8080".parse().unwrap();
-    let info = Arc::new(StreamInfo {
-        listener: "bench".into(),
-        peer: addr,
-        local: addr,
-        tls: false,
-        tls_session: None,
-        route: None,
-        attributes: Default::default(),
-        request: Default::default(),
-        start: std::time::SystemTime::now(),
-    });
+    let info = weir_benches::stream_info(None);
     // Four traps per plugin version: five in ten seconds quarantine it.
     c.bench_function(&format!("pw_test_trap_{pool}"), |b| {
         b.iter_custom(|iters| {

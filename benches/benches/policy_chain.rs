@@ -18,7 +18,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use weir::filter::{ChainEntry, FilterChain, HttpFilter, StreamInfo};
+use weir::filter::{ChainEntry, FilterChain, HttpFilter};
 use weir::plugin::host::HostServices;
 
 /// Builds the four plugins with the `plugin` profile, as shipped.
@@ -112,7 +112,6 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let addr = "127.0.0.1:8080".parse().unwrap();
     let log = weir::filter::LogInfo {
         status: 200,
         route: Some("api".into()),
@@ -123,17 +122,7 @@ fn bench(c: &mut Criterion) {
         let alone_authz = name.ends_with("/authz_rbac");
         c.bench_function(name, |b| {
             b.iter(|| {
-                let info = Arc::new(StreamInfo {
-                    listener: "bench".into(),
-                    route: Some("api".into()),
-                    peer: addr,
-                    local: addr,
-                    tls: false,
-                    tls_session: None,
-                    attributes: Default::default(),
-                    request: Default::default(),
-                    start: std::time::SystemTime::now(),
-                });
+                let info = weir_benches::stream_info(Some("api"));
                 if alone_authz {
                     // What authn-jwt publishes in the whole chain.
                     let _ = info

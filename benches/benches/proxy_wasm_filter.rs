@@ -19,7 +19,6 @@ use std::sync::Arc;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use weir::filter::StreamInfo;
 use weir::plugin::host::HostServices;
 
 #[path = "../../tests/wasm/build_filters.rs"]
@@ -53,18 +52,7 @@ fn one(c: &mut Criterion, bench: &str, wasm: &str, name: &str) {
         Arc::new(weir::telemetry::Metrics::new()),
     ));
     let filter = weir::abi::proxy_wasm::ProxyWasmPlugin::load(spec, &bytes, host, 1).unwrap();
-    let addr = "127.0.0.1:8080".parse().unwrap();
-    let info = Arc::new(StreamInfo {
-        listener: "bench".into(),
-        peer: addr,
-        local: addr,
-        tls: false,
-        tls_session: None,
-        route: None,
-        attributes: Default::default(),
-        request: Default::default(),
-        start: std::time::SystemTime::now(),
-    });
+    let info = weir_benches::stream_info(None);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1062,13 +1062,7 @@ pub fn describe(bytes: &[u8]) -> Result<String, String> {
         async {
             let bindings = Plugin::instantiate_async(&mut store, &component, linker)
                 .await
-                .map_err(|e| {
-                    format!(
-                        "instantiation failed: {}{}",
-                        e.root_cause(),
-                        engine::pool_hint(&e)
-                    )
-                })?;
+                .map_err(|e| engine::instantiation_failed(&e, e.root_cause()))?;
             bindings
                 .weir_filter_filter()
                 .call_config_schema(&mut store)
@@ -1218,13 +1212,7 @@ impl ComponentCore {
         store.data_mut().entered = Instant::now();
         store.data_mut().cpu_check.reset();
         store.set_epoch_deadline(engine::ticks(startup));
-        let instantiated = |e: wasmtime::Error| {
-            format!(
-                "instantiation failed: {}{}",
-                trap_message(&e),
-                engine::pool_hint(&e)
-            )
-        };
+        let instantiated = |e: wasmtime::Error| engine::instantiation_failed(&e, trap_message(&e));
         let (bindings, sync) = if self.waits {
             let b = self
                 .pre

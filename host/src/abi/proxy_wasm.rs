@@ -90,18 +90,7 @@ impl ProxyWasmPlugin {
             let instances = (0..workers.max(1))
                 .map(|i| {
                     Mutex::new(Vm {
-                        store: Store::new(
-                            pre.module().engine(),
-                            vm::new_state(
-                                weak.clone(),
-                                spec.name.clone().into(),
-                                abi,
-                                i,
-                                0,
-                                spec.memory_limit,
-                                spec.health.callback_shard(),
-                            ),
-                        ),
+                        store: bare_store(weak.clone(), &spec, abi, pre.module().engine(), i, 0),
                         exports: Arc::new(empty_exports()),
                         failed: Some("not started".into()),
                     })
@@ -124,6 +113,31 @@ impl ProxyWasmPlugin {
         tracing::info!(plugin.name = %core.spec.name, abi = %abi, instances = core.instances.len(), module = origin.as_str(), "plugin loaded");
         Ok(Arc::new(ProxyWasmPlugin(core)))
     }
+}
+
+/// A store for instance `index` of `plugin`, with nothing instantiated in
+/// it: where an instance starts, and what holds an instance's place while
+/// it has none.
+fn bare_store(
+    plugin: std::sync::Weak<PluginCore>,
+    spec: &PluginSpec,
+    abi: AbiVersion,
+    engine: &wasmtime::Engine,
+    index: usize,
+    generation: u64,
+) -> Store<VmState> {
+    Store::new(
+        engine,
+        vm::new_state(
+            plugin,
+            spec.name.clone().into(),
+            abi,
+            index,
+            generation,
+            spec.memory_limit,
+            spec.health.callback_shard(),
+        ),
+    )
 }
 
 /// Describes a proxy-wasm module: ABI, the callbacks it exports, its imports.
@@ -270,18 +284,21 @@ impl PluginCore {
         self.instances[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Instantiates, initialises and configures instance `index`.
-    fn start_instance(self: &Arc<Self>, index: usize, generation: u64) -> Result<Vm, String> {
-        let state = vm::new_state(
+    /// A store for instance `index`, with nothing instantiated in it.
+    fn bare_store(self: &Arc<Self>, index: usize, generation: u64) -> Store<VmState> {
+        bare_store(
             Arc::downgrade(self),
-            self.spec.name.clone().into(),
+            &self.spec,
             self.abi,
+            self.pre.module().engine(),
             index,
             generation,
-            self.spec.memory_limit,
-            self.spec.health.callback_shard(),
-        );
-        let mut store = Store::new(self.pre.module().engine(), state);
+        )
+    }
+
+    /// Instantiates, initialises and configures instance `index`.
+    fn start_instance(self: &Arc<Self>, index: usize, generation: u64) -> Result<Vm, String> {
+        let mut store = self.bare_store(index, generation);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         // A deadline stops the code only if it burns CPU (not when its
         // thread was merely preempted): `cpu_limit` is CPU time.
@@ -292,13 +309,10 @@ impl PluginCore {
         let startup = self.spec.cpu_limit.max(Duration::from_secs(1));
         store.data_mut().cpu_limit = startup;
         store.set_epoch_deadline(engine::ticks(startup));
-        let instance = self.pre.instantiate(&mut store).map_err(|e| {
-            format!(
-                "instantiation failed: {}{}",
-                e.root_cause(),
-                engine::pool_hint(&e)
-            )
-        })?;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| engine::instantiation_failed(&e, e.root_cause()))?;
         let memory = instance.get_memory(&mut store, "memory");
         let malloc = instance
             .get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
@@ -409,18 +423,7 @@ impl PluginCore {
         // with every slot in use still has one for it. An empty store holds
         // its place (its generation already the successor's) meanwhile, and
         // for good if the successor cannot start.
-        let placeholder = Store::new(
-            self.pre.module().engine(),
-            vm::new_state(
-                Arc::downgrade(self),
-                self.spec.name.clone().into(),
-                self.abi,
-                index,
-                generation + 1,
-                self.spec.memory_limit,
-                self.spec.health.callback_shard(),
-            ),
-        );
+        let placeholder = self.bare_store(index, generation + 1);
         drop(std::mem::replace(&mut vm.store, placeholder));
         match self.start_instance(index, generation + 1) {
             Ok(fresh) => *vm = fresh,

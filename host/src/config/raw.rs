@@ -90,7 +90,8 @@ pub struct RawPlugins {
     pub cache_dir: Option<String>,
     /// Plugin instances that can exist at once, in the pooling allocator's
     /// slots: each reserves 4 GiB of address space (not memory). 0 maps
-    /// each instance's memory on its own. Default 1000. Read at start only.
+    /// each instance's memory on its own. Default 32 per worker, at least
+    /// 1000. Read at start only.
     pub instance_slots: Option<u32>,
     /// Plugins built into weir to run before the folder's, such as `["telemetry"]`.
     pub bundled: Vec<String>,

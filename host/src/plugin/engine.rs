@@ -37,7 +37,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 const MEMORY_CACHE_ENTRIES: usize = 32;
 
 static CACHE_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-static INSTANCE_SLOTS: OnceLock<u32> = OnceLock::new();
+static DISK_CACHE: OnceLock<wasmtime::Cache> = OnceLock::new();
 
 /// Instance slots of each engine's pool when the config names none
 /// (`[plugins] instance_slots`) and the process has few workers: see
@@ -69,7 +69,8 @@ const KEEP_RESIDENT: usize = 1 << 20;
 /// a new instance reuses another plugin's slot. Bounds what idle slots keep
 /// mapped to this many times [`KEEP_RESIDENT`].
 const WARM_SLOTS: u32 = 16;
-static DISK_CACHE: OnceLock<wasmtime::Cache> = OnceLock::new();
+
+static INSTANCE_SLOTS: OnceLock<u32> = OnceLock::new();
 
 /// Where a compiled module came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,13 +153,15 @@ fn pooling(slots: u32) -> wasmtime::PoolingAllocationConfig {
     pool
 }
 
-/// The hint an instantiation error gets when the pool is full.
-pub fn pool_hint(e: &wasmtime::Error) -> &'static str {
-    if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+/// The error of an instance that could not be made: `cause` (how the
+/// caller words `e`), and what to raise when the pool is full.
+pub fn instantiation_failed(e: &wasmtime::Error, cause: impl std::fmt::Display) -> String {
+    let hint = if e.is::<wasmtime::PoolConcurrencyLimitError>() {
         " (every plugin instance slot is in use: raise [plugins] instance_slots, read at start)"
     } else {
         ""
-    }
+    };
+    format!("instantiation failed: {cause}{hint}")
 }
 
 /// The optimizing engine, with epoch interruption on and its ticker
@@ -937,10 +940,14 @@ mod tests {
         let first = start().expect("the one slot is free");
         let e = start().expect_err("the one slot is taken");
         assert!(
-            pool_hint(&e).contains("raise [plugins] instance_slots"),
+            instantiation_failed(&e, "full").contains("raise [plugins] instance_slots"),
             "{e:?}"
         );
-        assert_eq!(pool_hint(&wasmtime::Error::msg("another failure")), "");
+        let other = wasmtime::Error::msg("another failure");
+        assert_eq!(
+            instantiation_failed(&other, "another failure"),
+            "instantiation failed: another failure"
+        );
         drop(first);
         start().expect("the freed slot serves again");
     }
