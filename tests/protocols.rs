@@ -46,6 +46,55 @@ async fn http2_prior_knowledge_downstream_reaches_an_http1_upstream() {
 }
 
 #[tokio::test]
+async fn http2_clusters_send_the_host_as_authority_on_one_connection() {
+    let a = Upstream::start("a").await;
+    let config = format!(
+        "[[cluster]]\nname = \"up\"\nendpoints = [\"{}\"]\nprotocol = \"http2\"\n\n\
+         [[route]]\nname = \"rewritten\"\nmatch = {{ prefix = \"/rw\" }}\ncluster = \"up\"\nhost_rewrite = \"internal.svc\"\n\n\
+         [[route]]\nname = \"all\"\ncluster = \"up\"\n",
+        a.addr
+    );
+    let w = Weir::start(&config).await;
+    let c = reqwest::Client::new();
+    let answers = futures_util::future::join_all((0..20).map(|i| {
+        c.get(w.url(&format!("/m{i}")))
+            .header("host", "api.example.test")
+            .send()
+    }))
+    .await;
+    for r in answers {
+        let r = r.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["version"], "HTTP/2.0");
+        assert_eq!(
+            v["authority"], "api.example.test",
+            "the client's host is the upstream's :authority, as Envoy sends it"
+        );
+        assert!(
+            v["headers"].get("host").is_none(),
+            "no Host header beside :authority: {v}"
+        );
+    }
+    let r = c
+        .get(w.url("/rw/x"))
+        .header("host", "api.example.test")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["authority"], "internal.svc",
+        "host_rewrite sets :authority"
+    );
+    assert_eq!(
+        a.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "every request multiplexed on one upstream connection"
+    );
+}
+
+#[tokio::test]
 async fn grpc_unary_and_streaming_calls_pass_with_trailers() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
@@ -229,10 +278,21 @@ name = "wrong-name"
 endpoints = ["127.0.0.1:{up_port}"]
 tls = {{ ca = "{ca}", sni = "other.test" }}
 
+[[cluster]]
+name = "good-h2"
+endpoints = ["127.0.0.1:{up_port}"]
+protocol = "http2"
+tls = {{ ca = "{ca}", sni = "upstream.test" }}
+
 [[route]]
 name = "wrong"
 match = {{ prefix = "/wrong" }}
 cluster = "wrong-name"
+
+[[route]]
+name = "h2"
+match = {{ prefix = "/h2" }}
+cluster = "good-h2"
 
 [[route]]
 name = "good"
@@ -248,6 +308,11 @@ cluster = "good"
         v["headers"]["x-forwarded-proto"], "https",
         "the upstream weir saw TLS"
     );
+    assert_eq!(v["version"], "HTTP/1.1");
+    let r = reqwest::get(w.url("/h2")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["version"], "HTTP/2.0", "ALPN chose h2 upstream");
     let r = reqwest::get(w.url("/wrong")).await.unwrap();
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().contains("upstream connect error"));

@@ -352,6 +352,7 @@ async fn answer(
         "path": uri.path(),
         "query": uri.query(),
         "version": version,
+        "authority": uri.authority().map(|a| a.as_str()),
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
     });

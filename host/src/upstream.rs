@@ -1,40 +1,102 @@
 //! Upstream clusters: endpoints, balancing, connection pools, TLS origination.
 //!
-//! A [`Cluster`] owns a connection pool (weir's own for HTTP/1.1 keep-alive,
-//! hyper-util's for HTTP/2 multiplexed) and an
+//! A [`Cluster`] owns a connection pool (HTTP/1.1 keep-alive connections,
+//! or one multiplexed HTTP/2 connection per endpoint) and an
 //! [`lb::EndpointSet`] that DNS refreshes swap as a whole.
 
-mod connector;
+mod dial;
 pub mod lb;
+mod multiplex;
 mod pool;
 mod resolve;
 pub mod retry;
 pub mod tls;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{Response, Uri, header};
 use prometheus_client::metrics::gauge::Gauge;
 use rustls_pki_types::ServerName;
 
 use crate::body::Body;
 use crate::config::{ClusterConfig, UpstreamProtocol};
 use crate::telemetry::Metrics;
-use connector::{Connector, SniResolver};
+use dial::{Dialer, TlsOrigin};
 use lb::{Balancer, Endpoint, EndpointSet};
+use multiplex::Http2Pool;
 use pool::Http1Pool;
-pub use pool::{SendError, UpstreamBody};
+pub use pool::UpstreamBody;
+
+/// Why a request could not be sent upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection to the endpoint could be made.
+    #[error("tcp connect to {addr}: {source}")]
+    Connect {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The TLS handshake with the endpoint failed (its certificate was
+    /// refused, or it spoke no TLS).
+    #[error("tls handshake with {addr}: {source}")]
+    Tls {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The handshake error.
+        source: std::io::Error,
+    },
+    /// Connecting (TCP, and TLS if the cluster originates it) took longer
+    /// than the cluster's `connect_timeout`.
+    #[error("connect to {addr}: timed out after {after:?}")]
+    ConnectTimeout {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The cluster's `connect_timeout`.
+        after: Duration,
+    },
+    /// The HTTP/2 connection preface could not be sent.
+    #[error("HTTP/2 handshake with {addr}: {source}")]
+    Handshake {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// hyper's error.
+        source: hyper::Error,
+    },
+    /// The connect this request waited for (another request's, to the same
+    /// HTTP/2 endpoint) failed.
+    #[error(transparent)]
+    Dial(Arc<SendError>),
+    /// The connection failed while the request was sent or answered.
+    #[error(transparent)]
+    Request(#[from] hyper::Error),
+}
+
+impl SendError {
+    /// Whether no connection could be made (as opposed to one failing).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Connect { .. }
+            | SendError::Tls { .. }
+            | SendError::ConnectTimeout { .. }
+            | SendError::Handshake { .. } => true,
+            SendError::Dial(e) => e.is_connect(),
+            SendError::Request(_) => false,
+        }
+    }
+}
 
 /// How a cluster's requests reach its endpoints.
 enum Transport {
-    /// HTTP/1.1, plain or over TLS: weir's pool, keyed by endpoint address.
-    Own(Arc<Http1Pool>),
-    /// HTTP/2: hyper-util's pool (ALPN h2, multiplexing).
-    Shared(Box<Client<Connector, Body>>),
+    /// HTTP/1.1, plain or over TLS: idle connections kept per endpoint.
+    Http1(Arc<Http1Pool>),
+    /// HTTP/2, h2c or over TLS with ALPN h2: one multiplexed connection per
+    /// endpoint.
+    Http2(Arc<Http2Pool>),
 }
 
 /// An upstream service: its endpoints, balancer and connection pool.
@@ -74,25 +136,19 @@ impl Cluster {
         }
         let endpoints = Arc::new(ArcSwap::from_pointee(EndpointSet::new(eps, config.lb)));
         let mut cert_watch = None;
-        let transport = if config.protocol == UpstreamProtocol::Http1 {
-            let tls = match &config.tls {
-                Some(tls) => Some(tls_origin(&config.name, tls, metrics, &mut cert_watch)?),
-                None => None,
-            };
-            Transport::Own(Http1Pool::start(
-                tls,
-                config.idle_timeout,
-                config.max_idle_per_endpoint,
-                config.connect_timeout,
-                metrics.upstream_connections(&config.name),
-            ))
-        } else {
-            Transport::Shared(Box::new(shared_client(
-                &config,
-                &endpoints,
-                metrics,
-                &mut cert_watch,
-            )?))
+        let tls = match &config.tls {
+            Some(tls) => Some(tls_origin(&config, tls, metrics, &mut cert_watch)?),
+            None => None,
+        };
+        let dialer = Dialer::new(
+            tls,
+            config.connect_timeout,
+            metrics.upstream_connections(&config.name),
+        );
+        let (idle, max_idle) = (config.idle_timeout, config.max_idle_per_endpoint);
+        let transport = match config.protocol {
+            UpstreamProtocol::Http1 => Transport::Http1(Http1Pool::start(dialer, idle, max_idle)),
+            UpstreamProtocol::Http2 => Transport::Http2(Http2Pool::start(dialer, idle, max_idle)),
         };
         let scheme = if config.tls.is_some() {
             http::uri::Scheme::HTTPS
@@ -140,9 +196,18 @@ impl Cluster {
         endpoint: &Endpoint,
         path_and_query: Option<&http::uri::PathAndQuery>,
     ) -> Uri {
+        self.uri_at(endpoint.authority.clone(), path_and_query)
+    }
+
+    /// The URI for `path_and_query` with `authority`, in this cluster's scheme.
+    fn uri_at(
+        &self,
+        authority: http::uri::Authority,
+        path_and_query: Option<&http::uri::PathAndQuery>,
+    ) -> Uri {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(endpoint.authority.clone());
+        parts.authority = Some(authority);
         parts.path_and_query = Some(
             path_and_query
                 .cloned()
@@ -152,7 +217,8 @@ impl Cluster {
     }
 
     /// Sends `req` to `endpoint` through the cluster's pool, whatever form
-    /// its URI has (the pool puts the form its protocol needs).
+    /// its URI has (the pool puts the form its protocol needs). To HTTP/2
+    /// endpoints the `Host` header goes as `:authority`, as Envoy sends it.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
@@ -160,7 +226,7 @@ impl Cluster {
         body: Body,
     ) -> Result<UpstreamResponse, SendError> {
         match &self.transport {
-            Transport::Own(pool) => {
+            Transport::Http1(pool) => {
                 if head.uri.scheme().is_some() || head.uri.authority().is_some() {
                     let pq = head.uri.path_and_query().cloned();
                     head.uri =
@@ -168,10 +234,20 @@ impl Cluster {
                 }
                 pool.send(endpoint.addr, &endpoint.host, head, body).await
             }
-            Transport::Shared(client) => {
-                head.uri = self.uri(endpoint, head.uri.path_and_query());
-                let req = Request::from_parts(*head, body);
-                Ok(client.request(req).await?.map(UpstreamBody::from))
+            Transport::Http2(pool) => {
+                let host = head
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+                head.uri = match host {
+                    Some(authority) => {
+                        head.headers.remove(header::HOST);
+                        self.uri_at(authority, head.uri.path_and_query())
+                    }
+                    // No Host, or one that is no authority: the endpoint's.
+                    None => self.uri(endpoint, head.uri.path_and_query()),
+                };
+                pool.send(endpoint.addr, &endpoint.host, head, body).await
             }
         }
     }
@@ -224,65 +300,22 @@ fn client_tls(
     Ok((client.config, sni))
 }
 
-/// TLS origination for an HTTP/1.1 cluster's pool.
+/// TLS origination for a cluster's pool; an HTTP/2 cluster offers `h2`
+/// through ALPN.
 fn tls_origin(
-    cluster: &str,
+    config: &ClusterConfig,
     tls: &crate::config::ClusterTls,
     metrics: &Arc<Metrics>,
     cert_watch: &mut Option<crate::mesh::rotate::PairWatcher>,
-) -> Result<pool::TlsOrigin, String> {
-    let (config, sni) = client_tls(cluster, tls, metrics, cert_watch)?;
-    Ok(pool::TlsOrigin {
-        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+) -> Result<TlsOrigin, String> {
+    let (mut client, sni) = client_tls(&config.name, tls, metrics, cert_watch)?;
+    if config.protocol == UpstreamProtocol::Http2 {
+        client.alpn_protocols = vec![b"h2".to_vec()];
+    }
+    Ok(TlsOrigin {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
         sni,
     })
-}
-
-/// hyper-util's pool for an HTTP/2 cluster (h2c with prior knowledge, or
-/// ALPN h2 with `tls`); `cert_watch` gets the watcher of its client
-/// certificate, if it has one.
-fn shared_client(
-    config: &ClusterConfig,
-    endpoints: &Arc<ArcSwap<EndpointSet>>,
-    metrics: &Arc<Metrics>,
-    cert_watch: &mut Option<crate::mesh::rotate::PairWatcher>,
-) -> Result<Client<Connector, Body>, String> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.connect_timeout));
-    let builder = match &config.tls {
-        Some(tls) => {
-            let (client, fixed) = client_tls(&config.name, tls, metrics, cert_watch)?;
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(client)
-                .https_only()
-                .with_server_name_resolver(SniResolver {
-                    fixed,
-                    endpoints: endpoints.clone(),
-                })
-        }
-        None => hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(
-                tls::client_config(&config.name, &crate::config::ClusterTls::default(), None)?
-                    .config,
-            )
-            .https_or_http()
-            .with_server_name_resolver(SniResolver {
-                fixed: None,
-                endpoints: endpoints.clone(),
-            }),
-    };
-    let https = builder.enable_http2().wrap_connector(http);
-    let connector = Connector::new(https, metrics.upstream_connections(&config.name));
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(config.idle_timeout)
-        .pool_max_idle_per_host(config.max_idle_per_endpoint)
-        .http2_only(true)
-        .set_host(false)
-        .build(connector))
 }
 
 async fn refresh_dns(cluster: Weak<Cluster>) {

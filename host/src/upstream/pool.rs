@@ -6,8 +6,8 @@
 //! and goes back to its list when the response body has been read to its
 //! end: a body dropped early leaves the connection to close, as its next
 //! bytes are unknown. Compared with hyper-util's general pool this does no
-//! hashing of a URI authority per request and boxes no future per request;
-//! HTTP/2 clusters keep hyper-util's pool.
+//! hashing of a URI authority per request and boxes no future per request.
+//! HTTP/2 clusters use [`super::multiplex`].
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -24,107 +24,35 @@ use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use prometheus_client::metrics::gauge::Gauge;
 use rustc_hash::FxHashMap;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 
-use super::connector::Counted;
+use super::SendError;
+use super::dial::Dialer;
 use crate::body::Body;
-
-/// Why a request could not be sent through the pool.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// No connection to the endpoint could be made.
-    #[error("tcp connect to {addr}: {source}")]
-    Connect {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// The socket error.
-        source: std::io::Error,
-    },
-    /// The TLS handshake with the endpoint failed (its certificate was
-    /// refused, or it spoke no TLS).
-    #[error("tls handshake with {addr}: {source}")]
-    Tls {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// The handshake error.
-        source: std::io::Error,
-    },
-    /// Connecting (TCP, and TLS if the cluster originates it) took longer
-    /// than the cluster's `connect_timeout`.
-    #[error("connect to {addr}: timed out after {after:?}")]
-    ConnectTimeout {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// The cluster's `connect_timeout`.
-        after: Duration,
-    },
-    /// The connection failed while the request was sent or answered.
-    #[error(transparent)]
-    Request(#[from] hyper::Error),
-    /// hyper-util's pool (TLS and HTTP/2 clusters) failed.
-    #[error(transparent)]
-    Legacy(#[from] hyper_util::client::legacy::Error),
-}
-
-impl SendError {
-    /// Whether no connection could be made (as opposed to one failing).
-    pub fn is_connect(&self) -> bool {
-        match self {
-            SendError::Connect { .. }
-            | SendError::Tls { .. }
-            | SendError::ConnectTimeout { .. } => true,
-            SendError::Request(_) => false,
-            SendError::Legacy(e) => e.is_connect(),
-        }
-    }
-}
 
 struct Idle {
     tx: SendRequest<Body>,
     since: Instant,
 }
 
-/// TLS origination for a pool's connections.
-pub struct TlsOrigin {
-    /// The cluster's client config: roots, client certificate, identity check.
-    pub connector: tokio_rustls::TlsConnector,
-    /// `tls.sni`; without it, each endpoint's host as written in the config.
-    pub sni: Option<ServerName<'static>>,
-}
-
 /// The pool of one cluster.
 pub struct Http1Pool {
     idle: Mutex<FxHashMap<SocketAddr, Vec<Idle>>>,
-    tls: Option<TlsOrigin>,
+    dialer: Dialer,
     idle_timeout: Duration,
     max_idle: usize,
-    connect_timeout: Duration,
-    open: Gauge,
 }
 
 impl Http1Pool {
     /// A pool keeping at most `max_idle` idle connections per endpoint for
-    /// `idle_timeout`, counting open connections in `open`, over TLS when
-    /// `tls` says. Starts the task that closes connections idle for longer
-    /// (it ends with the pool).
-    pub fn start(
-        tls: Option<TlsOrigin>,
-        idle_timeout: Duration,
-        max_idle: usize,
-        connect_timeout: Duration,
-        open: Gauge,
-    ) -> Arc<Http1Pool> {
+    /// `idle_timeout`, connecting with `dialer`. Starts the task that closes
+    /// connections idle for longer (it ends with the pool).
+    pub fn start(dialer: Dialer, idle_timeout: Duration, max_idle: usize) -> Arc<Http1Pool> {
         let pool = Arc::new(Http1Pool {
             idle: Mutex::default(),
-            tls,
+            dialer,
             idle_timeout,
             max_idle,
-            connect_timeout,
-            open,
         });
         tokio::spawn(reap(Arc::downgrade(&pool)));
         pool
@@ -204,42 +132,10 @@ impl Http1Pool {
         }
     }
 
+    /// Connects to `addr` and starts HTTP/1.1 on the connection, with the
+    /// task that drives it.
     async fn connect(&self, addr: SocketAddr, host: &str) -> Result<SendRequest<Body>, SendError> {
-        let connect = async {
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|source| SendError::Connect { addr, source })?;
-            stream
-                .set_nodelay(true)
-                .map_err(|source| SendError::Connect { addr, source })?;
-            let Some(tls) = &self.tls else {
-                return self.handshake(stream, addr).await;
-            };
-            let name = match &tls.sni {
-                Some(n) => n.clone(),
-                None => server_name(host).map_err(|source| SendError::Tls { addr, source })?,
-            };
-            let stream = tls
-                .connector
-                .connect(name, stream)
-                .await
-                .map_err(|source| SendError::Tls { addr, source })?;
-            self.handshake(stream, addr).await
-        };
-        tokio::time::timeout(self.connect_timeout, connect)
-            .await
-            .map_err(|_| SendError::ConnectTimeout {
-                addr,
-                after: self.connect_timeout,
-            })?
-    }
-
-    /// Starts HTTP/1.1 on a connected `io` and the task that drives it.
-    async fn handshake<T>(&self, io: T, addr: SocketAddr) -> Result<SendRequest<Body>, SendError>
-    where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-    {
-        let io = Counted::new(TokioIo::new(io), self.open.clone());
+        let io = self.dialer.dial(addr, host).await?;
         let (tx, conn) = hyper::client::conn::http1::handshake(io).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -264,18 +160,6 @@ impl Http1Pool {
         let idle = self.idle.lock().unwrap();
         idle.get(&addr).map_or(0, Vec::len)
     }
-}
-
-/// The TLS server name for an endpoint's configured host (a DNS name or an
-/// IP, brackets off).
-fn server_name(host: &str) -> Result<ServerName<'static>, std::io::Error> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(bare.to_string()).map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{host:?} is no TLS server name ({e}): set the cluster's tls.sni"),
-        )
-    })
 }
 
 async fn reap(pool: Weak<Http1Pool>) {
@@ -371,6 +255,7 @@ impl HttpBody for UpstreamBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use rustls_pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -470,7 +355,7 @@ mod tests {
     }
 
     fn tls_pool(client: rustls::ClientConfig, sni: Option<&str>) -> Arc<Http1Pool> {
-        let tls = TlsOrigin {
+        let tls = super::super::dial::TlsOrigin {
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
             sni: sni.map(|n| ServerName::try_from(n.to_string()).unwrap()),
         };
@@ -496,17 +381,12 @@ mod tests {
     }
 
     fn pool_with(
-        tls: Option<TlsOrigin>,
+        tls: Option<super::super::dial::TlsOrigin>,
         max_idle: usize,
         idle_timeout: Duration,
     ) -> Arc<Http1Pool> {
-        Http1Pool::start(
-            tls,
-            idle_timeout,
-            max_idle,
-            Duration::from_secs(2),
-            Gauge::default(),
-        )
+        let dialer = Dialer::new(tls, Duration::from_secs(2), Default::default());
+        Http1Pool::start(dialer, idle_timeout, max_idle)
     }
 
     #[tokio::test]
