@@ -16,9 +16,8 @@ use tokio_util::either::Either;
 
 use super::SendError;
 
-/// A connection to an endpoint: plain TCP or TLS over it, counted while it
-/// lives, ready for hyper.
-pub type Io = Counted<TokioIo<Either<TcpStream, TlsStream<TcpStream>>>>;
+/// A connection to an endpoint: plain TCP or TLS over it.
+pub type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// TLS origination for a pool's connections.
 pub struct TlsOrigin {
@@ -49,8 +48,9 @@ impl Dialer {
 
     /// Connects to `addr`, whose host as configured is `host` (the TLS
     /// server name without `tls.sni`). The error names the address and
-    /// what failed: the TCP connect, the handshake, or the time.
-    pub async fn dial(&self, addr: SocketAddr, host: &str) -> Result<Io, SendError> {
+    /// what failed: the TCP connect, the handshake, or the time. Give the
+    /// stream to [`Dialer::counted`] for hyper.
+    pub async fn dial(&self, addr: SocketAddr, host: &str) -> Result<Stream, SendError> {
         let connect = async {
             let stream = TcpStream::connect(addr)
                 .await
@@ -72,13 +72,19 @@ impl Dialer {
                 .map_err(|source| SendError::Tls { addr, source })?;
             Ok::<_, SendError>(Either::Right(stream))
         };
-        let stream = tokio::time::timeout(self.connect_timeout, connect)
+        tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| SendError::ConnectTimeout {
                 addr,
                 after: self.connect_timeout,
-            })??;
-        Ok(Counted::new(TokioIo::new(stream), self.open.clone()))
+            })?
+    }
+
+    /// `io` ready for hyper, counted among the cluster's open connections
+    /// while it lives. (The HTTP/1.1 pool unwraps a plain stream first, so
+    /// that its connections' reads and writes do not branch on TLS.)
+    pub fn counted<T>(&self, io: T) -> Counted<TokioIo<T>> {
+        Counted::new(TokioIo::new(io), self.open.clone())
     }
 }
 

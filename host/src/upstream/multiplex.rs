@@ -165,7 +165,7 @@ impl Http2Pool {
     /// Connects to `addr` and starts HTTP/2 on the connection, with the task
     /// that drives it.
     async fn connect(&self, addr: SocketAddr, host: &str) -> Result<SendRequest<Body>, SendError> {
-        let io = self.dialer.dial(addr, host).await?;
+        let io = self.dialer.counted(self.dialer.dial(addr, host).await?);
         let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)

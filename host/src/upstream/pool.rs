@@ -25,6 +25,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use rustc_hash::FxHashMap;
+use tokio_util::either::Either;
 
 use super::SendError;
 use super::dial::Dialer;
@@ -132,11 +133,20 @@ impl Http1Pool {
         }
     }
 
-    /// Connects to `addr` and starts HTTP/1.1 on the connection, with the
-    /// task that drives it.
+    /// Connects to `addr` and starts HTTP/1.1 on the connection.
     async fn connect(&self, addr: SocketAddr, host: &str) -> Result<SendRequest<Body>, SendError> {
-        let io = self.dialer.dial(addr, host).await?;
-        let (tx, conn) = hyper::client::conn::http1::handshake(io).await?;
+        match self.dialer.dial(addr, host).await? {
+            Either::Left(tcp) => self.handshake(tcp, addr).await,
+            Either::Right(tls) => self.handshake(tls, addr).await,
+        }
+    }
+
+    /// Starts HTTP/1.1 on a connected `io` and the task that drives it.
+    async fn handshake<T>(&self, io: T, addr: SocketAddr) -> Result<SendRequest<Body>, SendError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (tx, conn) = hyper::client::conn::http1::handshake(self.dialer.counted(io)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
