@@ -190,15 +190,6 @@ impl Cluster {
         self.pick(hash)
     }
 
-    /// The URI for `path_and_query` at `endpoint`.
-    pub fn uri(
-        &self,
-        endpoint: &Endpoint,
-        path_and_query: Option<&http::uri::PathAndQuery>,
-    ) -> Uri {
-        self.uri_at(endpoint.authority.clone(), path_and_query)
-    }
-
     /// The URI for `path_and_query` with `authority`, in this cluster's scheme.
     fn uri_at(
         &self,
@@ -245,7 +236,7 @@ impl Cluster {
                         self.uri_at(authority, head.uri.path_and_query())
                     }
                     // No Host, or one that is no authority: the endpoint's.
-                    None => self.uri(endpoint, head.uri.path_and_query()),
+                    None => self.uri_at(endpoint.authority.clone(), head.uri.path_and_query()),
                 };
                 pool.send(endpoint.addr, &endpoint.host, head, body).await
             }
@@ -316,6 +307,22 @@ fn tls_origin(
         connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
         sni,
     })
+}
+
+/// Starts the task that runs `reap` on `pool` every half of `idle_timeout`
+/// (at least every 100 ms) and ends with the pool.
+fn start_reaper<P: Send + Sync + 'static>(pool: &Arc<P>, idle_timeout: Duration, reap: fn(&P)) {
+    let pool = Arc::downgrade(pool);
+    let every = (idle_timeout / 2).max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match pool.upgrade() {
+                Some(p) => reap(&p),
+                None => return,
+            }
+        }
+    });
 }
 
 async fn refresh_dns(cluster: Weak<Cluster>) {

@@ -16,7 +16,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -72,7 +72,7 @@ impl Http2Pool {
             idle_timeout,
             keep: max_idle > 0,
         });
-        tokio::spawn(reap(Arc::downgrade(&pool)));
+        super::start_reaper(&pool, idle_timeout, Self::reap_now);
         pool
     }
 
@@ -201,20 +201,6 @@ impl Http2Pool {
     #[cfg(test)]
     async fn kept(&self, addr: SocketAddr) -> bool {
         self.slot(addr).conn.lock().await.tx.is_some()
-    }
-}
-
-async fn reap(pool: Weak<Http2Pool>) {
-    let every = match pool.upgrade() {
-        Some(p) => (p.idle_timeout / 2).max(Duration::from_millis(100)),
-        None => return,
-    };
-    loop {
-        tokio::time::sleep(every).await;
-        match pool.upgrade() {
-            Some(p) => p.reap_now(),
-            None => return,
-        }
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -55,7 +55,7 @@ impl Http1Pool {
             idle_timeout,
             max_idle,
         });
-        tokio::spawn(reap(Arc::downgrade(&pool)));
+        super::start_reaper(&pool, idle_timeout, Self::reap_now);
         pool
     }
 
@@ -169,20 +169,6 @@ impl Http1Pool {
     fn idle_to(&self, addr: SocketAddr) -> usize {
         let idle = self.idle.lock().unwrap();
         idle.get(&addr).map_or(0, Vec::len)
-    }
-}
-
-async fn reap(pool: Weak<Http1Pool>) {
-    let every = match pool.upgrade() {
-        Some(p) => (p.idle_timeout / 2).max(Duration::from_millis(100)),
-        None => return,
-    };
-    loop {
-        tokio::time::sleep(every).await;
-        match pool.upgrade() {
-            Some(p) => p.reap_now(),
-            None => return,
-        }
     }
 }
 
