@@ -265,15 +265,17 @@ pub type UpstreamResponse = Response<UpstreamBody>;
 /// copies a pointer, not 224 bytes.
 pub type Head = Box<http::request::Parts>;
 
-/// A cluster's TLS settings made usable: its rustls config (CA, client
-/// certificate, `allowed_identities`) and `tls.sni` as a server name.
-/// `cert_watch` gets the watcher of its client certificate, if it has one.
-fn client_tls(
-    cluster: &str,
+/// TLS origination for a cluster's pool: its rustls config (CA, client
+/// certificate, `allowed_identities`; ALPN `h2` for an HTTP/2 cluster) and
+/// `tls.sni` as a server name. `cert_watch` gets the watcher of its client
+/// certificate, if it has one.
+fn tls_origin(
+    config: &ClusterConfig,
     tls: &crate::config::ClusterTls,
     metrics: &Arc<Metrics>,
     cert_watch: &mut Option<crate::mesh::rotate::PairWatcher>,
-) -> Result<(rustls::ClientConfig, Option<ServerName<'static>>), String> {
+) -> Result<TlsOrigin, String> {
+    let cluster = &config.name;
     let client = tls::client_config(cluster, tls, Some(metrics.clone()))?;
     if let Some(pair) = client.client_cert {
         *cert_watch = Some(crate::mesh::rotate::PairWatcher::start(
@@ -288,18 +290,7 @@ fn client_tls(
         }
         None => None,
     };
-    Ok((client.config, sni))
-}
-
-/// TLS origination for a cluster's pool; an HTTP/2 cluster offers `h2`
-/// through ALPN.
-fn tls_origin(
-    config: &ClusterConfig,
-    tls: &crate::config::ClusterTls,
-    metrics: &Arc<Metrics>,
-    cert_watch: &mut Option<crate::mesh::rotate::PairWatcher>,
-) -> Result<TlsOrigin, String> {
-    let (mut client, sni) = client_tls(&config.name, tls, metrics, cert_watch)?;
+    let mut client = client.config;
     if config.protocol == UpstreamProtocol::Http2 {
         client.alpn_protocols = vec![b"h2".to_vec()];
     }

@@ -52,10 +52,9 @@ struct Slot {
 #[derive(Default)]
 struct Conn {
     tx: Option<SendRequest<Body>>,
-    /// Dials started so far.
+    /// Dials started so far; the last made `tx` (a dial starts only when
+    /// there is no `tx`).
     dials: u64,
-    /// The dial that made `tx`.
-    dial: u64,
     used: Option<Instant>,
     /// How the last dial failed, for the requests that waited on it.
     failed: Option<Arc<SendError>>,
@@ -123,7 +122,7 @@ impl Http2Pool {
         conn.used = Some(Instant::now());
         if let Some(tx) = &conn.tx {
             if !tx.is_closed() {
-                return Ok((tx.clone(), conn.dial));
+                return Ok((tx.clone(), conn.dials));
             }
             conn.tx = None;
         }
@@ -139,7 +138,6 @@ impl Http2Pool {
         match dialed {
             Ok(tx) => {
                 conn.failed = None;
-                conn.dial = dial;
                 if self.keep {
                     conn.tx = Some(tx.clone());
                 }
@@ -157,7 +155,7 @@ impl Http2Pool {
     async fn forget(&self, addr: SocketAddr, dial: u64) {
         let slot = self.slot(addr);
         let mut conn = slot.conn.lock().await;
-        if conn.dial == dial {
+        if conn.dials == dial {
             conn.tx = None;
         }
     }
