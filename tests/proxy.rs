@@ -761,6 +761,151 @@ async fn config_reload_under_traffic_fails_no_request_and_bad_files_keep_the_old
     assert!(w.logs().contains("config reload failed"));
 }
 
+/// Polls `url` until `ready` accepts what a new connection gets (or 10 s pass).
+async fn until(url: &str, ready: impl Fn(&Result<u16, reqwest::Error>) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..200 {
+        // A new client per try: each try opens a new connection.
+        let r = reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        if ready(&r) {
+            return format!("{r:?}");
+        }
+        last = format!("{r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never answered as expected; last: {last}");
+}
+
+#[tokio::test]
+async fn listener_changes_apply_on_reload_without_a_restart() {
+    let up = Upstream::start("up").await;
+    let rest = format!(
+        "{}[[route]]\nname = \"all\"\ncluster = \"up\"\n",
+        cluster("up", &[&up], "")
+    );
+    let w = Weir::start(&rest).await;
+    let header = support::base_config(w.admin, w.port);
+    let client = reqwest::Client::new();
+    let post = |url: String| {
+        let client = client.clone();
+        async move {
+            let r = client.post(url).body(vec![b'x'; 100]).send().await;
+            r.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(post(w.url("/")).await, 200);
+
+    // Added: a second listener starts accepting.
+    let port2 = support::free_port();
+    let second = format!("[[listener]]\nname = \"second\"\nlisten = \"127.0.0.1:{port2}\"\n\n");
+    let url2 = format!("http://127.0.0.1:{port2}");
+    w.write_config(&format!("{header}{second}{rest}"));
+    until(&format!("{url2}/"), |r| matches!(r, Ok(200))).await;
+    let listed: Value = reqwest::get(w.admin_url("/listeners"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["name"], "public", "{listed}");
+    assert_eq!(listed[1]["name"], "second", "{listed}");
+    assert_eq!(
+        listed[1]["address"],
+        format!("127.0.0.1:{port2}"),
+        "{listed}"
+    );
+
+    // Changed in place: new connections get the new limit, on the same port.
+    let public = header.replace(
+        "name = \"public\"\n",
+        "name = \"public\"\nmax_request_body = \"64B\"\n",
+    );
+    assert_ne!(public, header);
+    w.write_config(&format!("{public}{second}{rest}"));
+    let mut answered = 0;
+    for _ in 0..200 {
+        answered = post(w.url("/")).await;
+        if answered == 413 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        answered, 413,
+        "the changed listener never applied its new body limit"
+    );
+    assert_eq!(
+        post(format!("{url2}/")).await,
+        200,
+        "the unchanged listener kept its limits"
+    );
+
+    // Removed: it accepts no more, and its request in flight finishes.
+    let slow = tokio::spawn(reqwest::get(format!("{url2}/delay/1500")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.write_config(&format!("{public}{rest}"));
+    until(&format!("{url2}/"), |r| {
+        r.as_ref().is_err_and(|e| e.is_connect())
+    })
+    .await;
+    let slow = slow
+        .await
+        .unwrap()
+        .expect("the request in flight on the removed listener");
+    assert_eq!(slow.status(), 200);
+    assert_eq!(post(w.url("/")).await, 413, "the other listener serves on");
+
+    // A listener that cannot bind fails the whole reload; the old config serves on.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port3 = taken.local_addr().unwrap().port();
+    w.write_config(&format!(
+        "{public}[[listener]]\nname = \"third\"\nlisten = \"127.0.0.1:{port3}\"\n\n{rest}[[route]]\nname = \"later\"\ndirect_response = {{ status = 204 }}\n"
+    ));
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = w.metrics().await;
+        if metrics.contains("weir_config_reloads_total{outcome=\"failure\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        metrics.contains("weir_config_reloads_total{outcome=\"failure\"} 1"),
+        "{metrics}"
+    );
+    let cfg: Value = reqwest::get(w.admin_url("/config"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let error = cfg["last_reload"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "listener \"third\": cannot bind 127.0.0.1:{port3}"
+        )) && error.contains("another process is listening there"),
+        "{cfg}"
+    );
+    assert_eq!(cfg["generation"], 4, "{cfg}");
+    assert_eq!(
+        post(w.url("/")).await,
+        413,
+        "the last good config serves on"
+    );
+    let listed: Value = reqwest::get(w.admin_url("/listeners"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    drop(taken);
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let a = Upstream::start("a").await;

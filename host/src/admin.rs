@@ -39,8 +39,7 @@ pub async fn serve(socket: TcpListener, state: Arc<AppState>, mut shutdown: watc
     }
 }
 
-const ENDPOINTS: &str =
-    "GET /healthz, GET /ready, GET /config, GET /metrics, GET /plugins, POST /plugins/reload";
+const ENDPOINTS: &str = "GET /healthz, GET /ready, GET /config, GET /listeners, GET /metrics, GET /plugins, POST /plugins/reload";
 
 /// Rescans the plugins folder now and answers what changed and where every plugin stands.
 async fn reload_plugins(state: &Arc<AppState>) -> Response<Body> {
@@ -86,6 +85,7 @@ fn respond(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
             r
         }
         "/config" => json_response(config_document(state)),
+        "/listeners" => json_response(json!(state.listeners.shown())),
         "/plugins" => json_response(state.plugins.status()),
         other => text(
             StatusCode::NOT_FOUND,

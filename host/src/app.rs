@@ -1,6 +1,7 @@
 //! Wires the parts together: config, runtime, listeners, admin API, reload
 //! and shutdown.
 
+pub mod listeners;
 mod reload;
 mod timer_anchor;
 
@@ -17,7 +18,6 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError, ConfigErrors};
-use crate::listener::Bound;
 use crate::plugin::host::HostServices;
 use crate::plugin::manager::PluginManager;
 use crate::plugin::watch::PluginWatcher;
@@ -35,6 +35,8 @@ pub struct AppState {
     pub plugins: Arc<PluginManager>,
     /// The plugins folder watcher, when it runs.
     pub plugin_watcher: Option<PluginWatcher>,
+    /// The running listeners, changed by reloads.
+    pub listeners: listeners::Listeners,
     ready: AtomicBool,
     draining: AtomicBool,
     last_reload: Mutex<Value>,
@@ -173,24 +175,26 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             None
         }
     };
+    let tasks = TaskTracker::new();
     let state = Arc::new(AppState {
         shared: shared.clone(),
         config_path: config_path.clone(),
         plugins,
         plugin_watcher,
+        listeners: listeners::Listeners::new(shared.clone(), tasks.clone()),
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         last_reload: Mutex::new(Value::Null),
     });
 
-    let mut bound = Vec::new();
     let mut bind_errors = Vec::new();
-    for l in config.listeners.iter().cloned() {
-        match Bound::bind(l).await {
-            Ok(b) => bound.push(b),
-            Err(e) => bind_errors.push(e),
+    let bound = match state.listeners.plan(&config.listeners).await {
+        Ok(plan) => Some(plan),
+        Err(errors) => {
+            bind_errors = errors;
+            None
         }
-    }
+    };
     let admin = match config.admin {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(s) => Some(s),
@@ -207,10 +211,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
 
     tokio::spawn(timer_anchor::run());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let tasks = TaskTracker::new();
-    for b in bound {
-        tracing::info!(address = %b.local_addr(), "listening");
-        tokio::spawn(b.run(shared.clone(), stop_rx.clone(), tasks.clone()));
+    if let Some(plan) = bound {
+        plan.commit();
     }
     if let Some(socket) = admin {
         tracing::info!(address = %socket.local_addr().context("admin address")?, "admin API listening");
@@ -226,6 +228,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     state.draining.store(true, Ordering::Release);
     tracing::info!(grace = ?config.server.drain_timeout, "draining: no new connections, finishing requests in flight");
     let _ = stop_tx.send(true);
+    state.listeners.stop_all().await;
     tasks.close();
     if tokio::time::timeout(config.server.drain_timeout, tasks.wait())
         .await

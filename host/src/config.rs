@@ -132,7 +132,7 @@ pub struct PluginDefaults {
 }
 
 /// A listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ListenerConfig {
     /// Unique name.
     pub name: String,
@@ -166,7 +166,7 @@ pub struct CertPaths {
 }
 
 /// A listener's TLS settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ListenerTls {
     /// Served when no SNI entry matches.
     pub default: CertPaths,

@@ -28,23 +28,29 @@ use crate::proxy::{Activity, Downstream, Shared};
 /// A bound listener, not yet accepting.
 pub struct Bound {
     config: Arc<ListenerConfig>,
-    socket: TcpListener,
+    socket: Arc<TcpListener>,
     tls: Option<Arc<tls::ServerTls>>,
 }
 
 impl Bound {
     /// Binds `config`'s address and loads its certificates. The error says which listener and why.
     pub async fn bind(config: ListenerConfig) -> Result<Bound, String> {
-        let tls = match &config.tls {
-            Some(t) => Some(Arc::new(
-                tls::server_config(t, config.http2)
-                    .map_err(|e| format!("listener {:?}: {e}", config.name))?,
-            )),
-            None => None,
-        };
+        let tls = load_tls(&config)?;
         let socket = TcpListener::bind(config.addr)
             .await
             .map_err(|e| bind_error(&config.name, config.addr, e))?;
+        Ok(Bound {
+            config: Arc::new(config),
+            socket: Arc::new(socket),
+            tls,
+        })
+    }
+
+    /// Takes over `socket`, bound to `config`'s address by the listener this
+    /// one replaces (a reload that changes a listener keeps its socket, so no
+    /// connection attempt meets a closed port), and loads `config`'s certificates.
+    pub fn reuse(config: ListenerConfig, socket: Arc<TcpListener>) -> Result<Bound, String> {
+        let tls = load_tls(&config)?;
         Ok(Bound {
             config: Arc::new(config),
             socket,
@@ -52,12 +58,24 @@ impl Bound {
         })
     }
 
+    /// Its config.
+    pub fn config(&self) -> &ListenerConfig {
+        &self.config
+    }
+
+    /// The listening socket, shared with a listener that takes it over.
+    pub fn socket(&self) -> &Arc<TcpListener> {
+        &self.socket
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.socket.local_addr().unwrap_or(self.config.addr)
     }
 
-    /// Accepts until `shutdown` turns true; connections are tracked by `tasks`.
+    /// Accepts until `shutdown` turns true or its sender is dropped, then
+    /// asks its connections to finish their requests and close; connections
+    /// are tracked by `tasks`.
     pub async fn run(
         self,
         shared: Arc<Shared>,
@@ -151,6 +169,16 @@ impl Bound {
                 open.dec();
             });
         }
+    }
+}
+
+fn load_tls(config: &ListenerConfig) -> Result<Option<Arc<tls::ServerTls>>, String> {
+    match &config.tls {
+        Some(t) => Ok(Some(Arc::new(
+            tls::server_config(t, config.http2)
+                .map_err(|e| format!("listener {:?}: {e}", config.name))?,
+        ))),
+        None => Ok(None),
     }
 }
 

@@ -76,14 +76,26 @@ pub async fn reload_now(state: &AppState) {
         },
         Err(e) => Err(e),
     };
+    // Listeners that cannot start (an address taken, a certificate that no
+    // longer loads) fail the whole reload: the old config keeps serving.
+    let result = match result {
+        Ok((rt, old)) => match state.listeners.plan(&rt.config.listeners).await {
+            Ok(plan) => Ok((rt, old, plan)),
+            Err(errors) => Err(errors.join("\n")),
+        },
+        Err(e) => Err(e.to_string()),
+    };
     match result {
-        Ok((rt, old)) => {
-            let listeners_changed = rt.config.raw.listener != old.config.raw.listener
-                || rt.config.raw.admin != old.config.raw.admin;
-            if listeners_changed {
-                tracing::warn!(
-                    "listener and admin changes take effect at the next restart; routes and clusters were reloaded"
-                );
+        Ok((rt, old, listeners)) => {
+            for (section, changed) in [
+                ("[admin]", rt.config.raw.admin != old.config.raw.admin),
+                ("[server]", rt.config.raw.server != old.config.raw.server),
+            ] {
+                if changed {
+                    tracing::warn!(
+                        "{section} changes take effect at the next restart; the rest of the config was reloaded"
+                    );
+                }
             }
             if rt.config.quota != old.config.quota {
                 tracing::warn!("[quota] changes take effect at the next restart");
@@ -100,6 +112,8 @@ pub async fn reload_now(state: &AppState) {
                 super::route_names(&rt.config),
             );
             state.shared.runtime.store(Arc::new(rt));
+            // After the routes: a new listener's requests find theirs.
+            listeners.commit();
             if plugins_changed {
                 tracing::info!("plugin settings changed; reloading the plugins");
                 match &state.plugin_watcher {
@@ -115,7 +129,7 @@ pub async fn reload_now(state: &AppState) {
         Err(e) => {
             tracing::error!(error = %e, "config reload failed; the previous config keeps serving");
             metrics.reload(false);
-            state.set_last_reload(false, Some(e.to_string()));
+            state.set_last_reload(false, Some(e));
         }
     }
 }
