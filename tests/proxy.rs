@@ -1010,6 +1010,69 @@ async fn one_upstream_connection_carries_requests_one_after_another() {
 }
 
 #[tokio::test]
+async fn admin_clusters_show_endpoints_requests_in_flight_and_names_that_did_not_resolve() {
+    let a = Upstream::start("a").await;
+    let w = Weir::start(&format!(
+        "{}[[cluster]]\nname = \"named\"\nendpoints = [\"localhost:{}\", \"no-such-host.invalid:80\"]\nprotocol = \"http2\"\n\n[[route]]\nname = \"a\"\ncluster = \"a\"\n",
+        cluster("a", &[&a], "lb = \"least_request\""),
+        a.addr.port()
+    ))
+    .await;
+    let slow = tokio::spawn(reqwest::get(w.url("/delay/1500")));
+    let mut doc = Value::Null;
+    for _ in 0..100 {
+        doc = reqwest::get(w.admin_url("/clusters"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if doc[0]["active"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(doc[0]["name"], "a", "{doc}");
+    assert_eq!(doc[0]["lb"], "least_request", "{doc}");
+    assert_eq!(doc[0]["protocol"], "http1", "{doc}");
+    assert_eq!(doc[0]["active"], 1, "the request in flight: {doc}");
+    assert_eq!(
+        doc[0]["endpoints"][0]["address"],
+        a.addr.to_string(),
+        "{doc}"
+    );
+    assert_eq!(doc[0]["endpoints"][0]["active"], 1, "{doc}");
+    assert_eq!(doc[0]["dns_errors"], serde_json::json!([]), "{doc}");
+    let named = &doc[1];
+    assert_eq!(named["name"], "named", "{doc}");
+    assert_eq!(named["protocol"], "http2", "{doc}");
+    let resolved: Vec<&str> = named["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["host"].as_str().unwrap())
+        .collect();
+    assert!(
+        !resolved.is_empty() && resolved.iter().all(|h| *h == "localhost"),
+        "localhost resolved, the other name did not: {doc}"
+    );
+    assert!(
+        named["dns_errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot resolve no-such-host.invalid:80")),
+        "{doc}"
+    );
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+    let doc: Value = reqwest::get(w.admin_url("/clusters"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc[0]["endpoints"][0]["active"], 0, "{doc}");
+}
+
+#[tokio::test]
 async fn admin_api_reports_health_config_and_metrics() {
     let a = Upstream::start("a").await;
     let w = Weir::start(&format!(

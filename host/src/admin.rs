@@ -39,7 +39,7 @@ pub async fn serve(socket: TcpListener, state: Arc<AppState>, mut shutdown: watc
     }
 }
 
-const ENDPOINTS: &str = "GET /healthz, GET /ready, GET /config, GET /listeners, GET /metrics, GET /plugins, POST /plugins/reload";
+const ENDPOINTS: &str = "GET /healthz, GET /ready, GET /config, GET /listeners, GET /clusters, GET /metrics, GET /plugins, POST /plugins/reload";
 
 /// Rescans the plugins folder now and answers what changed and where every plugin stands.
 async fn reload_plugins(state: &Arc<AppState>) -> Response<Body> {
@@ -86,12 +86,54 @@ fn respond(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
         }
         "/config" => json_response(config_document(state)),
         "/listeners" => json_response(json!(state.listeners.shown())),
+        "/clusters" => json_response(clusters_document(state)),
         "/plugins" => json_response(state.plugins.status()),
         other => text(
             StatusCode::NOT_FOUND,
             format!("no admin endpoint {other}; the admin API answers {ENDPOINTS}\n"),
         ),
     }
+}
+
+/// The clusters of the active config, in config order: their settings as
+/// they act, the endpoints requests go to now (DNS names as last resolved)
+/// with the requests in flight to each, and what did not resolve.
+fn clusters_document(state: &AppState) -> Value {
+    let rt = state.shared.runtime.load();
+    let clusters: Vec<Value> = rt
+        .config
+        .clusters
+        .iter()
+        .filter_map(|c| rt.clusters.get(&c.name))
+        .map(|c| {
+            let endpoints: Vec<Value> = c
+                .endpoints()
+                .endpoints
+                .iter()
+                .map(|e| {
+                    json!({
+                        "address": e.addr.to_string(),
+                        "host": e.host,
+                        "active": e.active.load(std::sync::atomic::Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            json!({
+                "name": c.config.name,
+                "lb": c.config.lb.as_str(),
+                "protocol": match c.config.protocol {
+                    crate::config::UpstreamProtocol::Http1 => "http1",
+                    crate::config::UpstreamProtocol::Http2 => "http2",
+                },
+                "tls": c.config.tls.is_some(),
+                "original_dst": c.config.original_dst,
+                "active": c.active.get(),
+                "endpoints": endpoints,
+                "dns_errors": c.dns_errors(),
+            })
+        })
+        .collect();
+    json!(clusters)
 }
 
 fn config_document(state: &AppState) -> Value {

@@ -416,6 +416,19 @@ pub enum LbPolicy {
     Maglev,
 }
 
+impl LbPolicy {
+    /// Its name in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbPolicy::RoundRobin => "round_robin",
+            LbPolicy::LeastRequest => "least_request",
+            LbPolicy::Random => "random",
+            LbPolicy::RingHash => "ring_hash",
+            LbPolicy::Maglev => "maglev",
+        }
+    }
+}
+
 /// Upstream protocols.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamProtocol {

@@ -111,6 +111,8 @@ pub struct Cluster {
     scheme: http::uri::Scheme,
     /// Requests in flight to this cluster.
     pub active: Gauge,
+    /// What the last resolution of its DNS names could not resolve.
+    dns_errors: std::sync::Mutex<Vec<String>>,
     /// Reloads the client certificate when its files change (mTLS clusters).
     _cert_watch: Option<crate::mesh::rotate::PairWatcher>,
 }
@@ -158,6 +160,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             balancer: Balancer::new(config.lb),
             active: metrics.upstream_active(&config.name),
+            dns_errors: std::sync::Mutex::new(errors),
             name: config.name.as_str().into(),
             config,
             endpoints,
@@ -169,6 +172,15 @@ impl Cluster {
             tokio::spawn(refresh_dns(Arc::downgrade(&cluster)));
         }
         Ok(cluster)
+    }
+
+    /// What the last resolution of the cluster's DNS names could not
+    /// resolve (empty when every name resolved).
+    pub fn dns_errors(&self) -> Vec<String> {
+        self.dns_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Picks an endpoint; `hash` feeds the hash policies.
@@ -324,6 +336,7 @@ async fn refresh_dns(cluster: Weak<Cluster>) {
         tokio::time::sleep(every).await;
         let Some(c) = cluster.upgrade() else { return };
         let (eps, errors) = resolve::resolve_all(&c.config.endpoints).await;
+        *c.dns_errors.lock().unwrap_or_else(|p| p.into_inner()) = errors.clone();
         if !errors.is_empty() && eps.is_empty() {
             tracing::warn!(cluster.name = %c.config.name, errors = ?errors, "DNS refresh failed; keeping the last endpoints");
             continue;
