@@ -384,6 +384,8 @@ pub struct ClusterConfig {
     pub idle_timeout: std::time::Duration,
     /// Most idle pooled connections per endpoint.
     pub max_idle_per_endpoint: usize,
+    /// Most requests at once on one HTTP/2 connection; past it another opens.
+    pub max_concurrent_streams: usize,
     /// Upstream TLS.
     pub tls: Option<ClusterTls>,
     /// The table as written, to tell whether a reload changed it.

@@ -150,7 +150,12 @@ impl Cluster {
         let (idle, max_idle) = (config.idle_timeout, config.max_idle_per_endpoint);
         let transport = match config.protocol {
             UpstreamProtocol::Http1 => Transport::Http1(Http1Pool::start(dialer, idle, max_idle)),
-            UpstreamProtocol::Http2 => Transport::Http2(Http2Pool::start(dialer, idle, max_idle)),
+            UpstreamProtocol::Http2 => Transport::Http2(Http2Pool::start(
+                dialer,
+                idle,
+                max_idle,
+                config.max_concurrent_streams,
+            )),
         };
         let scheme = if config.tls.is_some() {
             http::uri::Scheme::HTTPS

@@ -331,6 +331,9 @@ pub struct RawCluster {
     pub idle_timeout: Option<Duration>,
     /// Most idle pooled connections kept per endpoint. Default 256.
     pub max_idle_per_endpoint: Option<usize>,
+    /// `http2` clusters: most requests at once on one connection; past it
+    /// another connection to the endpoint opens. Default 100.
+    pub max_concurrent_streams: Option<u32>,
     /// Originate TLS to the endpoints.
     pub tls: Option<RawClusterTls>,
 }

@@ -276,3 +276,26 @@ fn instance_slots_are_bounded() {
         "{err}"
     );
 }
+
+#[test]
+fn max_concurrent_streams_is_for_http2_clusters_and_at_least_one() {
+    let base = "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\n";
+    let c = parse(&format!(
+        "{base}[[cluster]]\nname = \"h2\"\nendpoints = [\"127.0.0.1:2\"]\nprotocol = \"http2\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.clusters[0].max_concurrent_streams, 100, "the default");
+    let text = parse(&format!(
+        "{base}[[cluster]]\nname = \"a\"\nendpoints = [\"127.0.0.1:2\"]\nmax_concurrent_streams = 8\n\n[[cluster]]\nname = \"b\"\nendpoints = [\"127.0.0.1:2\"]\nprotocol = \"http2\"\nmax_concurrent_streams = 0\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        text.contains("cluster[0].max_concurrent_streams: only HTTP/2 connections carry concurrent streams: set protocol = \"http2\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("cluster[1].max_concurrent_streams: 0 streams would send nothing"),
+        "{text}"
+    );
+}

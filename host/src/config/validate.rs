@@ -517,6 +517,17 @@ impl Validator<'_> {
                 UpstreamProtocol::Http1
             }
         };
+        match c.max_concurrent_streams {
+            Some(0) => self.err(
+                &format!("{p}.max_concurrent_streams"),
+                "0 streams would send nothing: write at least 1 (default 100)",
+            ),
+            Some(_) if protocol != UpstreamProtocol::Http2 => self.err(
+                &format!("{p}.max_concurrent_streams"),
+                "only HTTP/2 connections carry concurrent streams: set protocol = \"http2\", or remove max_concurrent_streams",
+            ),
+            _ => {}
+        }
         let tls = c.tls.as_ref().map(|t| {
             let client_cert = match (&t.cert, &t.key) {
                 (Some(cert), Some(key)) => Some(CertPaths {
@@ -574,6 +585,7 @@ impl Validator<'_> {
             dns_refresh: c.dns_refresh.unwrap_or(Duration::from_secs(30)).get(),
             idle_timeout: c.idle_timeout.unwrap_or(Duration::from_secs(90)).get(),
             max_idle_per_endpoint: c.max_idle_per_endpoint.unwrap_or(256),
+            max_concurrent_streams: c.max_concurrent_streams.unwrap_or(100).max(1) as usize,
             tls,
             raw: c.clone(),
         })

@@ -1,13 +1,18 @@
 //! weir's own pool for HTTP/2 clusters (h2c with prior knowledge, or TLS with
-//! ALPN `h2`): one multiplexed connection per endpoint, shared by every
-//! request to it.
+//! ALPN `h2`): multiplexed connections per endpoint, shared by every request
+//! to it. A connection carries up to the cluster's `max_concurrent_streams`
+//! requests at once (default 100, the least RFC 9113 asks a server to allow);
+//! past that another connection to the endpoint opens, as Envoy's pool does
+//! when a connection's streams are all in use, instead of requests queueing
+//! behind a server's stream limit. Requests take the first connection with a
+//! free stream, so that when load falls the later connections go idle.
 //!
-//! The first request to an endpoint connects while the others wait for that
-//! connection, so a burst opens one connection, not one per request; if the
-//! connect fails, the requests that waited on it get its error at once rather
-//! than each trying again in turn. A connection no request used for the
-//! cluster's `idle_timeout` is let go (it closes when its last stream ends).
-//! A request the connection could not take (it closed or went away
+//! The first request that needs a connection connects while the others wait
+//! for that connection, so a burst opens one connection, not one per request;
+//! if the connect fails, the requests that waited on it get its error at once
+//! rather than each trying again in turn. A connection no request used for
+//! the cluster's `idle_timeout` is let go (it closes when its last stream
+//! ends). A request the connection could not take (it closed or went away
 //! meanwhile) goes once more, on a new connection.
 //!
 //! Requests arrive with an absolute URI whose authority is the request's
@@ -15,7 +20,7 @@
 //! `:authority`, as an HTTP/2 client should.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,39 +42,75 @@ pub struct Http2Pool {
     /// Whether connections are kept for the next request at all
     /// (`max_idle_per_endpoint` above 0).
     keep: bool,
+    /// Most requests at once on one connection.
+    max_streams: usize,
 }
 
-/// One endpoint's connection, or the dial making it.
+/// One endpoint's connections, and the dial making another.
 #[derive(Default)]
 struct Slot {
     /// Held while dialing: the requests behind it wait for its outcome.
-    conn: tokio::sync::Mutex<Conn>,
+    conns: tokio::sync::Mutex<Conns>,
     /// Dials ended so far; a request that saw this move while it waited
     /// takes the outcome of the dial it waited for.
     ended: AtomicU64,
 }
 
 #[derive(Default)]
-struct Conn {
-    tx: Option<SendRequest<Body>>,
-    /// Dials started so far; the last made `tx` (a dial starts only when
-    /// there is no `tx`).
+struct Conns {
+    /// The kept connections, oldest first.
+    live: Vec<Live>,
+    /// Dials started so far; each connection knows the one that made it.
     dials: u64,
-    used: Option<Instant>,
     /// How the last dial failed, for the requests that waited on it.
     failed: Option<Arc<SendError>>,
 }
 
+/// A kept connection.
+struct Live {
+    tx: SendRequest<Body>,
+    /// The dial that made it.
+    dial: u64,
+    /// Requests on it now.
+    streams: Arc<AtomicUsize>,
+    used: Instant,
+}
+
+/// A request's stream on a connection, counted until its response body is
+/// done with (dropped).
+#[derive(Debug)]
+pub struct Stream(Arc<AtomicUsize>);
+
+impl Stream {
+    fn open(streams: &Arc<AtomicUsize>) -> Stream {
+        streams.fetch_add(1, Ordering::AcqRel);
+        Stream(streams.clone())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Http2Pool {
-    /// A pool connecting with `dialer`, keeping a connection per endpoint
-    /// (when `max_idle` is above 0) until it was idle for `idle_timeout`.
-    /// Starts the task that lets idle connections go (it ends with the pool).
-    pub fn start(dialer: Dialer, idle_timeout: Duration, max_idle: usize) -> Arc<Http2Pool> {
+    /// A pool connecting with `dialer`, keeping connections (when
+    /// `max_idle` is above 0) until each was idle for `idle_timeout`, with up
+    /// to `max_streams` requests at once on each. Starts the task that lets
+    /// idle connections go (it ends with the pool).
+    pub fn start(
+        dialer: Dialer,
+        idle_timeout: Duration,
+        max_idle: usize,
+        max_streams: usize,
+    ) -> Arc<Http2Pool> {
         let pool = Arc::new(Http2Pool {
             slots: Mutex::default(),
             dialer,
             idle_timeout,
             keep: max_idle > 0,
+            max_streams: max_streams.max(1),
         });
         super::start_reaper(&pool, idle_timeout, Self::reap_now);
         pool
@@ -88,9 +129,9 @@ impl Http2Pool {
         let mut req = Request::from_parts(*head, body);
         let mut again = true;
         loop {
-            let (mut tx, dial) = self.sender(addr, host).await?;
+            let (mut tx, dial, stream) = self.sender(addr, host).await?;
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(UpstreamBody::from)),
+                Ok(resp) => return Ok(resp.map(|b| UpstreamBody::from(b).holding(stream))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if again => {
                         tracing::debug!(upstream = %addr, error = %e.error(), "HTTP/2 connection refused a request; connecting again");
@@ -109,55 +150,67 @@ impl Http2Pool {
         slots.entry(addr).or_default().clone()
     }
 
-    /// The endpoint's connection, and the dial that made it: the kept one,
-    /// or the one a waited-for dial made, or a new one.
+    /// A connection to the endpoint with a stream free, the dial that made
+    /// it, and the request's stream on it: a kept connection, or the one a
+    /// waited-for dial made, or a new one.
     async fn sender(
         &self,
         addr: SocketAddr,
         host: &str,
-    ) -> Result<(SendRequest<Body>, u64), SendError> {
+    ) -> Result<(SendRequest<Body>, u64, Stream), SendError> {
         let slot = self.slot(addr);
         let seen = slot.ended.load(Ordering::Acquire);
-        let mut conn = slot.conn.lock().await;
-        conn.used = Some(Instant::now());
-        if let Some(tx) = &conn.tx {
-            if !tx.is_closed() {
-                return Ok((tx.clone(), conn.dials));
-            }
-            conn.tx = None;
+        let mut conns = slot.conns.lock().await;
+        conns.live.retain(|l| !l.tx.is_closed());
+        // Streams open only under the lock, so none is over the limit.
+        let max = self.max_streams;
+        if let Some(l) = conns
+            .live
+            .iter_mut()
+            .find(|l| l.streams.load(Ordering::Acquire) < max)
+        {
+            l.used = Instant::now();
+            return Ok((l.tx.clone(), l.dial, Stream::open(&l.streams)));
         }
         if slot.ended.load(Ordering::Acquire) != seen
-            && let Some(e) = &conn.failed
+            && let Some(e) = &conns.failed
         {
             return Err(SendError::Dial(e.clone()));
         }
-        conn.dials += 1;
-        let dial = conn.dials;
+        conns.dials += 1;
+        let dial = conns.dials;
         let dialed = self.connect(addr, host).await;
         slot.ended.fetch_add(1, Ordering::AcqRel);
         match dialed {
             Ok(tx) => {
-                conn.failed = None;
+                conns.failed = None;
+                let streams = Arc::new(AtomicUsize::new(0));
+                let stream = Stream::open(&streams);
                 if self.keep {
-                    conn.tx = Some(tx.clone());
+                    if !conns.live.is_empty() {
+                        tracing::debug!(upstream = %addr, connections = conns.live.len() + 1, max_concurrent_streams = max, "every HTTP/2 connection to the endpoint is at its stream limit; opened another");
+                    }
+                    conns.live.push(Live {
+                        tx: tx.clone(),
+                        dial,
+                        streams,
+                        used: Instant::now(),
+                    });
                 }
-                Ok((tx, dial))
+                Ok((tx, dial, stream))
             }
             Err(e) => {
                 let e = Arc::new(e);
-                conn.failed = Some(e.clone());
+                conns.failed = Some(e.clone());
                 Err(SendError::Dial(e))
             }
         }
     }
 
-    /// Stops using the connection `dial` made, if it is still the kept one.
+    /// Stops using the connection `dial` made, if it is still kept.
     async fn forget(&self, addr: SocketAddr, dial: u64) {
         let slot = self.slot(addr);
-        let mut conn = slot.conn.lock().await;
-        if conn.dials == dial {
-            conn.tx = None;
-        }
+        slot.conns.lock().await.live.retain(|l| l.dial != dial);
     }
 
     /// Connects to `addr` and starts HTTP/2 on the connection, with the task
@@ -183,22 +236,22 @@ impl Http2Pool {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.retain(|_, slot| {
             // Held: a dial is under way.
-            let Ok(mut conn) = slot.conn.try_lock() else {
+            let Ok(mut conns) = slot.conns.try_lock() else {
                 return true;
             };
-            let stale = conn.tx.as_ref().is_some_and(|tx| tx.is_closed())
-                || conn.used.is_none_or(|u| u.elapsed() >= self.idle_timeout);
-            if stale {
-                conn.tx = None;
-            }
-            conn.tx.is_some() || Arc::strong_count(slot) > 1
+            conns.live.retain(|l| {
+                !l.tx.is_closed()
+                    && (l.streams.load(Ordering::Acquire) > 0
+                        || l.used.elapsed() < self.idle_timeout)
+            });
+            !conns.live.is_empty() || Arc::strong_count(slot) > 1
         });
     }
 
-    /// Whether a connection to `addr` is kept now (for tests).
+    /// How many connections to `addr` are kept now (for tests).
     #[cfg(test)]
-    async fn kept(&self, addr: SocketAddr) -> bool {
-        self.slot(addr).conn.lock().await.tx.is_some()
+    async fn kept(&self, addr: SocketAddr) -> usize {
+        self.slot(addr).conns.lock().await.live.len()
     }
 }
 
@@ -257,7 +310,7 @@ mod tests {
 
     fn pool(idle_timeout: Duration, connect_timeout: Duration) -> Arc<Http2Pool> {
         let dialer = Dialer::new(None, connect_timeout, Default::default());
-        Http2Pool::start(dialer, idle_timeout, 8)
+        Http2Pool::start(dialer, idle_timeout, 8, 100)
     }
 
     async fn get(
@@ -293,6 +346,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_at_its_stream_limit_makes_the_next_request_open_another() {
+        // Answers nothing until six requests have arrived, so all six are
+        // open at once.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let all_in = Arc::new(tokio::sync::Barrier::new(6));
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let all_in = all_in.clone();
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
+                            let all_in = all_in.clone();
+                            async move {
+                                all_in.wait().await;
+                                Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                    Bytes::from_static(b"ok host:false"),
+                                )))
+                            }
+                        });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        let dialer = Dialer::new(None, Duration::from_secs(2), Default::default());
+        let p = Http2Pool::start(dialer, Duration::from_millis(300), 8, 2);
+        let answers = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::future::join_all((0..6).map(|_| get(&p, addr, "a.test"))),
+        )
+        .await
+        .expect("six requests open at once on connections of two streams each");
+        for a in answers {
+            assert_eq!(a.unwrap(), "ok host:false");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "two streams per connection"
+        );
+        assert_eq!(p.kept(addr).await, 3);
+        // Their streams are done: the kept connections take the next six.
+        for a in futures_util::future::join_all((0..6).map(|_| get(&p, addr, "a.test"))).await {
+            assert_eq!(a.unwrap(), "ok host:false");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "the kept connections served them"
+        );
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(p.kept(addr).await, 0, "idle connections were let go");
+    }
+
+    #[tokio::test]
     async fn requests_waiting_on_a_failed_connect_share_its_error() {
         // Accepts TCP and never answers the TLS handshake.
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -320,7 +434,7 @@ mod tests {
             sni: None,
         };
         let dialer = Dialer::new(Some(tls), Duration::from_millis(300), Default::default());
-        let p = Http2Pool::start(dialer, Duration::from_secs(30), 8);
+        let p = Http2Pool::start(dialer, Duration::from_secs(30), 8, 100);
         let answers = futures_util::future::join_all((0..5).map(|_| get(&p, addr, "up"))).await;
         for a in answers {
             let e = a.unwrap_err();
@@ -354,9 +468,9 @@ mod tests {
         let (addr, accepted) = h2_upstream(false).await;
         let p = pool(Duration::from_millis(200), Duration::from_secs(2));
         get(&p, addr, "a.test").await.unwrap();
-        assert!(p.kept(addr).await);
+        assert_eq!(p.kept(addr).await, 1);
         tokio::time::sleep(Duration::from_millis(700)).await;
-        assert!(!p.kept(addr).await, "the reaper let it go");
+        assert_eq!(p.kept(addr).await, 0, "the reaper let it go");
         get(&p, addr, "a.test").await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }

@@ -98,6 +98,7 @@ impl Http1Pool {
                         inner,
                         back,
                         done: false,
+                        stream: None,
                     }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -186,6 +187,9 @@ pin_project_lite::pin_project! {
         inner: Incoming,
         back: Option<Return>,
         done: bool,
+        // An HTTP/2 request's stream, counted against its connection's limit
+        // until the body is dropped.
+        stream: Option<super::multiplex::Stream>,
     }
 
     impl PinnedDrop for UpstreamBody {
@@ -215,7 +219,17 @@ impl From<Incoming> for UpstreamBody {
             inner,
             back: None,
             done: false,
+            stream: None,
         }
+    }
+}
+
+impl UpstreamBody {
+    /// The body of a response on an HTTP/2 `stream`, which stays counted
+    /// until the body is dropped.
+    pub fn holding(mut self, stream: super::multiplex::Stream) -> UpstreamBody {
+        self.stream = Some(stream);
+        self
     }
 }
 
