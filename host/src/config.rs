@@ -386,6 +386,8 @@ pub struct ClusterConfig {
     pub max_idle_per_endpoint: usize,
     /// Most requests at once on one HTTP/2 connection; past it another opens.
     pub max_concurrent_streams: usize,
+    /// HTTP/2 pings: (every, answered within); `None` sends none.
+    pub keepalive: Option<(std::time::Duration, std::time::Duration)>,
     /// Upstream TLS.
     pub tls: Option<ClusterTls>,
     /// The table as written, to tell whether a reload changed it.

@@ -152,9 +152,12 @@ impl Cluster {
             UpstreamProtocol::Http1 => Transport::Http1(Http1Pool::start(dialer, idle, max_idle)),
             UpstreamProtocol::Http2 => Transport::Http2(Http2Pool::start(
                 dialer,
-                idle,
-                max_idle,
-                config.max_concurrent_streams,
+                multiplex::Http2Options {
+                    idle_timeout: idle,
+                    keep: max_idle > 0,
+                    max_streams: config.max_concurrent_streams,
+                    keepalive: config.keepalive,
+                },
             )),
         };
         let scheme = if config.tls.is_some() {

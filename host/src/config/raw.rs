@@ -334,6 +334,12 @@ pub struct RawCluster {
     /// `http2` clusters: most requests at once on one connection; past it
     /// another connection to the endpoint opens. Default 100.
     pub max_concurrent_streams: Option<u32>,
+    /// `http2` clusters: send a ping on every connection this often; a
+    /// connection whose ping is not answered within `keepalive_timeout` is
+    /// closed. Default off.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a ping may go unanswered (with `keepalive_interval`). Default 20s.
+    pub keepalive_timeout: Option<Duration>,
     /// Originate TLS to the endpoints.
     pub tls: Option<RawClusterTls>,
 }

@@ -299,3 +299,33 @@ fn max_concurrent_streams_is_for_http2_clusters_and_at_least_one() {
         "{text}"
     );
 }
+
+#[test]
+fn http2_keepalive_needs_an_interval_and_an_http2_cluster() {
+    let base = "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\n";
+    let c = parse(&format!(
+        "{base}[[cluster]]\nname = \"h2\"\nendpoints = [\"127.0.0.1:2\"]\nprotocol = \"http2\"\nkeepalive_interval = \"30s\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.clusters[0].keepalive,
+        Some((
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_secs(20)
+        )),
+        "the timeout's default"
+    );
+    let text = parse(&format!(
+        "{base}[[cluster]]\nname = \"a\"\nendpoints = [\"127.0.0.1:2\"]\nkeepalive_interval = \"30s\"\n\n[[cluster]]\nname = \"b\"\nendpoints = [\"127.0.0.1:2\"]\nprotocol = \"http2\"\nkeepalive_timeout = \"5s\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        text.contains("cluster[0].keepalive_interval: HTTP/2 pings keep HTTP/2 connections: set protocol = \"http2\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("cluster[1].keepalive_timeout: no pings are sent without keepalive_interval"),
+        "{text}"
+    );
+}

@@ -528,6 +528,36 @@ impl Validator<'_> {
             ),
             _ => {}
         }
+        let h2_only = [
+            ("keepalive_interval", c.keepalive_interval.is_some()),
+            ("keepalive_timeout", c.keepalive_timeout.is_some()),
+        ];
+        for (key, set) in h2_only {
+            if set && protocol != UpstreamProtocol::Http2 {
+                self.err(
+                    &format!("{p}.{key}"),
+                    format!("HTTP/2 pings keep HTTP/2 connections: set protocol = \"http2\", or remove {key}"),
+                );
+            }
+        }
+        if c.keepalive_timeout.is_some() && c.keepalive_interval.is_none() {
+            self.err(
+                &format!("{p}.keepalive_timeout"),
+                "no pings are sent without keepalive_interval: add keepalive_interval = \"30s\", or remove keepalive_timeout",
+            );
+        }
+        if c.keepalive_interval.is_some_and(|d| d.get().is_zero()) {
+            self.err(
+                &format!("{p}.keepalive_interval"),
+                "a ping every 0s is no interval: write one like \"30s\", or remove keepalive_interval",
+            );
+        }
+        let keepalive = c.keepalive_interval.map(|every| {
+            (
+                every.get(),
+                c.keepalive_timeout.unwrap_or(Duration::from_secs(20)).get(),
+            )
+        });
         let tls = c.tls.as_ref().map(|t| {
             let client_cert = match (&t.cert, &t.key) {
                 (Some(cert), Some(key)) => Some(CertPaths {
@@ -586,6 +616,7 @@ impl Validator<'_> {
             idle_timeout: c.idle_timeout.unwrap_or(Duration::from_secs(90)).get(),
             max_idle_per_endpoint: c.max_idle_per_endpoint.unwrap_or(256),
             max_concurrent_streams: c.max_concurrent_streams.unwrap_or(100).max(1) as usize,
+            keepalive,
             tls,
             raw: c.clone(),
         })

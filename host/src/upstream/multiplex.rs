@@ -38,12 +38,23 @@ use crate::body::Body;
 pub struct Http2Pool {
     slots: Mutex<FxHashMap<SocketAddr, Arc<Slot>>>,
     dialer: Dialer,
-    idle_timeout: Duration,
+    options: Http2Options,
+}
+
+/// How an HTTP/2 pool keeps and uses its connections (from the cluster's config).
+#[derive(Clone, Copy, Debug)]
+pub struct Http2Options {
+    /// A connection no request used for this long is let go.
+    pub idle_timeout: Duration,
     /// Whether connections are kept for the next request at all
     /// (`max_idle_per_endpoint` above 0).
-    keep: bool,
+    pub keep: bool,
     /// Most requests at once on one connection.
-    max_streams: usize,
+    pub max_streams: usize,
+    /// Pings on every connection: (every, answered within). A connection
+    /// whose ping goes unanswered is closed, so a dead peer or a path that
+    /// dropped the connection silently is found before a request waits on it.
+    pub keepalive: Option<(Duration, Duration)>,
 }
 
 /// One endpoint's connections, and the dial making another.
@@ -95,24 +106,19 @@ impl Drop for Stream {
 }
 
 impl Http2Pool {
-    /// A pool connecting with `dialer`, keeping connections (when
-    /// `max_idle` is above 0) until each was idle for `idle_timeout`, with up
-    /// to `max_streams` requests at once on each. Starts the task that lets
-    /// idle connections go (it ends with the pool).
-    pub fn start(
-        dialer: Dialer,
-        idle_timeout: Duration,
-        max_idle: usize,
-        max_streams: usize,
-    ) -> Arc<Http2Pool> {
+    /// A pool connecting with `dialer` and keeping and using its connections
+    /// as `options` say. Starts the task that lets idle connections go (it
+    /// ends with the pool).
+    pub fn start(dialer: Dialer, options: Http2Options) -> Arc<Http2Pool> {
         let pool = Arc::new(Http2Pool {
             slots: Mutex::default(),
             dialer,
-            idle_timeout,
-            keep: max_idle > 0,
-            max_streams: max_streams.max(1),
+            options: Http2Options {
+                max_streams: options.max_streams.max(1),
+                ..options
+            },
         });
-        super::start_reaper(&pool, idle_timeout, Self::reap_now);
+        super::start_reaper(&pool, options.idle_timeout, Self::reap_now);
         pool
     }
 
@@ -163,7 +169,7 @@ impl Http2Pool {
         let mut conns = slot.conns.lock().await;
         conns.live.retain(|l| !l.tx.is_closed());
         // Streams open only under the lock, so none is over the limit.
-        let max = self.max_streams;
+        let max = self.options.max_streams;
         if let Some(l) = conns
             .live
             .iter_mut()
@@ -186,7 +192,7 @@ impl Http2Pool {
                 conns.failed = None;
                 let streams = Arc::new(AtomicUsize::new(0));
                 let stream = Stream::open(&streams);
-                if self.keep {
+                if self.options.keep {
                     if !conns.live.is_empty() {
                         tracing::debug!(upstream = %addr, connections = conns.live.len() + 1, max_concurrent_streams = max, "every HTTP/2 connection to the endpoint is at its stream limit; opened another");
                     }
@@ -217,8 +223,15 @@ impl Http2Pool {
     /// that drives it.
     async fn connect(&self, addr: SocketAddr, host: &str) -> Result<SendRequest<Body>, SendError> {
         let io = self.dialer.counted(self.dialer.dial(addr, host).await?);
-        let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        if let Some((every, within)) = self.options.keepalive {
+            builder
+                .keep_alive_interval(every)
+                .keep_alive_timeout(within)
+                .keep_alive_while_idle(true);
+        }
+        let (tx, conn) = builder
             .handshake(io)
             .await
             .map_err(|source| SendError::Handshake { addr, source })?;
@@ -242,7 +255,7 @@ impl Http2Pool {
             conns.live.retain(|l| {
                 !l.tx.is_closed()
                     && (l.streams.load(Ordering::Acquire) > 0
-                        || l.used.elapsed() < self.idle_timeout)
+                        || l.used.elapsed() < self.options.idle_timeout)
             });
             !conns.live.is_empty() || Arc::strong_count(slot) > 1
         });
@@ -251,7 +264,9 @@ impl Http2Pool {
     /// How many connections to `addr` are kept now (for tests).
     #[cfg(test)]
     async fn kept(&self, addr: SocketAddr) -> usize {
-        self.slot(addr).conns.lock().await.live.len()
+        let conns = self.slot(addr);
+        let conns = conns.conns.lock().await;
+        conns.live.iter().filter(|l| !l.tx.is_closed()).count()
     }
 }
 
@@ -308,9 +323,18 @@ mod tests {
         (addr, accepted)
     }
 
+    fn options(idle_timeout: Duration, max_streams: usize) -> Http2Options {
+        Http2Options {
+            idle_timeout,
+            keep: true,
+            max_streams,
+            keepalive: None,
+        }
+    }
+
     fn pool(idle_timeout: Duration, connect_timeout: Duration) -> Arc<Http2Pool> {
         let dialer = Dialer::new(None, connect_timeout, Default::default());
-        Http2Pool::start(dialer, idle_timeout, 8, 100)
+        Http2Pool::start(dialer, options(idle_timeout, 100))
     }
 
     async fn get(
@@ -377,7 +401,7 @@ mod tests {
             }
         });
         let dialer = Dialer::new(None, Duration::from_secs(2), Default::default());
-        let p = Http2Pool::start(dialer, Duration::from_millis(300), 8, 2);
+        let p = Http2Pool::start(dialer, options(Duration::from_millis(300), 2));
         let answers = tokio::time::timeout(
             Duration::from_secs(10),
             futures_util::future::join_all((0..6).map(|_| get(&p, addr, "a.test"))),
@@ -404,6 +428,75 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(900)).await;
         assert_eq!(p.kept(addr).await, 0, "idle connections were let go");
+    }
+
+    /// Relays connections to `to` until `hole` is set, then swallows what
+    /// either side sends while keeping both connections open: a peer gone
+    /// silent, as behind a path that dropped the connection.
+    async fn black_hole_relay(to: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let hole = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = hole.clone();
+        tokio::spawn(async move {
+            loop {
+                let (down, _) = l.accept().await.unwrap();
+                let up = tokio::net::TcpStream::connect(to).await.unwrap();
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                for (mut r, mut w) in [
+                    (
+                        Box::new(dr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(uw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    ),
+                    (Box::new(ur), Box::new(dw)),
+                ] {
+                    let flag = flag.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16384];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if !flag.load(Ordering::SeqCst) && w.write_all(&buf[..n]).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        (addr, hole)
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_pings_go_unanswered_is_closed() {
+        let (up, accepted) = h2_upstream(false).await;
+        let (relay, hole) = black_hole_relay(up).await;
+        let dialer = Dialer::new(None, Duration::from_secs(2), Default::default());
+        let p = Http2Pool::start(
+            dialer,
+            Http2Options {
+                keepalive: Some((Duration::from_millis(100), Duration::from_millis(200))),
+                ..options(Duration::from_secs(30), 100)
+            },
+        );
+        assert_eq!(get(&p, relay, "a.test").await.unwrap(), "a.test host:false");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(p.kept(relay).await, 1, "answered pings keep it");
+        hole.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(p.kept(relay).await, 0, "the silent connection was closed");
+        hole.store(false, Ordering::SeqCst);
+        assert_eq!(get(&p, relay, "a.test").await.unwrap(), "a.test host:false");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "a new connection took the request"
+        );
     }
 
     #[tokio::test]
@@ -434,7 +527,7 @@ mod tests {
             sni: None,
         };
         let dialer = Dialer::new(Some(tls), Duration::from_millis(300), Default::default());
-        let p = Http2Pool::start(dialer, Duration::from_secs(30), 8, 100);
+        let p = Http2Pool::start(dialer, options(Duration::from_secs(30), 100));
         let answers = futures_util::future::join_all((0..5).map(|_| get(&p, addr, "up"))).await;
         for a in answers {
             let e = a.unwrap_err();
