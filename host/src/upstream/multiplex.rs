@@ -480,7 +480,7 @@ mod tests {
         let p = Http2Pool::start(
             dialer,
             Http2Options {
-                keepalive: Some((Duration::from_millis(100), Duration::from_millis(200))),
+                keepalive: Some((Duration::from_millis(100), Duration::from_millis(500))),
                 ..options(Duration::from_secs(30), 100)
             },
         );
@@ -488,7 +488,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(p.kept(relay).await, 1, "answered pings keep it");
         hole.store(true, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(900)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(p.kept(relay).await, 0, "the silent connection was closed");
         hole.store(false, Ordering::SeqCst);
         assert_eq!(get(&p, relay, "a.test").await.unwrap(), "a.test host:false");
