@@ -175,6 +175,53 @@ async fn websocket_upgrades_pass_through() {
 }
 
 #[tokio::test]
+async fn a_reload_turns_a_plain_listener_into_tls_on_the_same_port() {
+    let a = Upstream::start("a").await;
+    let rest = one_cluster(a.addr, "");
+    let w = Weir::start(&rest).await;
+    assert_eq!(reqwest::get(w.url("/")).await.unwrap().status(), 200);
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.issue(&["a.test"], dir.path(), "a");
+    let header = support::base_config(w.admin, w.port);
+    let tls = header.replace(
+        "name = \"public\"\n",
+        &format!(
+            "name = \"public\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    assert_ne!(tls, header);
+    w.write_config(&format!("{tls}{rest}"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", w.port).parse().unwrap();
+    let url = format!("https://a.test:{}/", w.port);
+    let mut last = String::new();
+    for _ in 0..200 {
+        // A new client per try: each try opens a new connection.
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+            .resolve("a.test", addr)
+            .build()
+            .unwrap();
+        match client.get(&url).send().await {
+            Ok(r) if r.status() == 200 => {
+                last.clear();
+                break;
+            }
+            other => last = format!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(last.is_empty(), "the listener never served TLS: {last}");
+    let plain = reqwest::Client::new().get(w.url("/")).send().await;
+    assert!(
+        plain.is_err(),
+        "plain text on the port that now terminates TLS: {plain:?}"
+    );
+}
+
+#[tokio::test]
 async fn tls_termination_picks_certificates_by_sni_and_offers_h2() {
     let a = Upstream::start("a").await;
     let ca = TestCa::new();
