@@ -805,12 +805,7 @@ async fn listener_changes_apply_on_reload_without_a_restart() {
     let url2 = format!("http://127.0.0.1:{port2}");
     w.write_config(&format!("{header}{second}{rest}"));
     until(&format!("{url2}/"), |r| matches!(r, Ok(200))).await;
-    let listed: Value = reqwest::get(w.admin_url("/listeners"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&client, &w.admin_url("/listeners")).await.1;
     assert_eq!(listed[0]["name"], "public", "{listed}");
     assert_eq!(listed[1]["name"], "second", "{listed}");
     assert_eq!(
@@ -877,12 +872,7 @@ async fn listener_changes_apply_on_reload_without_a_restart() {
         metrics.contains("weir_config_reloads_total{outcome=\"failure\"} 1"),
         "{metrics}"
     );
-    let cfg: Value = reqwest::get(w.admin_url("/config"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cfg: Value = get_json(&client, &w.admin_url("/config")).await.1;
     let error = cfg["last_reload"]["error"].as_str().unwrap_or_default();
     assert!(
         error.contains(&format!(
@@ -896,12 +886,7 @@ async fn listener_changes_apply_on_reload_without_a_restart() {
         413,
         "the last good config serves on"
     );
-    let listed: Value = reqwest::get(w.admin_url("/listeners"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&client, &w.admin_url("/listeners")).await.1;
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     drop(taken);
 }
@@ -1018,15 +1003,11 @@ async fn admin_clusters_show_endpoints_requests_in_flight_and_names_that_did_not
         a.addr.port()
     ))
     .await;
+    let client = reqwest::Client::new();
     let slow = tokio::spawn(reqwest::get(w.url("/delay/1500")));
     let mut doc = Value::Null;
     for _ in 0..100 {
-        doc = reqwest::get(w.admin_url("/clusters"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        doc = get_json(&client, &w.admin_url("/clusters")).await.1;
         if doc[0]["active"] == 1 {
             break;
         }
@@ -1063,12 +1044,7 @@ async fn admin_clusters_show_endpoints_requests_in_flight_and_names_that_did_not
         "{doc}"
     );
     assert_eq!(slow.await.unwrap().unwrap().status(), 200);
-    let doc: Value = reqwest::get(w.admin_url("/clusters"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = get_json(&client, &w.admin_url("/clusters")).await.1;
     assert_eq!(doc[0]["endpoints"][0]["active"], 0, "{doc}");
 }
 

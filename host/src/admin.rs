@@ -121,10 +121,7 @@ fn clusters_document(state: &AppState) -> Value {
             json!({
                 "name": c.config.name,
                 "lb": c.config.lb.as_str(),
-                "protocol": match c.config.protocol {
-                    crate::config::UpstreamProtocol::Http1 => "http1",
-                    crate::config::UpstreamProtocol::Http2 => "http2",
-                },
+                "protocol": c.config.protocol.as_str(),
                 "tls": c.config.tls.is_some(),
                 "original_dst": c.config.original_dst,
                 "active": c.active.get(),

@@ -187,13 +187,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         last_reload: Mutex::new(Value::Null),
     });
 
-    let mut bind_errors = Vec::new();
-    let bound = match state.listeners.plan(&config.listeners).await {
-        Ok(plan) => Some(plan),
-        Err(errors) => {
-            bind_errors = errors;
-            None
-        }
+    let (bound, mut bind_errors) = match state.listeners.plan(&config.listeners).await {
+        Ok(plan) => (Some(plan), Vec::new()),
+        Err(errors) => (None, errors),
     };
     let admin = match config.admin {
         Some(addr) => match TcpListener::bind(addr).await {

@@ -442,6 +442,16 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
+impl UpstreamProtocol {
+    /// Its name in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::Http2 => "http2",
+        }
+    }
+}
+
 /// Upstream TLS settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterTls {

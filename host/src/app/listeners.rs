@@ -166,6 +166,8 @@ impl Plan<'_> {
             listeners,
             next,
         } = self;
+        // No listener ran before: weir is starting, not reloading.
+        let starting = inner.running.is_empty();
         let mut old: Vec<Option<Running>> = inner.running.drain(..).map(Some).collect();
         let mut running = Vec::with_capacity(next.len());
         for n in next {
@@ -181,17 +183,17 @@ impl Plan<'_> {
                         .flatten()
                         .find(|r| Arc::ptr_eq(&r.socket, bound.socket()))
                         .map(|r| r.config.name.clone());
-                    match (replaced, old.iter().any(Option::is_some)) {
+                    match (replaced, starting) {
                         (Some(was), _) => tracing::info!(
                             listener.name = %bound.config().name,
                             address = %bound.local_addr(),
                             replaces = %was,
                             "listener changed: new connections get its new settings; the old ones finish their requests and close"
                         ),
-                        (None, true) => {
+                        (None, false) => {
                             tracing::info!(listener.name = %bound.config().name, address = %bound.local_addr(), "listener added")
                         }
-                        (None, false) => {
+                        (None, true) => {
                             tracing::info!(listener.name = %bound.config().name, address = %bound.local_addr(), "listening")
                         }
                     }

@@ -90,15 +90,13 @@ pub async fn reload_now(state: &AppState) {
             for (section, changed) in [
                 ("[admin]", rt.config.raw.admin != old.config.raw.admin),
                 ("[server]", rt.config.raw.server != old.config.raw.server),
+                ("[quota]", rt.config.quota != old.config.quota),
             ] {
                 if changed {
                     tracing::warn!(
                         "{section} changes take effect at the next restart; the rest of the config was reloaded"
                     );
                 }
-            }
-            if rt.config.quota != old.config.quota {
-                tracing::warn!("[quota] changes take effect at the next restart");
             }
             tracing::info!(
                 generation = rt.generation,

@@ -615,7 +615,7 @@ impl Validator<'_> {
             dns_refresh: c.dns_refresh.unwrap_or(Duration::from_secs(30)).get(),
             idle_timeout: c.idle_timeout.unwrap_or(Duration::from_secs(90)).get(),
             max_idle_per_endpoint: c.max_idle_per_endpoint.unwrap_or(256),
-            max_concurrent_streams: c.max_concurrent_streams.unwrap_or(100).max(1) as usize,
+            max_concurrent_streams: c.max_concurrent_streams.unwrap_or(100) as usize,
             keepalive,
             tls,
             raw: c.clone(),

@@ -278,10 +278,11 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use tokio::net::TcpListener;
 
-    /// An h2c server answering each request with its `:authority`, counting
-    /// the connections it accepted; with `once`, each connection serves one
-    /// request and then goes away (GOAWAY).
-    async fn h2_upstream(once: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A loopback listener handing each connection it accepts to `take`,
+    /// and the count of connections accepted.
+    async fn accepting(
+        mut take: impl FnMut(tokio::net::TcpStream) + Send + 'static,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -290,37 +291,46 @@ mod tests {
             loop {
                 let (s, _) = l.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
-                    let svc =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let done = done_tx.clone();
-                            async move {
-                                if once {
-                                    let _ = done.try_send(());
-                                }
-                                let authority = req.uri().authority().map(|a| a.to_string());
-                                let host = req.headers().get(http::header::HOST).is_some();
-                                let text = format!("{} host:{host}", authority.unwrap_or_default());
-                                Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                    Bytes::from(text),
-                                )))
-                            }
-                        });
-                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = done_rx.recv() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
-                    }
-                });
+                take(s);
             }
         });
         (addr, accepted)
+    }
+
+    /// An h2c server answering each request with its `:authority`, counting
+    /// the connections it accepted; with `once`, each connection serves one
+    /// request and then goes away (GOAWAY).
+    async fn h2_upstream(once: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        accepting(move |s| {
+            tokio::spawn(async move {
+                let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let done = done_tx.clone();
+                    async move {
+                        if once {
+                            let _ = done.try_send(());
+                        }
+                        let authority = req.uri().authority().map(|a| a.to_string());
+                        let host = req.headers().get(http::header::HOST).is_some();
+                        let text = format!("{} host:{host}", authority.unwrap_or_default());
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            text,
+                        ))))
+                    }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = done_rx.recv() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        })
+        .await
     }
 
     fn options(idle_timeout: Duration, max_streams: usize) -> Http2Options {
@@ -373,33 +383,25 @@ mod tests {
     async fn a_connection_at_its_stream_limit_makes_the_next_request_open_another() {
         // Answers nothing until six requests have arrived, so all six are
         // open at once.
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
         let all_in = Arc::new(tokio::sync::Barrier::new(6));
-        tokio::spawn(async move {
-            loop {
-                let (s, _) = l.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                let all_in = all_in.clone();
-                tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
-                            let all_in = all_in.clone();
-                            async move {
-                                all_in.wait().await;
-                                Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                    Bytes::from_static(b"ok host:false"),
-                                )))
-                            }
-                        });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                        .await;
+        let (addr, accepted) = accepting(move |s| {
+            let all_in = all_in.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
+                    let all_in = all_in.clone();
+                    async move {
+                        all_in.wait().await;
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(b"ok host:false"),
+                        )))
+                    }
                 });
-            }
-        });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        })
+        .await;
         let dialer = Dialer::new(None, Duration::from_secs(2), Default::default());
         let p = Http2Pool::start(dialer, options(Duration::from_millis(300), 2));
         let answers = tokio::time::timeout(
@@ -435,13 +437,11 @@ mod tests {
     /// silent, as behind a path that dropped the connection.
     async fn black_hole_relay(to: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
         let hole = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = hole.clone();
-        tokio::spawn(async move {
-            loop {
-                let (down, _) = l.accept().await.unwrap();
+        let (addr, _) = accepting(move |down| {
+            let flag = flag.clone();
+            tokio::spawn(async move {
                 let up = tokio::net::TcpStream::connect(to).await.unwrap();
                 let (dr, dw) = down.into_split();
                 let (ur, uw) = up.into_split();
@@ -467,8 +467,9 @@ mod tests {
                         }
                     });
                 }
-            }
-        });
+            });
+        })
+        .await;
         (addr, hole)
     }
 
@@ -502,18 +503,8 @@ mod tests {
     #[tokio::test]
     async fn requests_waiting_on_a_failed_connect_share_its_error() {
         // Accepts TCP and never answers the TLS handshake.
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            loop {
-                let (s, _) = l.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                held.push(s);
-            }
-        });
+        let mut held = Vec::new();
+        let (addr, accepted) = accepting(move |s| held.push(s)).await;
         let roots = rustls::RootCertStore::empty();
         let client = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
