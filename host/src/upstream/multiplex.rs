@@ -185,7 +185,10 @@ impl Http2Pool {
         }
         conns.dials += 1;
         let dial = conns.dials;
-        let dialed = self.connect(addr, host).await;
+        // Boxed: the connect path's state (the TCP and TLS handshakes) would
+        // otherwise make every request's future larger, HTTP/1.1 ones too
+        // (`Cluster::send` holds either pool's send).
+        let dialed = Box::pin(self.connect(addr, host)).await;
         slot.ended.fetch_add(1, Ordering::AcqRel);
         match dialed {
             Ok(tx) => {
