@@ -606,15 +606,17 @@ async fn forward(
                 None => single.take().expect("a streamed body is sent once"),
             };
             head.version = cluster.version();
-            let sent = cluster.send(&endpoint, head, body);
             let guard = ActiveGuard::new(endpoint.clone());
             cluster.active.inc();
             let busy = UpstreamBusy {
                 _endpoint: guard,
                 cluster: cluster.active.clone(),
             };
+            // The send is made where it is awaited: a future made first and
+            // awaited after is copied once more into this one's state.
             let result = match policy.and_then(|p| p.per_try_timeout) {
-                Some(t) => match tokio::time::timeout(t, sent).await {
+                Some(t) => match tokio::time::timeout(t, cluster.send(&endpoint, head, body)).await
+                {
                     Ok(r) => r.map_err(|e| classify(route, cluster, body_limit, e)),
                     Err(_) => Err(ProxyError::UpstreamTimeout {
                         route: route.name.clone(),
@@ -622,7 +624,8 @@ async fn forward(
                         after: t,
                     }),
                 },
-                None => sent
+                None => cluster
+                    .send(&endpoint, head, body)
                     .await
                     .map_err(|e| classify(route, cluster, body_limit, e)),
             };
