@@ -762,13 +762,7 @@ impl Side {
         let s = vm.store.data_mut();
         let id = s.next_id;
         s.next_id += 1;
-        s.streams.insert(
-            id,
-            Box::new(StreamState {
-                info: Some(self.info.clone()),
-                ..Default::default()
-            }),
-        );
+        s.open_stream(id, self.info.clone());
         let root = s.root;
         self.ctx = Some((id, generation));
         // The Arc of all exports, not the TypedFunc: cloning a TypedFunc
@@ -1209,7 +1203,7 @@ impl StreamFilter for ProxyWasmStream {
         {
             return;
         }
-        vm.store.data_mut().streams.remove(&ctx);
+        vm.store.data_mut().close_stream(ctx);
     }
 }
 
@@ -1233,7 +1227,7 @@ impl Drop for ProxyWasmStream {
         if let Some((ctx, generation)) = self.side.ctx.take() {
             let mut vm = self.core.lock(self.side.index);
             if vm.store.data().generation == generation {
-                vm.store.data_mut().streams.remove(&ctx);
+                vm.store.data_mut().close_stream(ctx);
             }
         }
     }

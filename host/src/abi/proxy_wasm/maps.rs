@@ -332,6 +332,39 @@ mod tests {
     use crate::abi::proxy_wasm::AbiVersion;
     use crate::abi::proxy_wasm::vm::{self, StreamState};
 
+    /// A stream's state, once its stream ends, is cleared and given to the
+    /// next stream (the box last freed, still in the cache), not freed.
+    #[test]
+    fn an_ended_streams_state_is_cleared_and_reused_by_the_next() {
+        let mut s = state();
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let info = std::sync::Arc::new(crate::filter::StreamInfo {
+            route: None,
+            listener: "l".into(),
+            peer: addr,
+            local: addr,
+            tls: false,
+            tls_session: None,
+            start: std::time::SystemTime::now(),
+            attributes: Default::default(),
+            request: Default::default(),
+        });
+        s.open_stream(2, info.clone());
+        let st = s.streams.get_mut(&2).unwrap();
+        st.props.insert(b"k".to_vec(), b"v".to_vec());
+        st.continue_request = true;
+        let first: *const StreamState = &**st;
+        s.close_stream(2);
+        assert!(!s.streams.contains_key(&2));
+        s.open_stream(3, info);
+        let st = &s.streams[&3];
+        assert!(
+            std::ptr::eq(first, &**st),
+            "the ended stream's box was not reused"
+        );
+        assert!(st.props.is_empty() && !st.continue_request && st.info.is_some());
+    }
+
     /// An instance state with stream 1 current, holding a request head with
     /// `x-known: yes`.
     fn state() -> VmState {

@@ -108,11 +108,21 @@ pub struct VmState {
     /// What the running callback may touch.
     pub phase: Phase,
     /// Live stream contexts (small integer keys: a fast hash, no SipHash).
-    /// Boxed: a stream's state is near 900 bytes, and kept inline every
+    /// Boxed: a stream's state is 464 bytes, and kept inline every
     /// insert and remove copied all of it, and the table spread hundreds of
     /// streams' states over cold memory (at 256 connections, each callback's
     /// probe then missed the cache).
     pub streams: rustc_hash::FxHashMap<u32, Box<StreamState>>,
+    /// States of ended streams, cleared, for the next streams to reuse: the
+    /// last one freed is the first reused, while it is still in the cache
+    /// (the allocator hands out a freed block only after the rest of its
+    /// page, so a fresh box was cold memory at hundreds of connections:
+    /// seven cache lines written per filter per request).
+    #[expect(
+        clippy::vec_box,
+        reason = "the boxes move between `streams` and here; reusing them is the point"
+    )]
+    pub spare_streams: Vec<Box<StreamState>>,
     /// A callback resumed, closed or answered a stream: paused streams are
     /// checked for waking after it returns (otherwise nothing to check).
     pub wake: bool,
@@ -151,7 +161,28 @@ pub struct VmState {
     pub callbacks: crate::plugin::health::CallbackShard,
 }
 
+/// Stream states kept for reuse per instance, at most.
+const SPARE_STREAMS: usize = 64;
+
 impl VmState {
+    /// Starts the state of stream context `id`, for the request `info`
+    /// describes, in a spare box when there is one.
+    pub fn open_stream(&mut self, id: u32, info: Arc<StreamInfo>) {
+        let mut st = self.spare_streams.pop().unwrap_or_default();
+        st.info = Some(info);
+        self.streams.insert(id, st);
+    }
+
+    /// Ends stream context `id`: its state is cleared and kept for reuse.
+    pub fn close_stream(&mut self, id: u32) {
+        if let Some(mut st) = self.streams.remove(&id) {
+            *st = StreamState::default();
+            if self.spare_streams.len() < SPARE_STREAMS {
+                self.spare_streams.push(st);
+            }
+        }
+    }
+
     /// The context hostcalls act on: the effective one, else the current one.
     pub fn target(&self) -> u32 {
         self.effective.unwrap_or(self.current)
@@ -260,6 +291,7 @@ pub fn new_state(
         effective: None,
         phase: Phase::Init,
         streams: Default::default(),
+        spare_streams: Vec::new(),
         wake: false,
         call_response: None,
         grpc_message: None,
