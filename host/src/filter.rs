@@ -205,6 +205,25 @@ pub struct StreamInfo {
     pub request: Arc<RequestSnapshot>,
 }
 
+#[cfg(test)]
+impl StreamInfo {
+    /// A plain-text request on listener `l` from and to 127.0.0.1:1, started now: for tests.
+    pub fn for_test() -> Arc<StreamInfo> {
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("a valid address");
+        Arc::new(StreamInfo {
+            listener: "l".into(),
+            route: None,
+            peer: addr,
+            local: addr,
+            tls: false,
+            tls_session: None,
+            start: SystemTime::now(),
+            attributes: Default::default(),
+            request: Default::default(),
+        })
+    }
+}
+
 /// Attributes set by plugins during one request, read by the plugins after
 /// them (of either ABI) and by the access log. Names weir computes itself
 /// cannot be set.
@@ -711,18 +730,7 @@ mod tests {
     }
 
     fn info() -> Arc<StreamInfo> {
-        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        Arc::new(StreamInfo {
-            route: None,
-            listener: "l".into(),
-            peer: addr,
-            local: addr,
-            tls: false,
-            tls_session: None,
-            start: SystemTime::now(),
-            attributes: Default::default(),
-            request: Default::default(),
-        })
+        StreamInfo::for_test()
     }
 
     #[tokio::test]

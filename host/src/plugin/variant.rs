@@ -398,18 +398,7 @@ mod tests {
     }
 
     fn info() -> Arc<StreamInfo> {
-        let addr = "127.0.0.1:1".parse().unwrap();
-        Arc::new(StreamInfo {
-            listener: "l".into(),
-            route: None,
-            peer: addr,
-            local: addr,
-            tls: false,
-            tls_session: None,
-            start: std::time::SystemTime::now(),
-            attributes: Default::default(),
-            request: Default::default(),
-        })
+        StreamInfo::for_test()
     }
 
     fn request(path: &str) -> crate::upstream::Head {

@@ -337,18 +337,7 @@ mod tests {
     #[test]
     fn an_ended_streams_state_is_cleared_and_reused_by_the_next() {
         let mut s = state();
-        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let info = std::sync::Arc::new(crate::filter::StreamInfo {
-            route: None,
-            listener: "l".into(),
-            peer: addr,
-            local: addr,
-            tls: false,
-            tls_session: None,
-            start: std::time::SystemTime::now(),
-            attributes: Default::default(),
-            request: Default::default(),
-        });
+        let info = crate::filter::StreamInfo::for_test();
         s.open_stream(2, info.clone());
         let st = s.streams.get_mut(&2).unwrap();
         st.props.insert(b"k".to_vec(), b"v".to_vec());
