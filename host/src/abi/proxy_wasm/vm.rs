@@ -173,13 +173,14 @@ impl VmState {
         self.streams.insert(id, st);
     }
 
-    /// Ends stream context `id`: its state is cleared and kept for reuse.
+    /// Ends stream context `id`: its state is cleared and kept for reuse
+    /// (freed when [`SPARE_STREAMS`] are kept already).
     pub fn close_stream(&mut self, id: u32) {
-        if let Some(mut st) = self.streams.remove(&id) {
+        if let Some(mut st) = self.streams.remove(&id)
+            && self.spare_streams.len() < SPARE_STREAMS
+        {
             *st = StreamState::default();
-            if self.spare_streams.len() < SPARE_STREAMS {
-                self.spare_streams.push(st);
-            }
+            self.spare_streams.push(st);
         }
     }
 
