@@ -205,6 +205,11 @@ fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(None)
         .max_buf_size(config.max_header_size.max(8192))
         .max_headers(config.max_headers)
+        // A response head and a small body copied into one buffer and sent
+        // with one write cost less than the iovec bookkeeping of writev:
+        // 950 fewer instructions per proxied request for both sides
+        // (callgrind, 256 connections; benches/HISTORY.md, session 22).
+        .writev(false)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

@@ -147,7 +147,11 @@ impl Http1Pool {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let (tx, conn) = hyper::client::conn::http1::handshake(self.dialer.counted(io)).await?;
+        // Flattened writes, as downstream (listener.rs says why).
+        let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            .writev(false)
+            .handshake(self.dialer.counted(io))
+            .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
