@@ -174,6 +174,65 @@ async fn websocket_upgrades_pass_through() {
     ws.close(None).await.unwrap();
 }
 
+/// Only WebSocket upgrades are tunnelled. An h2c upgrade goes on as a plain
+/// request with its Upgrade, Connection and HTTP2-Settings headers removed
+/// (a backend that took it would speak HTTP/2 with the client past weir's
+/// routes and plugins: h2c smuggling), and an upstream that answers 101 to
+/// a request that asked for no upgrade gets the client a 502 naming it.
+#[tokio::test]
+async fn h2c_upgrades_are_not_tunnelled_and_unasked_101s_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Upstream::start("a").await;
+    let w = Weir::start(&one_cluster(a.addr, "")).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", w.port))
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /smuggle HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let doc: serde_json::Value =
+        serde_json::from_str(reply.split_once("\r\n\r\n").unwrap().1).unwrap();
+    for gone in ["upgrade", "connection", "http2-settings"] {
+        assert!(
+            doc["headers"].get(gone).is_none(),
+            "{gone} reached the upstream: {doc}"
+        );
+    }
+
+    // An upstream that switches protocols unasked.
+    let rogue = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rogue_addr = rogue.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = rogue.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+                    .await;
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    let w2 = Weir::start(&one_cluster(rogue_addr, "")).await;
+    let r = reqwest::get(w2.url("/plain")).await.unwrap();
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("switched protocols on a request that asked for no upgrade"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn a_reload_turns_a_plain_listener_into_tls_on_the_same_port() {
     let a = Upstream::start("a").await;

@@ -657,6 +657,195 @@ async fn header_read_timeout_times_heads_and_leaves_idle_connections_to_idle_tim
     assert_eq!(c.get(w.url("/")).send().await.unwrap().status(), 200);
 }
 
+/// The JSON body of a raw HTTP/1.1 reply (the test upstream answers with
+/// a content-length, so the body is what follows the head).
+fn reply_json(reply: &str) -> Value {
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {reply}"))
+}
+
+/// Paths are normalized (RFC 3986) before routing, so a policy route on
+/// `/admin/` cannot be walked around with dot segments, escapes or
+/// backslashes, and the upstream receives the path the route matched; the
+/// query is left as it came. `merge_slashes` folds `//`; `normalize_path =
+/// false` passes paths through untouched.
+#[tokio::test]
+async fn paths_are_normalized_before_routing_and_forwarding() {
+    let a = Upstream::start("a").await;
+    let (admin, port, merging, raw) = (
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+    );
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\n\
+         [[listener]]\nname = \"merging\"\nlisten = \"127.0.0.1:{merging}\"\nmerge_slashes = true\n\
+         [[listener]]\nname = \"raw\"\nlisten = \"127.0.0.1:{raw}\"\nnormalize_path = false\n\
+         {}[[route]]\nname = \"admin\"\nmatch = {{ prefix = \"/admin/\" }}\n\
+         direct_response = {{ status = 401, body = \"admin needs a key\\n\" }}\n\
+         [[route]]\nname = \"a\"\ncluster = \"a\"\n",
+        cluster("a", &[&a], "")
+    );
+    let _weir = Weir::start_with(admin, port, &text).await;
+    let get = |port: u16, path: &str| {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        async move { raw_exchange(port, head.as_bytes()).await }
+    };
+    for sneaky in [
+        "/public/../admin/users",
+        "/./admin/users",
+        "/%61dmin/users",
+        "/public/%2e%2e/admin/users",
+        "/public/%2E./admin/users",
+        "/public\\..\\admin/users",
+        "/admin/x/../users",
+    ] {
+        let reply = get(port, sneaky).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 401") && reply.contains("admin needs a key"),
+            "{sneaky} must take the admin route: {reply}"
+        );
+    }
+    assert_eq!(a.hits(), 0, "no sneaky path reached the upstream");
+
+    let doc = reply_json(&get(port, "/a/./b/../c/%7Ed%2fe?q=/../x&r=%61").await);
+    assert_eq!(doc["path"], "/a/c/~d%2Fe", "{doc}");
+    assert_eq!(
+        doc["query"], "q=/../x&r=%61",
+        "the query is left alone: {doc}"
+    );
+    let doc = reply_json(&get(port, "//admin/users").await);
+    assert_eq!(
+        doc["path"], "//admin/users",
+        "slashes are kept unless merged: {doc}"
+    );
+    let doc = reply_json(&get(port, "/static/app.min.js").await);
+    assert_eq!(doc["path"], "/static/app.min.js");
+
+    let reply = get(merging, "//admin//users").await;
+    assert!(reply.starts_with("HTTP/1.1 401"), "merged: {reply}");
+    let doc = reply_json(&get(merging, "/a//b///c").await);
+    assert_eq!(doc["path"], "/a/b/c", "{doc}");
+
+    let doc = reply_json(&get(raw, "/public/../admin/users").await);
+    assert_eq!(
+        doc["path"], "/public/../admin/users",
+        "normalize_path = false passes the path as it came: {doc}"
+    );
+
+    // HTTP/2 requests are normalized the same way.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(format!("http://127.0.0.1:{port}/public/%2e%2e/admin/users"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+/// Request heads that name their host ambiguously or wrongly are refused
+/// before any route or upstream sees them, as RFC 9112 asks: no Host or two
+/// Host headers in HTTP/1.1, a Host that is no host, userinfo in the target
+/// and a target outside ASCII answer 400; a transfer coding weir cannot
+/// decode and CONNECT answer 501 (Envoy answers 501 and 404). Each reply
+/// names its cause and closes the connection.
+#[tokio::test]
+async fn ambiguous_or_unsupported_request_framing_is_refused() {
+    let (a, w) = weir_with_listener("").await;
+    let refused: [(&[u8], &str, &str); 8] = [
+        (
+            b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            "400",
+            "invalid Host header \"a/b\"",
+        ),
+        (
+            b"GET http://user@a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "400",
+            "userinfo",
+        ),
+        (
+            b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "400",
+            "outside ASCII",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "400",
+            "2 Host headers",
+        ),
+        (
+            b"GET / HTTP/1.1\r\n\r\n",
+            "400",
+            "must carry a Host header",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "501",
+            "transfer coding \"gzip\"",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "501",
+            "applied twice",
+        ),
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            "501",
+            "does not open tunnels",
+        ),
+    ];
+    for (request, status, cause) in refused {
+        let reply = raw_exchange(w.port, request).await;
+        let shown = String::from_utf8_lossy(request);
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}")),
+            "{shown:?}: {reply}"
+        );
+        assert!(reply.contains(cause), "{shown:?}: {reply}");
+        assert!(reply.contains("connection: close"), "{shown:?}: {reply}");
+    }
+    assert_eq!(a.hits(), 0, "no refused request reached the upstream");
+
+    // Content-Length beside chunked: the body is read as chunked, the
+    // connection closes after the response, and the request smuggled after
+    // the body is never read.
+    let reply = raw_exchange(
+        w.port,
+        b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
+    assert!(reply.contains("connection: close"), "{reply}");
+    assert_eq!(reply_json(&reply)["path"], "/first", "{reply}");
+    assert_eq!(a.hits(), 1);
+
+    // What stays accepted: HTTP/1.0 without Host, a chunked body, absolute form.
+    let reply = raw_exchange(w.port, b"GET /ten HTTP/1.0\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    let reply = raw_exchange(
+        w.port,
+        b"POST /c HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply_json(&reply)["body"], "abc", "{reply}");
+    let reply = raw_exchange(
+        w.port,
+        b"GET http://other.example/abs HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        reply_json(&reply)["headers"]["host"],
+        "other.example",
+        "{reply}"
+    );
+    assert_eq!(a.hits(), 4);
+}
+
 /// Writes `bytes` on a fresh connection and reads until the server closes it (10 s at most).
 async fn raw_exchange(port: u16, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -154,6 +154,10 @@ pub struct ListenerConfig {
     pub header_read_timeout: std::time::Duration,
     /// Idle connection timeout.
     pub idle_timeout: std::time::Duration,
+    /// Normalize request paths before routing (see `proxy::path`).
+    pub normalize_path: bool,
+    /// Merge runs of slashes in request paths.
+    pub merge_slashes: bool,
 }
 
 /// A PEM certificate chain and its key, as paths.

@@ -94,6 +94,13 @@ pub enum ProxyError {
         /// Why.
         reason: String,
     },
+    /// The request asks for something weir does not do (a CONNECT tunnel, a
+    /// transfer coding other than chunked).
+    #[error("not implemented: {what}")]
+    NotImplemented {
+        /// What, and what weir does instead.
+        what: String,
+    },
     /// A plugin failed and its failure policy is closed.
     #[error("plugin {plugin:?} failed: {reason}")]
     PluginFailed {
@@ -122,6 +129,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             ProxyError::PluginFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -137,7 +145,8 @@ impl ProxyError {
             | ProxyError::UpstreamReset { .. } => ErrorSource::Upstream,
             ProxyError::BodyTooLarge { .. }
             | ProxyError::HeadersTooLarge { .. }
-            | ProxyError::BadRequest { .. } => ErrorSource::Downstream,
+            | ProxyError::BadRequest { .. }
+            | ProxyError::NotImplemented { .. } => ErrorSource::Downstream,
             ProxyError::PluginFailed { .. } => ErrorSource::Plugin,
             ProxyError::Internal { .. } => ErrorSource::Internal,
         }
@@ -154,6 +163,7 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::HeadersTooLarge { .. }
             | ProxyError::BadRequest { .. }
+            | ProxyError::NotImplemented { .. }
             | ProxyError::PluginFailed { .. }
             | ProxyError::Internal { .. } => false,
         }
@@ -174,6 +184,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. }
                 | ProxyError::HeadersTooLarge { .. }
                 | ProxyError::BadRequest { .. }
+                | ProxyError::NotImplemented { .. }
         ) {
             resp.headers_mut().insert(
                 header::CONNECTION,

@@ -2,6 +2,7 @@
 //! back. [`serve`] is the hyper service every listener runs.
 
 pub mod headers;
+pub mod path;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -245,7 +246,10 @@ async fn handle(
     incoming: Incoming,
     ex: &mut Exchange,
 ) -> Result<Response<Body>, ProxyError> {
-    check_limits(&down.listener, &head)?;
+    check_head(&down.listener, &head)?;
+    if down.listener.normalize_path {
+        normalize_path(&mut head.uri, down.listener.merge_slashes)?;
+    }
     let upgrade = if headers::is_upgrade(&head.headers) {
         head.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
@@ -423,31 +427,93 @@ async fn route_request(
         LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::Random => None,
     };
     let mut resp = forward(route, &cluster, head, body, hash, limit, ex).await?;
-    if let Some(on_downstream) = upgrade
-        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
-    {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(on_downstream) = upgrade else {
+            return Err(ProxyError::UpstreamReset {
+                route: route.name.clone(),
+                cluster: cluster.config.name.clone(),
+                reason: "the upstream switched protocols on a request that asked for no upgrade (weir tunnels WebSocket upgrades only)".into(),
+            });
+        };
         tunnel(on_downstream, hyper::upgrade::on(&mut resp));
     }
     Ok(resp)
 }
 
-fn check_limits(l: &ListenerConfig, req: &http::request::Parts) -> Result<(), ProxyError> {
+/// Refuses a request head weir will not pass on: over the listener's
+/// limits (431, 413), naming its host ambiguously or wrongly (400: no Host
+/// or more than one in HTTP/1.1, a Host that is no host name or address,
+/// userinfo in the target; RFC 9112, section 3.2), a target with bytes
+/// outside ASCII (400), or asking for what weir does not do (501: a
+/// transfer coding other than chunked, CONNECT). One pass over the headers
+/// serves the header checks.
+fn check_head(l: &ListenerConfig, req: &http::request::Parts) -> Result<(), ProxyError> {
     let h = &req.headers;
     if h.len() > l.max_headers {
         return Err(ProxyError::HeadersTooLarge {
             what: format!("{} headers, the limit is {}", h.len(), l.max_headers),
         });
     }
-    let size: usize = h
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + req.uri.path_and_query().map_or(1, |p| p.as_str().len())
+    let (mut size, mut hosts, mut transfer_encoding) = (0, 0, false);
+    for (k, v) in h {
+        size += k.as_str().len() + v.len() + 4;
+        if k == header::HOST {
+            hosts += 1;
+        } else if k == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+        }
+    }
+    size += req.uri.path_and_query().map_or(1, |p| p.as_str().len())
         + req.uri.authority().map_or(0, |a| a.as_str().len());
     if size > l.max_header_size {
         return Err(ProxyError::HeadersTooLarge {
             what: format!("{size} bytes, the limit is {}", l.max_header_size),
         });
+    }
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest {
+            reason: format!("{hosts} Host headers; a request names one host"),
+        });
+    }
+    if hosts == 0 && req.version == http::Version::HTTP_11 && req.uri.authority().is_none() {
+        return Err(ProxyError::BadRequest {
+            reason: "an HTTP/1.1 request must carry a Host header".into(),
+        });
+    }
+    if let Some(host) = h.get(header::HOST)
+        && !valid_host(host.as_bytes())
+    {
+        return Err(ProxyError::BadRequest {
+            reason: format!(
+                "invalid Host header {:?}: a host name or IP address and an optional port",
+                String::from_utf8_lossy(host.as_bytes())
+            ),
+        });
+    }
+    if let Some(authority) = req.uri.authority()
+        && authority.as_str().contains('@')
+    {
+        return Err(ProxyError::BadRequest {
+            reason: "the request target carries userinfo (user@host), which HTTP does not allow"
+                .into(),
+        });
+    }
+    if !req
+        .uri
+        .path_and_query()
+        .is_none_or(|p| p.as_str().is_ascii())
+    {
+        return Err(ProxyError::BadRequest {
+            reason: "the request target has bytes outside ASCII: percent-encode them".into(),
+        });
+    }
+    if req.method == http::Method::CONNECT {
+        return Err(ProxyError::NotImplemented {
+            what: "CONNECT: weir proxies requests, it does not open tunnels".into(),
+        });
+    }
+    if transfer_encoding {
+        check_transfer_encoding(h)?;
     }
     let length = h
         .get(header::CONTENT_LENGTH)
@@ -458,6 +524,88 @@ fn check_limits(l: &ListenerConfig, req: &http::request::Parts) -> Result<(), Pr
             limit: l.max_request_body,
         });
     }
+    Ok(())
+}
+
+/// Whether `v` is a Host header value: `uri-host [":" port]` (RFC 9110,
+/// section 7.2), a name or IPv4 address, or an IP literal in brackets; empty
+/// is allowed (a target without an authority).
+fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if v.first() == Some(&b'[') {
+        match v.iter().position(|&b| b == b']') {
+            Some(end) => (&v[1..end], &v[end + 1..]),
+            None => return false,
+        }
+    } else {
+        match v.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&v[..colon], &v[colon..]),
+            None => (v, &[][..]),
+        }
+    };
+    let bracketed = v.first() == Some(&b'[');
+    let host_ok = host.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%')
+            || (bracketed && b == b':')
+            || (!bracketed && b"!$&'()*+,;=".contains(&b))
+    });
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    host_ok && port_ok
+}
+
+/// A request with Transfer-Encoding: chunked alone is accepted (the
+/// HTTP/1.1 server has decoded it), any other coding answers 501: its bytes
+/// would reach the upstream still encoded, and unannounced. (Content-Length
+/// beside chunked is hyper's to handle: it drops the length, reads the body
+/// as chunked and closes the connection after the response, as RFC 9112,
+/// section 6.3 allows, so bytes smuggled after the body are never read as a
+/// request.)
+fn check_transfer_encoding(h: &http::HeaderMap) -> Result<(), ProxyError> {
+    let mut codings = h
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|c| String::from_utf8_lossy(c.trim_ascii()).to_ascii_lowercase())
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (Some(c), None) if c == "chunked" => {}
+        (first, second) => {
+            let other = [first, second]
+                .into_iter()
+                .flatten()
+                .find(|c| c != "chunked")
+                .unwrap_or_else(|| "chunked, applied twice".into());
+            return Err(ProxyError::NotImplemented {
+                what: format!(
+                    "transfer coding {other:?}: weir accepts a request body as it is or chunked"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the request's path with its normal form (see [`path`]); the
+/// query stays as it came.
+fn normalize_path(uri: &mut http::Uri, merge_slashes: bool) -> Result<(), ProxyError> {
+    let Some(normal) = path::normalize(uri.path(), merge_slashes) else {
+        return Ok(());
+    };
+    let with_query = match uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    let bad = |e: &dyn std::fmt::Display| ProxyError::BadRequest {
+        reason: format!("the request path cannot be normalized: {e}"),
+    };
+    parts.path_and_query =
+        Some(http::uri::PathAndQuery::try_from(with_query).map_err(|e| bad(&e))?);
+    *uri = http::Uri::from_parts(parts).map_err(|e| bad(&e))?;
     Ok(())
 }
 
@@ -826,4 +974,30 @@ fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpg
             tracing::debug!(error = %e, "upgraded connection ended with an error");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn host_headers_are_names_or_addresses_with_an_optional_port() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8443",
+            "[fe80::1%25eth0]",
+            "xn--bcher-kva.example",
+            "",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "a b", "a/b", "user@a", "a:80x", "a:80:90", "[::1", "[::1]x", "a\\b", "a?b", "a#b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
 }

@@ -125,6 +125,11 @@ pub struct RawListener {
     pub header_read_timeout: Option<Duration>,
     /// A connection with no request in flight for this long is closed. Default 60s.
     pub idle_timeout: Option<Duration>,
+    /// Normalize request paths (RFC 3986: dot segments, unreserved escapes,
+    /// backslashes) before routing, plugins and the upstream. Default true.
+    pub normalize_path: Option<bool>,
+    /// Merge runs of slashes in request paths into one. Default false.
+    pub merge_slashes: Option<bool>,
 }
 
 /// A listener's `tls` table.

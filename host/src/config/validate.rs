@@ -444,6 +444,12 @@ impl Validator<'_> {
         if max_header_size < 8192 {
             self.err(&format!("{p}.max_header_size"), "must be at least 8KiB");
         }
+        if l.merge_slashes == Some(true) && l.normalize_path == Some(false) {
+            self.err(
+                &format!("{p}.merge_slashes"),
+                "merging slashes is part of path normalization: remove normalize_path = false, or merge_slashes",
+            );
+        }
         Some(ListenerConfig {
             name: l.name.clone(),
             addr,
@@ -458,6 +464,8 @@ impl Validator<'_> {
                 .get(),
             idle_timeout: l.idle_timeout.unwrap_or(Duration::from_secs(60)).get(),
             transparent: l.transparent.unwrap_or(false),
+            normalize_path: l.normalize_path.unwrap_or(true),
+            merge_slashes: l.merge_slashes.unwrap_or(false),
         })
     }
 

@@ -45,9 +45,20 @@ const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether the request asks for a protocol upgrade (WebSocket and the like).
+/// Whether the request asks for a WebSocket upgrade, the one upgrade weir
+/// tunnels. Any other (h2c above all) is not: a backend that took an h2c
+/// upgrade would then speak HTTP/2 with the client directly, past weir's
+/// routes and plugins ("h2c smuggling"). Such a request goes on as a plain
+/// one with its Upgrade header removed, as Envoy does with h2c.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let mut protocols = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .peekable();
+    protocols.peek().is_some()
+        && protocols.all(|p| p.eq_ignore_ascii_case(b"websocket"))
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -216,6 +227,29 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 2);
         assert!(h.get(header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_upgrades() {
+        let with = |upgrade: &'static str, connection: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+            h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            is_upgrade(&h)
+        };
+        assert!(with("websocket", "Upgrade"));
+        assert!(with("WebSocket", "keep-alive, upgrade"));
+        assert!(!with("h2c", "Upgrade, HTTP2-Settings"), "h2c smuggling");
+        assert!(
+            !with("websocket, h2c", "Upgrade"),
+            "the backend could pick h2c"
+        );
+        assert!(!with("TLS/1.0", "Upgrade"));
+        assert!(
+            !with("websocket", "keep-alive"),
+            "Connection must name upgrade"
+        );
+        assert!(!is_upgrade(&HeaderMap::new()));
     }
 
     #[test]
