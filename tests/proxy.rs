@@ -174,12 +174,15 @@ async fn forwarding_headers_are_set_and_hop_by_hop_removed() {
         .header("x-hop", "secret")
         .header("keep-alive", "timeout=5")
         .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
         .send()
         .await
         .unwrap();
     let v: Value = r.json().await.unwrap();
     let h = &v["headers"];
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    // The client is no trusted proxy: what it claims is replaced.
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], format!("127.0.0.1:{}", w.port));
     assert_eq!(h["x-request-id"].as_str().unwrap().len(), 36);
@@ -194,6 +197,30 @@ async fn forwarding_headers_are_set_and_hop_by_hop_removed() {
         r.json::<Value>().await.unwrap()["headers"]["x-request-id"],
         "given"
     );
+
+    // Behind a trusted proxy (a load balancer that terminated TLS), the
+    // proto and host it forwards are kept.
+    let (admin, port) = (support::free_port(), support::free_port());
+    let behind = Weir::start_with(
+        admin,
+        port,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n{}[[route]]\nname = \"all\"\ncluster = \"a\"\n",
+            cluster("a", &[&a], "")
+        ),
+    )
+    .await;
+    let r = c
+        .get(behind.url("/p"))
+        .header("x-forwarded-host", "shop.example")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["headers"]["x-forwarded-host"], "shop.example", "{v}");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https", "{v}");
+    assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1", "{v}");
 }
 
 #[tokio::test]

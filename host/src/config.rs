@@ -158,6 +158,16 @@ pub struct ListenerConfig {
     pub normalize_path: bool,
     /// Merge runs of slashes in request paths.
     pub merge_slashes: bool,
+    /// Peers whose x-forwarded-proto and x-forwarded-host are kept.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl ListenerConfig {
+    /// Whether a client at `ip` is one of the listener's trusted proxies.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// A PEM certificate chain and its key, as paths.

@@ -266,12 +266,14 @@ async fn serve_conn<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let trusted = listener.trusts(peer.ip());
     let down = Arc::new(Downstream {
         local,
         listener_name: listener.name.as_str().into(),
         listener,
         peer,
         forwarded_for: crate::proxy::headers::forwarded_for(peer.ip()),
+        trusted,
         tls: tls.is_some(),
         tls_session: tls,
         original_dst,

@@ -52,6 +52,9 @@ pub struct Downstream {
     pub peer: SocketAddr,
     /// The client's IP as an x-forwarded-for entry ([`headers::forwarded_for`]).
     pub forwarded_for: HeaderValue,
+    /// The client is one of the listener's `trusted_proxies`: the
+    /// x-forwarded-proto and x-forwarded-host it sends are kept.
+    pub trusted: bool,
     /// The address the client connected to.
     pub local: SocketAddr,
     /// Whether it is TLS.
@@ -646,7 +649,13 @@ fn prepare_upstream_request(
     upgrade: bool,
 ) {
     headers::strip_hop_by_hop(&mut head.headers, upgrade);
-    headers::set_forwarded(&mut head.headers, &down.forwarded_for, down.tls, host);
+    headers::set_forwarded(
+        &mut head.headers,
+        &down.forwarded_for,
+        down.tls,
+        host,
+        down.trusted,
+    );
     match (&route.host_rewrite, host) {
         (Some(h), _) => {
             head.headers.insert(header::HOST, h.clone());

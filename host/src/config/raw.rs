@@ -130,6 +130,9 @@ pub struct RawListener {
     pub normalize_path: Option<bool>,
     /// Merge runs of slashes in request paths into one. Default false.
     pub merge_slashes: Option<bool>,
+    /// Peers (IP addresses or CIDR ranges) whose x-forwarded-proto and
+    /// x-forwarded-host are believed; every other client's are replaced.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// A listener's `tls` table.

@@ -450,6 +450,25 @@ impl Validator<'_> {
                 "merging slashes is part of path normalization: remove normalize_path = false, or merge_slashes",
             );
         }
+        let trusted_proxies = l
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .filter_map(|(j, text)| {
+                let parsed = text.parse::<ipnet::IpNet>().ok().or_else(|| {
+                    text.parse::<std::net::IpAddr>()
+                        .ok()
+                        .map(ipnet::IpNet::from)
+                });
+                if parsed.is_none() {
+                    self.err(
+                        &format!("{p}.trusted_proxies[{j}]"),
+                        format!("{text:?} is not an IP address or CIDR range (\"10.0.0.0/8\", \"192.0.2.7\", \"fd00::/8\")"),
+                    );
+                }
+                parsed
+            })
+            .collect();
         Some(ListenerConfig {
             name: l.name.clone(),
             addr,
@@ -466,6 +485,7 @@ impl Validator<'_> {
             transparent: l.transparent.unwrap_or(false),
             normalize_path: l.normalize_path.unwrap_or(true),
             merge_slashes: l.merge_slashes.unwrap_or(false),
+            trusted_proxies,
         })
     }
 

@@ -139,13 +139,18 @@ pub fn forwarded_for(client: IpAddr) -> HeaderValue {
 }
 
 /// Sets x-forwarded-for (the client appended to what the request carried),
-/// x-forwarded-proto, and x-forwarded-host when the request has none.
-/// `client` comes from [`forwarded_for`]; `host` is the request's host.
+/// x-forwarded-proto and x-forwarded-host. `client` comes from
+/// [`forwarded_for`]; `host` is the request's host. From a `trusted` client
+/// (a proxy in front of weir) the proto and host it sends are kept; from any
+/// other they are replaced, so a client cannot make the upstream build its
+/// links and redirects on a host of the client's choosing (Kong's
+/// `trusted_ips` works the same way).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client: &HeaderValue,
     https: bool,
     host: Option<&HeaderValue>,
+    trusted: bool,
 ) {
     match headers.entry(XFF) {
         Entry::Occupied(mut e) if !e.get().is_empty() => {
@@ -165,12 +170,14 @@ pub fn set_forwarded(
             e.insert(client.clone());
         }
     }
-    headers.insert(
-        XFP,
-        HeaderValue::from_static(if https { "https" } else { "http" }),
-    );
-    if let Entry::Vacant(e) = headers.entry(XFH) {
-        e.insert(host.cloned().unwrap_or(HeaderValue::from_static("")));
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
+    let host = host.cloned().unwrap_or(HeaderValue::from_static(""));
+    if trusted {
+        headers.entry(XFP).or_insert(proto);
+        headers.entry(XFH).or_insert(host);
+    } else {
+        headers.insert(XFP, proto);
+        headers.insert(XFH, host);
     }
 }
 
@@ -275,14 +282,28 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_start_and_keep_a_given_host() {
-        let mut h = HeaderMap::new();
-        h.insert(XFH, HeaderValue::from_static("first.example.com"));
+    fn forwarded_proto_and_host_are_kept_only_from_trusted_proxies() {
+        let sent = || {
+            let mut h = HeaderMap::new();
+            h.insert(XFH, HeaderValue::from_static("evil.example"));
+            h.insert(XFP, HeaderValue::from_static("https"));
+            h
+        };
         let client = forwarded_for("::1".parse().unwrap());
-        set_forwarded(&mut h, &client, false, Some(&HeaderValue::from_static("b")));
-        assert_eq!(h.get(XFF).unwrap(), "::1");
-        assert_eq!(h.get(XFP).unwrap(), "http");
-        assert_eq!(h.get(XFH).unwrap(), "first.example.com");
+        let host = HeaderValue::from_static("b");
+        let mut untrusted = sent();
+        set_forwarded(&mut untrusted, &client, false, Some(&host), false);
+        assert_eq!(untrusted.get(XFF).unwrap(), "::1");
+        assert_eq!(untrusted.get(XFP).unwrap(), "http");
+        assert_eq!(untrusted.get(XFH).unwrap(), "b");
+        let mut trusted = sent();
+        set_forwarded(&mut trusted, &client, false, Some(&host), true);
+        assert_eq!(trusted.get(XFP).unwrap(), "https");
+        assert_eq!(trusted.get(XFH).unwrap(), "evil.example");
+        let mut fresh = HeaderMap::new();
+        set_forwarded(&mut fresh, &client, true, Some(&host), true);
+        assert_eq!(fresh.get(XFP).unwrap(), "https");
+        assert_eq!(fresh.get(XFH).unwrap(), "b");
     }
 
     #[test]
@@ -305,6 +326,7 @@ mod tests {
             &forwarded_for("127.0.0.1".parse().unwrap()),
             true,
             Some(&HeaderValue::from_static("api.example.com")),
+            false,
         );
         assert_eq!(h.get(XFF).unwrap(), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get(XFP).unwrap(), "https");
