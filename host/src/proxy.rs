@@ -251,7 +251,7 @@ async fn handle(
 ) -> Result<Response<Body>, ProxyError> {
     check_head(&down.listener, &head)?;
     if down.listener.normalize_path {
-        normalize_path(&mut head.uri, down.listener.merge_slashes)?;
+        path::normalize_uri(&mut head.uri, down.listener.merge_slashes)?;
     }
     let upgrade = if headers::is_upgrade(&head.headers) {
         head.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -597,48 +597,25 @@ fn valid_host(v: &[u8]) -> bool {
 /// section 6.3 allows, so bytes smuggled after the body are never read as a
 /// request.)
 fn check_transfer_encoding(h: &http::HeaderMap) -> Result<(), ProxyError> {
-    let mut codings = h
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|c| String::from_utf8_lossy(c.trim_ascii()).to_ascii_lowercase())
-        .filter(|c| !c.is_empty());
+    let chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
+    let mut codings = headers::tokens(h, &header::TRANSFER_ENCODING);
     match (codings.next(), codings.next()) {
-        (Some(c), None) if c == "chunked" => {}
+        (Some(c), None) if chunked(c) => Ok(()),
         (first, second) => {
             let other = [first, second]
                 .into_iter()
                 .flatten()
-                .find(|c| c != "chunked")
-                .unwrap_or_else(|| "chunked, applied twice".into());
-            return Err(ProxyError::NotImplemented {
+                .find(|c| !chunked(c))
+                .map_or("chunked, applied twice".into(), |c| {
+                    String::from_utf8_lossy(c).to_ascii_lowercase()
+                });
+            Err(ProxyError::NotImplemented {
                 what: format!(
                     "transfer coding {other:?}: weir accepts a request body as it is or chunked"
                 ),
-            });
+            })
         }
     }
-    Ok(())
-}
-
-/// Replaces the request's path with its normal form (see [`path`]); the
-/// query stays as it came.
-fn normalize_path(uri: &mut http::Uri, merge_slashes: bool) -> Result<(), ProxyError> {
-    let Some(normal) = path::normalize(uri.path(), merge_slashes) else {
-        return Ok(());
-    };
-    let with_query = match uri.query() {
-        Some(q) => format!("{normal}?{q}"),
-        None => normal,
-    };
-    let mut parts = std::mem::take(uri).into_parts();
-    let bad = |e: &dyn std::fmt::Display| ProxyError::BadRequest {
-        reason: format!("the request path cannot be normalized: {e}"),
-    };
-    parts.path_and_query =
-        Some(http::uri::PathAndQuery::try_from(with_query).map_err(|e| bad(&e))?);
-    *uri = http::Uri::from_parts(parts).map_err(|e| bad(&e))?;
-    Ok(())
 }
 
 /// The route a request head takes on `listener`: the router's first match.

@@ -51,22 +51,21 @@ const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// routes and plugins ("h2c smuggling"). Such a request goes on as a plain
 /// one with its Upgrade header removed, as Envoy does with h2c.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    let mut protocols = headers
-        .get_all(header::UPGRADE)
+    let mut protocols = tokens(headers, &header::UPGRADE).peekable();
+    protocols.peek().is_some()
+        && protocols.all(|p| p.eq_ignore_ascii_case(b"websocket"))
+        && tokens(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// The comma-separated tokens of every `name` header, trimmed, empty ones
+/// left out (Connection, Upgrade, Transfer-Encoding lists).
+pub fn tokens<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'h [u8]> {
+    headers
+        .get_all(name)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .peekable();
-    protocols.peek().is_some()
-        && protocols.all(|p| p.eq_ignore_ascii_case(b"websocket"))
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+        .filter(|t| !t.is_empty())
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.
@@ -106,13 +105,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
     }
     let te_trailers = present & (1 << TE_INDEX) != 0
-        && headers
-            .get(header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            });
+        && tokens(headers, &header::TE).any(|t| t.eq_ignore_ascii_case(b"trailers"));
     for name in named {
         headers.remove(name);
     }

@@ -16,6 +16,28 @@
 //! The query is never touched. A `%` not followed by two hex digits is left
 //! as it is: it cannot decode to a dot or a slash.
 
+use crate::error::ProxyError;
+
+/// Replaces `uri`'s path with its normal form ([`normalize`]); the query
+/// stays as it came. A normal path leaves `uri` untouched.
+pub fn normalize_uri(uri: &mut http::Uri, merge_slashes: bool) -> Result<(), ProxyError> {
+    let Some(normal) = normalize(uri.path(), merge_slashes) else {
+        return Ok(());
+    };
+    let with_query = match uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let bad = |e: &dyn std::fmt::Display| ProxyError::BadRequest {
+        reason: format!("the request path cannot be normalized: {e}"),
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query =
+        Some(http::uri::PathAndQuery::try_from(with_query).map_err(|e| bad(&e))?);
+    *uri = http::Uri::from_parts(parts).map_err(|e| bad(&e))?;
+    Ok(())
+}
+
 /// The normal form of `path`, or `None` when `path` is already normal, so
 /// the common request costs one scan and no allocation. Paths that do not
 /// start with `/` (`*` of `OPTIONS *`) are left alone.
