@@ -784,7 +784,17 @@ async fn paths_are_normalized_before_routing_and_forwarding() {
 #[tokio::test]
 async fn ambiguous_or_unsupported_request_framing_is_refused() {
     let (a, w) = weir_with_listener("").await;
-    let refused: [(&[u8], &str, &str); 8] = [
+    let refused: [(&[u8], &str, &str); 10] = [
+        (
+            b"get /admin HTTP/1.1\r\nHost: a\r\n\r\n",
+            "400",
+            "method \"get\": methods are upper case",
+        ),
+        (
+            b"Delete /admin HTTP/1.1\r\nHost: a\r\n\r\n",
+            "400",
+            "method \"Delete\"",
+        ),
         (
             b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
             "400",
@@ -851,7 +861,14 @@ async fn ambiguous_or_unsupported_request_framing_is_refused() {
     assert_eq!(reply_json(&reply)["path"], "/first", "{reply}");
     assert_eq!(a.hits(), 1);
 
-    // What stays accepted: HTTP/1.0 without Host, a chunked body, absolute form.
+    // What stays accepted: methods weir does not know, in upper case (Envoy
+    // refuses those), HTTP/1.0 without Host, a chunked body, absolute form.
+    let reply = raw_exchange(
+        w.port,
+        b"PURGE_ALL /m HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply_json(&reply)["method"], "PURGE_ALL", "{reply}");
     let reply = raw_exchange(w.port, b"GET /ten HTTP/1.0\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
     let reply = raw_exchange(
@@ -870,7 +887,7 @@ async fn ambiguous_or_unsupported_request_framing_is_refused() {
         "other.example",
         "{reply}"
     );
-    assert_eq!(a.hits(), 4);
+    assert_eq!(a.hits(), 5);
 }
 
 /// Writes `bytes` on a fresh connection and reads until the server closes it (10 s at most).

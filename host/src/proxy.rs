@@ -511,6 +511,15 @@ fn check_head(l: &ListenerConfig, req: &http::request::Parts) -> Result<(), Prox
             reason: "the request target has bytes outside ASCII: percent-encode them".into(),
         });
     }
+    if !valid_method(req.method.as_str()) {
+        return Err(ProxyError::BadRequest {
+            reason: format!(
+                "method {:?}: methods are upper case (A-Z, '-', '_'); a route or policy \
+                 matching GET would not see it, and an upstream might still read it as one",
+                req.method.as_str()
+            ),
+        });
+    }
     if req.method == http::Method::CONNECT {
         return Err(ProxyError::NotImplemented {
             what: "CONNECT: weir proxies requests, it does not open tunnels".into(),
@@ -529,6 +538,18 @@ fn check_head(l: &ListenerConfig, req: &http::request::Parts) -> Result<(), Prox
         });
     }
     Ok(())
+}
+
+/// Whether `method` is upper-case letters, `-` and `_` (nginx's rule). A
+/// method is case-sensitive (RFC 9110, 9.1), so `get` is not `GET` to routes
+/// and plugins, while many upstream frameworks fold the case and serve it as
+/// `GET`: refused, as Envoy and nginx refuse it. Unknown upper-case methods
+/// (`PROPFIND`, `PURGE`, an API's own) pass; Envoy refuses those it does not
+/// know, nginx and weir do not.
+fn valid_method(method: &str) -> bool {
+    method
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
 }
 
 /// Bytes of a `reg-name` or IPv4 address (RFC 3986: unreserved, sub-delims
@@ -993,7 +1014,17 @@ fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpg
 
 #[cfg(test)]
 mod tests {
-    use super::valid_host;
+    use super::{valid_host, valid_method};
+
+    #[test]
+    fn methods_are_upper_case_tokens() {
+        for ok in ["GET", "DELETE", "PROPFIND", "M-SEARCH", "PURGE_ALL"] {
+            assert!(valid_method(ok), "{ok}");
+        }
+        for bad in ["get", "Get", "gET", "DELETe", "GET1"] {
+            assert!(!valid_method(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn host_headers_are_names_or_addresses_with_an_optional_port() {
