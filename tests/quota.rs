@@ -12,6 +12,11 @@ use support::{Upstream, Weir, free_port, sdk_plugin, test_filter};
 
 /// A weir with the ratelimit plugin configured by `limits` (TOML of `[[config.limits]]`) and `quota` (a `[quota]` table).
 async fn weir_with_ratelimit(limits: &str, quota: &str, up: &Upstream) -> Weir {
+    weir_with_workers(2, limits, quota, up).await
+}
+
+/// As [`weir_with_ratelimit`], with `workers` worker threads.
+async fn weir_with_workers(workers: usize, limits: &str, quota: &str, up: &Upstream) -> Weir {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
@@ -20,7 +25,7 @@ async fn weir_with_ratelimit(limits: &str, quota: &str, up: &Upstream) -> Weir {
     std::fs::copy(test_filter("pw-test"), plugins.join("50-pw-test.wasm")).unwrap();
     let (admin, port) = (free_port(), free_port());
     let config = format!(
-        "[server]\nworkers = 2\n\n{quota}\n\n{}[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        "[server]\nworkers = {workers}\n\n{quota}\n\n{}[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
         support::base_config(admin, port),
         up.addr
     );
@@ -114,6 +119,83 @@ async fn proxy_wasm_plugins_reach_the_quota_through_a_foreign_function() {
     assert_eq!(got[1].0, 200);
     assert_eq!(got[2].0, 429, "{got:?}");
     assert!(got[2].1.contains("\"allowed\":false"), "{got:?}");
+
+    // The same take as an http call to `weir.quota`: the decision comes back
+    // in on_http_call_response as a 200 with the same JSON.
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let r = client.get(w.url("/quota-async")).send().await.unwrap();
+        let quota_status = r.headers()["x-quota-status"].to_str().unwrap().to_string();
+        got.push((r.status().as_u16(), quota_status, r.text().await.unwrap()));
+    }
+    assert_eq!((got[0].0, got[0].1.as_str()), (200, "200"), "{got:?}");
+    assert!(
+        got[0].2.contains("\"allowed\":true") && got[0].2.contains("\"remaining\":1"),
+        "{got:?}"
+    );
+    assert_eq!(got[1].0, 200, "{got:?}");
+    assert_eq!((got[2].0, got[2].1.as_str()), (429, "200"), "{got:?}");
+    assert!(got[2].2.contains("\"allowed\":false"), "{got:?}");
+    // A bad argument fails the call at once, and the log says why.
+    let r = client.get(w.url("/quota-bad")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.text().await.unwrap(), "dispatch failed: BadArgument\n");
+    assert!(
+        w.logs()
+            .contains("http call to weir.quota: bad argument: invalid type: integer `1`"),
+        "{}",
+        w.logs()
+    );
+}
+
+/// A proxy-wasm take through an http call to `weir.quota` waits for Redis on
+/// its own task, not in a callback: with one worker thread and Redis paused,
+/// another request is served while the take waits. (The foreign function
+/// `weir.quota.take` would hold that worker until Redis answered.)
+#[tokio::test]
+async fn a_redis_take_through_an_http_call_leaves_the_worker_serving() {
+    use std::io::{Read, Write};
+    let redis = Redis::start();
+    let up = Upstream::start("app").await;
+    let quota = format!(
+        "[quota]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\ntimeout = \"20s\"\n",
+        redis.port
+    );
+    let w = weir_with_workers(1, "", &quota, &up).await;
+    let client = reqwest::Client::new();
+    // One take first, so that weir's Redis connection is open before the pause.
+    let r = client.get(w.url("/quota-async")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    let mut admin = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    admin
+        .write_all(b"*3\r\n$6\r\nCLIENT\r\n$5\r\nPAUSE\r\n$4\r\n5000\r\n")
+        .unwrap();
+    let mut ok = [0u8; 5];
+    admin.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"+OK\r\n", "CLIENT PAUSE");
+
+    let waiting = tokio::spawn({
+        let (client, url) = (client.clone(), w.url("/quota-async"));
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    });
+    // Let the take reach Redis, then ask the same worker for something else.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = client.get(w.url("/other")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        !waiting.is_finished(),
+        "the take answered before Redis's pause ended"
+    );
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"remaining\":0"),
+        "the second take of two: {body}"
+    );
 }
 
 struct Redis {

@@ -5,7 +5,9 @@
 //! A bucket is named by a key the plugin builds (a descriptor: client IP, API
 //! key, JWT subject, route, ...) and sized by its [`Limit`]: `tokens` per
 //! `period`, refilled continuously, holding at most `tokens`. Plugins reach it
-//! through the WIT `quota` interface, and proxy-wasm plugins through
+//! through the WIT `quota` interface, and proxy-wasm plugins through an
+//! http call to [`CALL_UPSTREAM`] (the answer comes in
+//! `on_http_call_response`, the worker never waits) or, answered at once,
 //! `proxy_call_foreign_function("weir.quota.take", ...)`.
 
 mod local;
@@ -16,6 +18,57 @@ use std::time::Duration;
 
 use crate::config::{QuotaBackend, QuotaConfig};
 use crate::telemetry::Metrics;
+
+/// The upstream name a proxy-wasm plugin gives `proxy_http_call` to take
+/// quota without holding its worker: the body is the take's JSON, the answer
+/// a 200 whose body is the decision's JSON. No cluster may take this name.
+pub const CALL_UPSTREAM: &str = "weir.quota";
+
+/// A take as a plugin asks for it in JSON (proxy-wasm's foreign function and
+/// http call): `{"key": "...", "cost": 1, "tokens": 10, "period_ms": 1000}`,
+/// `cost` 1 when left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TakeArgs {
+    /// The bucket's key.
+    pub key: String,
+    /// Tokens to take.
+    pub cost: u32,
+    /// The bucket's size.
+    pub limit: Limit,
+}
+
+impl TakeArgs {
+    /// Parses the JSON form and checks the limit; the error says what is wrong.
+    pub fn from_json(bytes: &[u8]) -> Result<TakeArgs, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Args {
+            key: String,
+            #[serde(default = "one")]
+            cost: u32,
+            tokens: u32,
+            period_ms: u64,
+        }
+        fn one() -> u32 {
+            1
+        }
+        let a: Args = serde_json::from_slice(bytes).map_err(|e| {
+            format!(
+                "bad argument: {e} (expected {{\"key\": \"...\", \"cost\": 1, \"tokens\": 10, \"period_ms\": 1000}})"
+            )
+        })?;
+        let limit = Limit {
+            tokens: a.tokens,
+            period: Duration::from_millis(a.period_ms),
+        };
+        limit.check()?;
+        Ok(TakeArgs {
+            key: a.key,
+            cost: a.cost,
+            limit,
+        })
+    }
+}
 
 /// A bucket's size: `tokens` per `period`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,6 +116,20 @@ impl Decision {
     /// `reset` in whole milliseconds.
     pub fn reset_ms(&self) -> u32 {
         u32::try_from(self.reset.as_millis()).unwrap_or(u32::MAX)
+    }
+
+    /// The JSON form proxy-wasm plugins read: `{"allowed": true, "limit":
+    /// 10, "remaining": 9, "retry_after_ms": 0, "reset_ms": 100}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::json!({
+            "allowed": self.allowed,
+            "limit": self.limit,
+            "remaining": self.remaining,
+            "retry_after_ms": self.retry_after_ms(),
+            "reset_ms": self.reset_ms(),
+        })
+        .to_string()
+        .into_bytes()
     }
 }
 
@@ -181,5 +248,33 @@ impl Quota {
         self.metrics
             .quota_decision(self.backend_name(), decision.allowed);
         decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_arguments_are_read_from_json_with_cost_one_by_default() {
+        let a = TakeArgs::from_json(br#"{"key": "k", "tokens": 10, "period_ms": 1000}"#).unwrap();
+        assert_eq!(
+            a,
+            TakeArgs {
+                key: "k".into(),
+                cost: 1,
+                limit: Limit {
+                    tokens: 10,
+                    period: Duration::from_secs(1)
+                }
+            }
+        );
+        let e =
+            TakeArgs::from_json(br#"{"key": "k", "tokens": 0, "period_ms": 1000}"#).unwrap_err();
+        assert!(e.contains("a limit of 0 tokens admits nothing"), "{e}");
+        let e = TakeArgs::from_json(br#"{"key": "k", "tokens": 1, "period_ms": 1, "x": 1}"#)
+            .unwrap_err();
+        assert!(e.starts_with("bad argument: unknown field `x`"), "{e}");
+        assert!(e.contains("expected {\"key\""), "{e}");
     }
 }

@@ -524,6 +524,53 @@ impl PluginCore {
         });
     }
 
+    /// Takes quota for an http call to [`crate::quota::CALL_UPSTREAM`]: the
+    /// take runs on its own task (on Redis it waits there, not in a
+    /// callback), and its decision comes back as the call's response, a 200
+    /// with the decision's JSON.
+    pub(crate) fn start_quota_call(
+        self: &Arc<Self>,
+        index: usize,
+        generation: u64,
+        token: u32,
+        take: crate::quota::TakeArgs,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let decision = me
+                .host
+                .quota()
+                .take_async(&take.key, take.cost, take.limit)
+                .await;
+            let response = match decision {
+                Ok(d) => {
+                    let mut headers = http::HeaderMap::new();
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    CallResponse {
+                        status: Some(http::StatusCode::OK),
+                        headers,
+                        body: d.to_json().into(),
+                        trailers: http::HeaderMap::new(),
+                        error: None,
+                    }
+                }
+                // The limit was checked when the call was made; this answers
+                // anyway rather than leave the plugin waiting.
+                Err(e) => CallResponse {
+                    status: Some(http::StatusCode::BAD_REQUEST),
+                    headers: http::HeaderMap::new(),
+                    body: e.into_bytes().into(),
+                    trailers: http::HeaderMap::new(),
+                    error: None,
+                },
+            };
+            me.deliver_call(index, generation, token, response);
+        });
+    }
+
     fn deliver_call(
         self: &Arc<Self>,
         index: usize,

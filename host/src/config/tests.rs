@@ -329,3 +329,27 @@ fn http2_keepalive_needs_an_interval_and_an_http2_cluster() {
         "{text}"
     );
 }
+
+#[test]
+fn the_quota_services_call_name_is_no_cluster_name() {
+    let text = r#"
+[[listener]]
+name = "public"
+listen = "127.0.0.1:8080"
+
+[[cluster]]
+name = "weir.quota"
+endpoints = ["127.0.0.1:9000"]
+
+[[route]]
+name = "r"
+cluster = "weir.quota"
+"#;
+    let err = parse(text).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(r#"cluster[0].name: "weir.quota" is the quota service's name for proxy-wasm http calls: name the cluster otherwise"#),
+        "{text}"
+    );
+    assert_eq!(err.errors.len(), 1, "{text}");
+}

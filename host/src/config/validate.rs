@@ -491,6 +491,15 @@ impl Validator<'_> {
 
     fn cluster(&mut self, i: usize, c: &RawCluster) -> Option<ClusterConfig> {
         let p = format!("cluster[{i}]");
+        if c.name == crate::quota::CALL_UPSTREAM {
+            self.err(
+                &format!("{p}.name"),
+                format!(
+                    "{:?} is the quota service's name for proxy-wasm http calls: name the cluster otherwise",
+                    crate::quota::CALL_UPSTREAM
+                ),
+            );
+        }
         let original_dst = c.original_dst.unwrap_or(false);
         if original_dst && !c.endpoints.is_empty() {
             self.err(

@@ -198,41 +198,14 @@ fn link_context(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// `weir.quota.take`, proxy-wasm's way to the quota service: the argument is
-/// JSON `{"key": "...", "cost": 1, "tokens": 10, "period_ms": 1000}` (cost
-/// defaults to 1), the answer JSON `{"allowed": true, "limit": 10,
-/// "remaining": 9, "retry_after_ms": 0, "reset_ms": 100}`.
+/// `weir.quota.take`, proxy-wasm's synchronous way to the quota service:
+/// the argument and answer are [`crate::quota::TakeArgs`]'s and
+/// [`crate::quota::Decision`]'s JSON. On the redis backend it holds the
+/// worker until Redis answers (bounded by `[quota] timeout`); an http call to
+/// [`crate::quota::CALL_UPSTREAM`] does not.
 fn quota_take(quota: &crate::quota::Quota, args: &[u8]) -> Result<Vec<u8>, String> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Args {
-        key: String,
-        #[serde(default = "one")]
-        cost: u32,
-        tokens: u32,
-        period_ms: u64,
-    }
-    fn one() -> u32 {
-        1
-    }
-    let a: Args = serde_json::from_slice(args).map_err(|e| format!("bad argument: {e}"))?;
-    let d = quota.take(
-        &a.key,
-        a.cost,
-        crate::quota::Limit {
-            tokens: a.tokens,
-            period: std::time::Duration::from_millis(a.period_ms),
-        },
-    )?;
-    Ok(serde_json::json!({
-        "allowed": d.allowed,
-        "limit": d.limit,
-        "remaining": d.remaining,
-        "retry_after_ms": d.retry_after_ms(),
-        "reset_ms": d.reset_ms(),
-    })
-    .to_string()
-    .into_bytes())
+    let a = crate::quota::TakeArgs::from_json(args)?;
+    Ok(quota.take(&a.key, a.cost, a.limit)?.to_json())
 }
 
 fn buffer_bytes(s: &mut VmState, kind: i32) -> Result<Bytes, Status> {
@@ -552,6 +525,20 @@ fn link_calls(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let Some(plugin) = c.data().plugin.upgrade() else {
                 return Ok(Status::InternalFailure as i32);
             };
+            if upstream == crate::quota::CALL_UPSTREAM {
+                let take = match crate::quota::TakeArgs::from_json(&body) {
+                    Ok(take) => take,
+                    Err(e) => {
+                        tracing::warn!(plugin.name = %plugin.spec.name, "http call to {upstream}: {e}");
+                        return Ok(Status::BadArgument as i32);
+                    }
+                };
+                let s = c.data_mut();
+                let token = s.next_token;
+                s.next_token = s.next_token.wrapping_add(1).max(1);
+                plugin.start_quota_call(s.index, s.generation, token, take);
+                return Ok(code(write_u32(&mut c, ret, token)));
+            }
             if !plugin.host.has_cluster(&upstream) {
                 return Ok(Status::BadArgument as i32);
             }

@@ -7,6 +7,8 @@
 //!   `x-pw-trailers-seen` (how many trailers it was told of); request trailers are logged;
 //! - `/deny`: answers 403 locally;
 //! - `/props`: answers with the properties it reads, one per line;
+//! - `/quota-async`: takes quota with an http call to `weir.quota` (2 tokens an hour), answers
+//!   200 or 429 with the decision; `/quota-bad` makes that call with a bad argument;
 //! - `/shared`: increments a shared-data counter with compare-and-swap and answers its value;
 //! - `/enqueue`: puts header x-item on the shared queue `work`; the root's on_queue_ready
 //!   dequeues it into shared data, which `/dequeued` answers;
@@ -117,8 +119,14 @@ impl Context for Stream {
         }
     }
 
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _trailers: usize) {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        if self.path == "/quota-async" {
+            let reply = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+            let allowed = status == "200" && String::from_utf8_lossy(&reply).contains("\"allowed\":true");
+            self.send_http_response(if allowed { 200 } else { 429 }, vec![("x-quota-status", status.as_str())], Some(&reply));
+            return;
+        }
         if status == "200" {
             self.set_http_request_header("x-callout-status", Some(&status));
             self.resume_http_request();
@@ -181,6 +189,27 @@ impl HttpContext for Stream {
                     }
                 }
                 Action::Pause
+            }
+            "/quota-async" => {
+                let args = br#"{"key": "pw-test-async", "tokens": 2, "period_ms": 3600000}"#;
+                let headers = vec![(":method", "POST"), (":path", "/take"), (":authority", "weir.quota")];
+                match self.dispatch_http_call("weir.quota", headers, Some(args), vec![], Duration::from_secs(5)) {
+                    Ok(_) => Action::Pause,
+                    Err(e) => {
+                        self.send_http_response(500, vec![], Some(format!("dispatch failed: {e:?}\n").as_bytes()));
+                        Action::Pause
+                    }
+                }
+            }
+            "/quota-bad" => {
+                let headers = vec![(":method", "POST"), (":path", "/take"), (":authority", "weir.quota")];
+                match self.dispatch_http_call("weir.quota", headers, Some(b"{\"key\": 1}"), vec![], Duration::from_secs(5)) {
+                    Ok(_) => Action::Pause,
+                    Err(e) => {
+                        self.send_http_response(400, vec![], Some(format!("dispatch failed: {e:?}\n").as_bytes()));
+                        Action::Pause
+                    }
+                }
             }
             "/shared" => {
                 loop {
