@@ -233,6 +233,90 @@ async fn h2c_upgrades_are_not_tunnelled_and_unasked_101s_are_refused() {
     );
 }
 
+/// An upstream response whose length is ambiguous is not passed on: a
+/// transfer coding other than chunked (the client would get the bytes still
+/// encoded, the coding dropped) or Content-Length beside Transfer-Encoding
+/// (RFC 9112, 6.3: response splitting) answer 502 naming the cause, as in
+/// Envoy. An HTTP/1.0 upstream's answer reaches an HTTP/1.1 client as
+/// HTTP/1.1, chunked, on a connection that stays open (RFC 9110, 6.2).
+#[tokio::test]
+async fn ambiguous_upstream_framing_is_refused_and_http10_answers_go_out_as_http11() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = raw.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split(' ').nth(1).unwrap_or("");
+                let reply: &[u8] = match path {
+                    "/cl-and-te" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                    "/gzip-chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                    "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                    _ => b"HTTP/1.0 200 OK\r\n\r\nten body",
+                };
+                let _ = stream.write_all(reply).await;
+            });
+        }
+    });
+    let w = Weir::start(&one_cluster(raw_addr, "")).await;
+    for (path, cause) in [
+        ("/cl-and-te", "both Content-Length and Transfer-Encoding"),
+        ("/gzip-chunked", "transfer coding \"gzip\" in the response"),
+    ] {
+        let r = reqwest::get(w.url(path)).await.unwrap();
+        assert_eq!(r.status(), 502, "{path}");
+        let text = r.text().await.unwrap();
+        assert!(
+            text.starts_with("invalid upstream response"),
+            "{path}: {text}"
+        );
+        assert!(text.contains(cause), "{path}: {text}");
+    }
+    let r = reqwest::get(w.url("/chunked")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+
+    // HTTP/1.0 from the upstream, two requests on one client connection.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", w.port))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET /ten HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !reply.ends_with(b"0\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("the reply ends with a last chunk")
+                .unwrap();
+            assert!(
+                n > 0,
+                "weir closed the connection: {}",
+                String::from_utf8_lossy(&reply)
+            );
+            reply.extend_from_slice(&buf[..n]);
+        }
+        seen.push(String::from_utf8_lossy(&reply).to_string());
+    }
+    for reply in &seen {
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(reply.contains("transfer-encoding: chunked"), "{reply}");
+        assert!(reply.contains("ten body"), "{reply}");
+    }
+}
+
 #[tokio::test]
 async fn a_reload_turns_a_plain_listener_into_tls_on_the_same_port() {
     let a = Upstream::start("a").await;

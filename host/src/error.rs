@@ -76,6 +76,16 @@ pub enum ProxyError {
         /// Why.
         reason: String,
     },
+    /// The upstream answered with a response weir will not pass on (502).
+    #[error("invalid upstream response: cluster {cluster:?} (route {route:?}): {reason}")]
+    BadUpstreamResponse {
+        /// Route name.
+        route: String,
+        /// Cluster name.
+        cluster: String,
+        /// What is wrong with the response.
+        reason: String,
+    },
     /// The request body is over the listener's limit.
     #[error("request body larger than the limit of {limit} bytes")]
     BodyTooLarge {
@@ -126,6 +136,7 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::BadUpstreamResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -142,7 +153,8 @@ impl ProxyError {
             ProxyError::NoEndpoint { .. }
             | ProxyError::ConnectFailed { .. }
             | ProxyError::UpstreamTimeout { .. }
-            | ProxyError::UpstreamReset { .. } => ErrorSource::Upstream,
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::BadUpstreamResponse { .. } => ErrorSource::Upstream,
             ProxyError::BodyTooLarge { .. }
             | ProxyError::HeadersTooLarge { .. }
             | ProxyError::BadRequest { .. }
@@ -160,6 +172,7 @@ impl ProxyError {
             | ProxyError::UpstreamReset { .. } => true,
             ProxyError::NoRoute { .. }
             | ProxyError::NoEndpoint { .. }
+            | ProxyError::BadUpstreamResponse { .. }
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::HeadersTooLarge { .. }
             | ProxyError::BadRequest { .. }

@@ -432,7 +432,7 @@ async fn route_request(
     let mut resp = forward(route, &cluster, head, body, hash, limit, ex).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(on_downstream) = upgrade else {
-            return Err(ProxyError::UpstreamReset {
+            return Err(ProxyError::BadUpstreamResponse {
                 route: route.name.clone(),
                 cluster: cluster.config.name.clone(),
                 reason: "the upstream switched protocols on a request that asked for no upgrade (weir tunnels WebSocket upgrades only)".into(),
@@ -618,25 +618,32 @@ fn valid_host(v: &[u8]) -> bool {
 /// section 6.3 allows, so bytes smuggled after the body are never read as a
 /// request.)
 fn check_transfer_encoding(h: &http::HeaderMap) -> Result<(), ProxyError> {
-    let chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
-    let mut codings = headers::tokens(h, &header::TRANSFER_ENCODING);
-    match (codings.next(), codings.next()) {
-        (Some(c), None) if chunked(c) => Ok(()),
-        (first, second) => {
-            let other = [first, second]
-                .into_iter()
-                .flatten()
-                .find(|c| !chunked(c))
-                .map_or("chunked, applied twice".into(), |c| {
-                    String::from_utf8_lossy(c).to_ascii_lowercase()
-                });
-            Err(ProxyError::NotImplemented {
-                what: format!(
-                    "transfer coding {other:?}: weir accepts a request body as it is or chunked"
-                ),
-            })
-        }
+    match headers::unchunked_coding(h) {
+        None => Ok(()),
+        Some(other) => Err(ProxyError::NotImplemented {
+            what: format!(
+                "transfer coding {other:?}: weir accepts a request body as it is or chunked"
+            ),
+        }),
     }
+}
+
+/// Why an upstream response that carries Transfer-Encoding cannot be passed
+/// on, if it cannot: a coding other than chunked (hyper reads the chunks, and
+/// the client would get the bytes still encoded, the coding dropped), or
+/// Content-Length beside it (RFC 9112, section 6.3: a sign of response
+/// splitting, which an intermediary must not forward as it is). Envoy
+/// answers both with 502 too.
+fn response_framing_error(h: &http::HeaderMap) -> Option<String> {
+    if let Some(other) = headers::unchunked_coding(h) {
+        return Some(format!(
+            "transfer coding {other:?} in the response: weir passes response bodies as they are or chunked"
+        ));
+    }
+    h.contains_key(header::CONTENT_LENGTH).then(|| {
+        "the response has both Content-Length and Transfer-Encoding, so its length is ambiguous"
+            .into()
+    })
 }
 
 /// The route a request head takes on `listener`: the router's first match.
@@ -844,6 +851,19 @@ async fn forward(
     };
     ex.upstream = Some(busy);
     let (mut parts, incoming) = resp.into_parts();
+    if parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && let Some(reason) = response_framing_error(&parts.headers)
+    {
+        return Err(ProxyError::BadUpstreamResponse {
+            route: route.name.clone(),
+            cluster: cluster.config.name.clone(),
+            reason,
+        });
+    }
+    // weir speaks its own HTTP version to the client (RFC 9110, section
+    // 6.2): an HTTP/1.0 upstream's response goes to an HTTP/1.1 client as
+    // HTTP/1.1, chunked when it has no length, and the connection stays open.
+    parts.version = http::Version::HTTP_11;
     let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(&mut parts.headers, upgraded);
     Ok(Response::from_parts(parts, body::boxed(incoming)))

@@ -125,6 +125,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The first transfer coding in `headers` other than a single `chunked`
+/// (lower-cased; `"chunked, applied twice"` when chunked is listed twice),
+/// or `None` when Transfer-Encoding is absent or exactly `chunked`.
+pub fn unchunked_coding(headers: &HeaderMap) -> Option<String> {
+    let chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
+    let mut codings = tokens(headers, &header::TRANSFER_ENCODING);
+    match (codings.next(), codings.next()) {
+        (None, _) => None,
+        (Some(c), None) if chunked(c) => None,
+        (first, second) => Some(
+            [first, second]
+                .into_iter()
+                .flatten()
+                .find(|c| !chunked(c))
+                .map_or("chunked, applied twice".into(), |c| {
+                    String::from_utf8_lossy(c).to_ascii_lowercase()
+                }),
+        ),
+    }
+}
+
 /// The client's address as an x-forwarded-for entry. A connection formats
 /// it once; each of its requests clones it (a reference count).
 pub fn forwarded_for(client: IpAddr) -> HeaderValue {
@@ -186,6 +207,26 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_single_chunked_coding_is_plain_chunked() {
+        let coding = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
+            }
+            unchunked_coding(&h)
+        };
+        assert_eq!(coding(&[]), None);
+        assert_eq!(coding(&["chunked"]), None);
+        assert_eq!(coding(&["Chunked"]), None);
+        assert_eq!(coding(&["gzip, chunked"]).as_deref(), Some("gzip"));
+        assert_eq!(coding(&["GZIP", "chunked"]).as_deref(), Some("gzip"));
+        assert_eq!(
+            coding(&["chunked", "chunked"]).as_deref(),
+            Some("chunked, applied twice")
+        );
+    }
 
     #[test]
     fn strips_hop_by_hop_and_named_headers() {
