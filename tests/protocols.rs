@@ -237,7 +237,7 @@ async fn h2c_upgrades_are_not_tunnelled_and_unasked_101s_are_refused() {
 /// transfer coding other than chunked (the client would get the bytes still
 /// encoded, the coding dropped) or Content-Length beside Transfer-Encoding
 /// (RFC 9112, 6.3: response splitting) answer 502 naming the cause, as in
-/// Envoy. An HTTP/1.0 upstream's answer reaches an HTTP/1.1 client as
+/// Envoy, and so does a response head over `max_response_header_size`. An HTTP/1.0 upstream's answer reaches an HTTP/1.1 client as
 /// HTTP/1.1, chunked, on a connection that stays open (RFC 9110, 6.2).
 #[tokio::test]
 async fn ambiguous_upstream_framing_is_refused_and_http10_answers_go_out_as_http11() {
@@ -257,7 +257,12 @@ async fn ambiguous_upstream_framing_is_refused_and_http10_answers_go_out_as_http
                 }
                 let head = String::from_utf8_lossy(&head);
                 let path = head.split(' ').nth(1).unwrap_or("");
+                let big_head = format!(
+                    "HTTP/1.1 200 OK\r\nx-big: {}\r\nContent-Length: 2\r\n\r\nok",
+                    "b".repeat(70 * 1024)
+                );
                 let reply: &[u8] = match path {
+                    "/big-head" => big_head.as_bytes(),
                     "/cl-and-te" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
                     "/gzip-chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
                     "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
@@ -284,6 +289,24 @@ async fn ambiguous_upstream_framing_is_refused_and_http10_answers_go_out_as_http
     let r = reqwest::get(w.url("/chunked")).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "ok");
+
+    // A response head over the cluster's max_response_header_size (60 KiB,
+    // Envoy's default) answers 502; a cluster allowing more passes it.
+    let r = reqwest::get(w.url("/big-head")).await.unwrap();
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("larger than the cluster's max_response_header_size (61440 bytes)"),
+        "{text}"
+    );
+    let roomy = Weir::start(&one_cluster(
+        raw_addr,
+        "max_response_header_size = \"128KiB\"",
+    ))
+    .await;
+    let r = reqwest::get(roomy.url("/big-head")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-big"].len(), 70 * 1024);
 
     // HTTP/1.0 from the upstream, two requests on one client connection.
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", w.port))

@@ -402,6 +402,8 @@ pub struct ClusterConfig {
     pub max_concurrent_streams: usize,
     /// HTTP/2 pings: (every, answered within); `None` sends none.
     pub keepalive: Option<(std::time::Duration, std::time::Duration)>,
+    /// Largest response head taken from an endpoint, in bytes.
+    pub max_response_header_size: usize,
     /// Upstream TLS.
     pub tls: Option<ClusterTls>,
     /// The table as written, to tell whether a reload changed it.

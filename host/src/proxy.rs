@@ -891,6 +891,18 @@ fn classify(
         }
         src = s.source();
     }
+    if let crate::upstream::SendError::Request(h) = &e
+        && h.is_parse_too_large()
+    {
+        return ProxyError::BadUpstreamResponse {
+            route: r,
+            cluster: c,
+            reason: format!(
+                "its response head is larger than the cluster's max_response_header_size ({} bytes)",
+                cluster.config.max_response_header_size
+            ),
+        };
+    }
     ProxyError::UpstreamReset {
         route: r,
         cluster: c,

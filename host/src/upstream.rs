@@ -149,7 +149,12 @@ impl Cluster {
         );
         let (idle, max_idle) = (config.idle_timeout, config.max_idle_per_endpoint);
         let transport = match config.protocol {
-            UpstreamProtocol::Http1 => Transport::Http1(Http1Pool::start(dialer, idle, max_idle)),
+            UpstreamProtocol::Http1 => Transport::Http1(Http1Pool::start(
+                dialer,
+                idle,
+                max_idle,
+                config.max_response_header_size,
+            )),
             UpstreamProtocol::Http2 => Transport::Http2(Http2Pool::start(
                 dialer,
                 multiplex::Http2Options {
@@ -157,6 +162,7 @@ impl Cluster {
                     keep: max_idle > 0,
                     max_streams: config.max_concurrent_streams,
                     keepalive: config.keepalive,
+                    max_head: config.max_response_header_size,
                 },
             )),
         };

@@ -348,6 +348,9 @@ pub struct RawCluster {
     pub keepalive_interval: Option<Duration>,
     /// How long a ping may go unanswered (with `keepalive_interval`). Default 20s.
     pub keepalive_timeout: Option<Duration>,
+    /// Largest response head (status line and headers) taken from an
+    /// endpoint; a larger one answers 502. Default 60KiB, as Envoy's.
+    pub max_response_header_size: Option<Size>,
     /// Originate TLS to the endpoints.
     pub tls: Option<RawClusterTls>,
 }

@@ -353,3 +353,23 @@ cluster = "weir.quota"
     );
     assert_eq!(err.errors.len(), 1, "{text}");
 }
+
+#[test]
+fn max_response_header_size_defaults_to_60_kib_and_is_bounded() {
+    let text = |size: &str| {
+        format!(
+            "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:8080\"\n\n[[cluster]]\nname = \"b\"\nendpoints = [\"127.0.0.1:9000\"]\n{size}\n\n[[route]]\nname = \"r\"\ncluster = \"b\"\n"
+        )
+    };
+    let c = parse(&text("")).unwrap();
+    assert_eq!(c.clusters[0].max_response_header_size, 60 * 1024);
+    let c = parse(&text("max_response_header_size = \"1MiB\"")).unwrap();
+    assert_eq!(c.clusters[0].max_response_header_size, 1 << 20);
+    let err = parse(&text("max_response_header_size = \"100MiB\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cluster[0].max_response_header_size: must be between 1KiB and 16MiB"),
+        "{err}"
+    );
+}

@@ -641,6 +641,13 @@ impl Validator<'_> {
                 allowed_identities: t.allowed_identities.clone(),
             }
         });
+        let max_response_header_size = c.max_response_header_size.unwrap_or(Size::kib(60)).bytes();
+        if !(1024..=1 << 24).contains(&max_response_header_size) {
+            self.err(
+                &format!("{p}.max_response_header_size"),
+                "must be between 1KiB and 16MiB",
+            );
+        }
         Some(ClusterConfig {
             name: c.name.clone(),
             endpoints,
@@ -654,6 +661,7 @@ impl Validator<'_> {
             max_idle_per_endpoint: c.max_idle_per_endpoint.unwrap_or(256),
             max_concurrent_streams: c.max_concurrent_streams.unwrap_or(100) as usize,
             keepalive,
+            max_response_header_size: max_response_header_size as usize,
             tls,
             raw: c.clone(),
         })

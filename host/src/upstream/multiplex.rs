@@ -55,6 +55,8 @@ pub struct Http2Options {
     /// whose ping goes unanswered is closed, so a dead peer or a path that
     /// dropped the connection silently is found before a request waits on it.
     pub keepalive: Option<(Duration, Duration)>,
+    /// Largest response header list taken (RFC 9113's SETTINGS_MAX_HEADER_LIST_SIZE).
+    pub max_head: usize,
 }
 
 /// One endpoint's connections, and the dial making another.
@@ -228,6 +230,7 @@ impl Http2Pool {
         let io = self.dialer.counted(self.dialer.dial(addr, host).await?);
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
+        builder.max_header_list_size(u32::try_from(self.options.max_head).unwrap_or(u32::MAX));
         if let Some((every, within)) = self.options.keepalive {
             builder
                 .keep_alive_interval(every)
@@ -342,6 +345,7 @@ mod tests {
             keep: true,
             max_streams,
             keepalive: None,
+            max_head: 64 * 1024,
         }
     }
 

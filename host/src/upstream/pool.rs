@@ -42,18 +42,27 @@ pub struct Http1Pool {
     dialer: Dialer,
     idle_timeout: Duration,
     max_idle: usize,
+    /// Largest response head taken, in bytes (hyper answers a larger one with a parse error).
+    max_head: usize,
 }
 
 impl Http1Pool {
     /// A pool keeping at most `max_idle` idle connections per endpoint for
-    /// `idle_timeout`, connecting with `dialer`. Starts the task that closes
+    /// `idle_timeout`, connecting with `dialer`, taking response heads of at
+    /// most `max_head` bytes. Starts the task that closes
     /// connections idle for longer (it ends with the pool).
-    pub fn start(dialer: Dialer, idle_timeout: Duration, max_idle: usize) -> Arc<Http1Pool> {
+    pub fn start(
+        dialer: Dialer,
+        idle_timeout: Duration,
+        max_idle: usize,
+        max_head: usize,
+    ) -> Arc<Http1Pool> {
         let pool = Arc::new(Http1Pool {
             idle: Mutex::default(),
             dialer,
             idle_timeout,
             max_idle,
+            max_head,
         });
         super::start_reaper(&pool, idle_timeout, Self::reap_now);
         pool
@@ -150,6 +159,7 @@ impl Http1Pool {
         // Flattened writes, as downstream (listener.rs says why).
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             .writev(false)
+            .max_header_size(self.max_head)
             .handshake(self.dialer.counted(io))
             .await?;
         tokio::spawn(async move {
@@ -400,7 +410,7 @@ mod tests {
         idle_timeout: Duration,
     ) -> Arc<Http1Pool> {
         let dialer = Dialer::new(tls, Duration::from_secs(2), Default::default());
-        Http1Pool::start(dialer, idle_timeout, max_idle)
+        Http1Pool::start(dialer, idle_timeout, max_idle, 64 * 1024)
     }
 
     #[tokio::test]
