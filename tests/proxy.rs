@@ -890,6 +890,55 @@ async fn ambiguous_or_unsupported_request_framing_is_refused() {
     assert_eq!(a.hits(), 5);
 }
 
+/// A client that writes its whole request body before it reads (as
+/// Python's http.client and many others do) gets weir's early answer (here
+/// a direct 401 that never reads the body; a plugin's 401 or 429 or a 413
+/// alike), not a broken pipe: weir lingers on the connection it closes,
+/// reading and discarding, as nginx and Envoy do.
+#[tokio::test]
+async fn an_early_answer_reaches_a_client_still_sending_its_body() {
+    let (admin, port) = (support::free_port(), support::free_port());
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\nmax_request_body = \"64MiB\"\n\n[[route]]\nname = \"deny\"\ndirect_response = {{ status = 401, body = \"no entry\\n\" }}\n"
+    );
+    let w = Weir::start_with(admin, port, &text).await;
+    let port = w.port;
+    let outcomes = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        (0..3)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let body = vec![b'x'; 3_000_000];
+                let sent = s
+                    .write_all(
+                        format!(
+                            "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|()| s.write_all(&body));
+                let mut reply = Vec::new();
+                let read = s.read_to_end(&mut reply);
+                (
+                    sent.map_err(|e| e.to_string()),
+                    read.map_err(|e| e.to_string()),
+                    String::from_utf8_lossy(&reply).to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (sent, read, reply) in outcomes {
+        assert_eq!(sent, Ok(()), "the body could not be sent: {reply}");
+        assert!(read.is_ok(), "{read:?}");
+        assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+        assert!(reply.ends_with("no entry\n"), "{reply}");
+    }
+}
+
 /// Writes `bytes` on a fresh connection and reads until the server closes it (10 s at most).
 async fn raw_exchange(port: u16, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

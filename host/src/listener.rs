@@ -7,6 +7,7 @@
 //! requests and close.
 
 mod head_clock;
+mod linger;
 pub mod sweep;
 pub mod tls;
 
@@ -283,7 +284,9 @@ async fn serve_conn<I>(
     let _registered = registry.register(down.clone());
     let svc_down = down.clone();
     let svc = service_fn(move |req| crate::proxy::serve(shared.clone(), svc_down.clone(), req));
-    let io = head_clock::HeadClock::new(io, down.clone());
+    // Closed connections linger (linger.rs): an early answer reaches a
+    // client still sending its body.
+    let io = head_clock::HeadClock::new(linger::Linger::new(io), down.clone());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // The listener's sweep asks a connection to drain or close through its
