@@ -890,6 +890,84 @@ async fn ambiguous_or_unsupported_request_framing_is_refused() {
     assert_eq!(a.hits(), 5);
 }
 
+/// A body that stops coming ends the request after the listener's
+/// `stream_idle_timeout` (Envoy's stream_idle_timeout): a client that
+/// trickles its body gets 408 and no upstream waits on it forever; an
+/// upstream stalled in the middle of its response has the response cut off
+/// (the client sees the connection close before the promised length)
+/// instead of holding the client and an upstream connection until it wakes.
+#[tokio::test]
+async fn stalled_bodies_end_after_the_stream_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that promises 100 bytes, sends 10 and stalls for a minute
+    // on /stall, and reads a whole body before answering otherwise.
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = raw.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if got.starts_with(b"GET /stall ") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                } else {
+                    // Reads until the client's body is done (or weir gives up).
+                    while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                }
+            });
+        }
+    });
+    let (admin, port) = (support::free_port(), support::free_port());
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\nstream_idle_timeout = \"300ms\"\n\n[[cluster]]\nname = \"up\"\nendpoints = [\"{raw_addr}\"]\n\n[[route]]\nname = \"up\"\ncluster = \"up\"\ntimeout = \"30s\"\n"
+    );
+    let w = Weir::start_with(admin, port, &text).await;
+
+    // Writes `bytes` and reads until weir closes the connection, which it
+    // must do well before the route's timeout or the upstream's minute.
+    async fn until_closed(port: u16, bytes: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+            .await
+            .expect("weir closed the connection itself")
+            .unwrap();
+        String::from_utf8_lossy(&out).to_string()
+    }
+    let reply = until_closed(
+        w.port,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        reply.contains(
+            "request body timeout: no bytes for 300ms (the listener's stream_idle_timeout)"
+        ),
+        "{reply}"
+    );
+
+    let reply = until_closed(w.port, b"GET /stall HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("content-length: 100"), "{reply}");
+    assert!(
+        reply.ends_with("\r\n\r\n0123456789"),
+        "cut off after the 10 bytes sent: {reply}"
+    );
+}
+
 /// A client that writes its whole request body before it reads (as
 /// Python's http.client and many others do) gets weir's early answer (here
 /// a direct 401 that never reads the body; a plugin's 401 or 429 or a 413

@@ -1,5 +1,6 @@
 //! The body type weir passes around: boxed, streaming, with trailers.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -34,6 +35,81 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// What a body ends with when no bytes came for the listener's
+/// `stream_idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("no body bytes for {0:?} (the listener's stream_idle_timeout)")]
+pub struct StreamIdle(pub std::time::Duration);
+
+/// A body that fails with [`StreamIdle`] when it waits longer than `after`
+/// for its next frame: a client trickling a request body, or an upstream
+/// stalled in the middle of its response, cannot hold the request (and an
+/// upstream connection) forever. The timer is armed only when the body is
+/// actually waiting, so a body that is ready when polled costs a branch.
+pub struct IdleBounded<B> {
+    inner: B,
+    after: std::time::Duration,
+    /// Armed while the body waits, since the last frame.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
+}
+
+impl<B> IdleBounded<B> {
+    /// Bounds `inner`'s waits by `after`; zero leaves it unbounded.
+    pub fn new(inner: B, after: std::time::Duration) -> IdleBounded<B> {
+        IdleBounded {
+            inner,
+            after,
+            timer: None,
+            waiting: false,
+        }
+    }
+}
+
+impl<B> HttpBody for IdleBounded<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending if this.after.is_zero() => Poll::Pending,
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.after;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !std::mem::replace(&mut this.waiting, true) {
+                    timer.as_mut().reset(deadline);
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(StreamIdle(this.after).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A body that keeps `guard` alive until the body is finished or dropped:
@@ -317,6 +393,66 @@ impl HttpBody for Filtered {
 mod tests {
     use super::*;
     use crate::filter::{BodyAction, BodyFilter};
+
+    type FrameResult = Result<Frame<Bytes>, BoxError>;
+    type FedBody = IdleBounded<
+        http_body_util::StreamBody<tokio_stream::wrappers::ReceiverStream<FrameResult>>,
+    >;
+
+    /// A body fed by the returned sender, bounded by `after`.
+    fn fed(after: std::time::Duration) -> (tokio::sync::mpsc::Sender<FrameResult>, FedBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        (tx, IdleBounded::new(body, after))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_waiting_past_its_idle_bound_fails_and_a_trickle_within_it_does_not() {
+        let after = std::time::Duration::from_millis(100);
+        let (tx, mut body) = fed(after);
+        // A frame every 60 ms: each wait is within the bound, the whole is not.
+        let feeder = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+                tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                    .await
+                    .unwrap();
+            }
+        });
+        for _ in 0..5 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "x");
+        }
+        feeder.await.unwrap();
+        // The sender is gone: the body ended.
+        assert!(body.frame().await.is_none());
+
+        let (tx, mut body) = fed(after);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first"))))
+            .await
+            .unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        let started = tokio::time::Instant::now();
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert!(e.is::<StreamIdle>(), "{e}");
+        assert_eq!(started.elapsed(), after);
+        assert_eq!(
+            e.to_string(),
+            "no body bytes for 100ms (the listener's stream_idle_timeout)"
+        );
+        drop(tx);
+
+        // Zero: no bound.
+        let (tx, mut body) = fed(std::time::Duration::ZERO);
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            tx.send(Ok(Frame::data(Bytes::from_static(b"late"))))
+                .await
+                .unwrap();
+        });
+        assert!(body.frame().await.unwrap().is_ok());
+        late.await.unwrap();
+    }
 
     /// Holds everything until the end, then upper-cases it.
     struct Upper;

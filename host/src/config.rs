@@ -154,6 +154,8 @@ pub struct ListenerConfig {
     pub header_read_timeout: std::time::Duration,
     /// Idle connection timeout.
     pub idle_timeout: std::time::Duration,
+    /// Longest wait for a body's next bytes; zero: no limit.
+    pub stream_idle_timeout: std::time::Duration,
     /// Normalize request paths before routing (see `proxy::path`).
     pub normalize_path: bool,
     /// Merge runs of slashes in request paths.

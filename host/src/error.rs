@@ -86,6 +86,13 @@ pub enum ProxyError {
         /// What is wrong with the response.
         reason: String,
     },
+    /// The client sent nothing of its request body for the listener's
+    /// `stream_idle_timeout`.
+    #[error("request body timeout: no bytes for {after:?} (the listener's stream_idle_timeout)")]
+    BodyTimeout {
+        /// The timeout.
+        after: Duration,
+    },
     /// The request body is over the listener's limit.
     #[error("request body larger than the limit of {limit} bytes")]
     BodyTooLarge {
@@ -138,6 +145,7 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadUpstreamResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
@@ -156,6 +164,7 @@ impl ProxyError {
             | ProxyError::UpstreamReset { .. }
             | ProxyError::BadUpstreamResponse { .. } => ErrorSource::Upstream,
             ProxyError::BodyTooLarge { .. }
+            | ProxyError::BodyTimeout { .. }
             | ProxyError::HeadersTooLarge { .. }
             | ProxyError::BadRequest { .. }
             | ProxyError::NotImplemented { .. } => ErrorSource::Downstream,
@@ -174,6 +183,7 @@ impl ProxyError {
             | ProxyError::NoEndpoint { .. }
             | ProxyError::BadUpstreamResponse { .. }
             | ProxyError::BodyTooLarge { .. }
+            | ProxyError::BodyTimeout { .. }
             | ProxyError::HeadersTooLarge { .. }
             | ProxyError::BadRequest { .. }
             | ProxyError::NotImplemented { .. }
@@ -195,6 +205,7 @@ impl ProxyError {
         if matches!(
             self,
             ProxyError::BodyTooLarge { .. }
+                | ProxyError::BodyTimeout { .. }
                 | ProxyError::HeadersTooLarge { .. }
                 | ProxyError::BadRequest { .. }
                 | ProxyError::NotImplemented { .. }

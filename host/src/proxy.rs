@@ -263,7 +263,10 @@ async fn handle(
     let mut body: Body = if incoming.is_end_stream() {
         body::empty()
     } else {
-        body::boxed(Limited::new(incoming, limit as usize))
+        body::boxed(body::IdleBounded::new(
+            Limited::new(incoming, limit as usize),
+            down.listener.stream_idle_timeout,
+        ))
     };
     // Only a request body that streams through filters can be answered from.
     let mut reply = None;
@@ -429,7 +432,7 @@ async fn route_request(
         }
         LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::Random => None,
     };
-    let mut resp = forward(route, &cluster, head, body, hash, limit, ex).await?;
+    let mut resp = forward(route, &cluster, head, body, hash, &down.listener, ex).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(on_downstream) = upgrade else {
             return Err(ProxyError::BadUpstreamResponse {
@@ -748,9 +751,10 @@ async fn forward(
     head: Head,
     body: Body,
     hash: Option<u64>,
-    body_limit: u64,
+    listener: &ListenerConfig,
     ex: &mut Exchange,
 ) -> Result<Response<Body>, ProxyError> {
+    let body_limit = listener.max_request_body;
     let policy = route
         .retry
         .as_ref()
@@ -866,7 +870,13 @@ async fn forward(
     parts.version = http::Version::HTTP_11;
     let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(&mut parts.headers, upgraded);
-    Ok(Response::from_parts(parts, body::boxed(incoming)))
+    Ok(Response::from_parts(
+        parts,
+        body::boxed(body::IdleBounded::new(
+            incoming,
+            listener.stream_idle_timeout,
+        )),
+    ))
 }
 
 fn classify(
@@ -884,12 +894,8 @@ fn classify(
             reason,
         };
     }
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-    while let Some(s) = src {
-        if s.is::<LengthLimitError>() {
-            return ProxyError::BodyTooLarge { limit: body_limit };
-        }
-        src = s.source();
+    if let Some(cause) = request_body_cause(std::error::Error::source(&e), body_limit) {
+        return cause;
     }
     if let crate::upstream::SendError::Request(h) = &e
         && h.is_parse_too_large()
@@ -939,13 +945,27 @@ async fn collect(mut body: Body, limit: u64) -> Result<Bytes, ProxyError> {
     Ok(buf.freeze())
 }
 
-fn body_error(e: BoxError, limit: u64) -> ProxyError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+/// The client's part in a failure, found in an error's causes: a request
+/// body over the limit (413) or stalled past `stream_idle_timeout` (408).
+fn request_body_cause(
+    mut src: Option<&(dyn std::error::Error + 'static)>,
+    limit: u64,
+) -> Option<ProxyError> {
     while let Some(s) = src {
         if s.is::<LengthLimitError>() {
-            return ProxyError::BodyTooLarge { limit };
+            return Some(ProxyError::BodyTooLarge { limit });
+        }
+        if let Some(idle) = s.downcast_ref::<body::StreamIdle>() {
+            return Some(ProxyError::BodyTimeout { after: idle.0 });
         }
         src = s.source();
+    }
+    None
+}
+
+fn body_error(e: BoxError, limit: u64) -> ProxyError {
+    if let Some(cause) = request_body_cause(Some(e.as_ref()), limit) {
+        return cause;
     }
     ProxyError::BadRequest {
         reason: format!("reading the request body failed: {e}"),

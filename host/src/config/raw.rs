@@ -125,6 +125,10 @@ pub struct RawListener {
     pub header_read_timeout: Option<Duration>,
     /// A connection with no request in flight for this long is closed. Default 60s.
     pub idle_timeout: Option<Duration>,
+    /// Longest wait for the next bytes of a request or response body once
+    /// it has begun; past it the request ends (408, or the response is cut
+    /// off). Default 5m, as Envoy's `stream_idle_timeout`; `"0s"` turns it off.
+    pub stream_idle_timeout: Option<Duration>,
     /// Normalize request paths (RFC 3986: dot segments, unreserved escapes,
     /// backslashes) before routing, plugins and the upstream. Default true.
     pub normalize_path: Option<bool>,

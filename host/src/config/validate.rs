@@ -482,6 +482,10 @@ impl Validator<'_> {
                 .unwrap_or(Duration::from_secs(10))
                 .get(),
             idle_timeout: l.idle_timeout.unwrap_or(Duration::from_secs(60)).get(),
+            stream_idle_timeout: l
+                .stream_idle_timeout
+                .unwrap_or(Duration::from_secs(300))
+                .get(),
             transparent: l.transparent.unwrap_or(false),
             normalize_path: l.normalize_path.unwrap_or(true),
             merge_slashes: l.merge_slashes.unwrap_or(false),
