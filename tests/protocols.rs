@@ -237,8 +237,9 @@ async fn h2c_upgrades_are_not_tunnelled_and_unasked_101s_are_refused() {
 /// transfer coding other than chunked (the client would get the bytes still
 /// encoded, the coding dropped) or Content-Length beside Transfer-Encoding
 /// (RFC 9112, 6.3: response splitting) answer 502 naming the cause, as in
-/// Envoy, and so does a response head over `max_response_header_size`. An HTTP/1.0 upstream's answer reaches an HTTP/1.1 client as
-/// HTTP/1.1, chunked, on a connection that stays open (RFC 9110, 6.2).
+/// Envoy, and so does a response head over `max_response_header_size`. An
+/// HTTP/1.0 upstream's answer reaches an HTTP/1.1 client as HTTP/1.1,
+/// chunked, on a connection that stays open (RFC 9110, 6.2).
 #[tokio::test]
 async fn ambiguous_upstream_framing_is_refused_and_http10_answers_go_out_as_http11() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -247,14 +248,9 @@ async fn ambiguous_upstream_framing_is_refused_and_http10_answers_go_out_as_http
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = raw.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = support::read_head(&mut stream).await else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&head);
                 let path = head.split(' ').nth(1).unwrap_or("");
                 let big_head = format!(

@@ -906,14 +906,10 @@ async fn stalled_bodies_end_after_the_stream_idle_timeout() {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = raw.accept().await {
             tokio::spawn(async move {
-                let mut got = Vec::new();
+                let Some(got) = support::read_head(&mut stream).await else {
+                    return;
+                };
                 let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
                 if got.starts_with(b"GET /stall ") {
                     let _ = stream
                         .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
@@ -932,19 +928,12 @@ async fn stalled_bodies_end_after_the_stream_idle_timeout() {
     );
     let w = Weir::start_with(admin, port, &text).await;
 
-    // Writes `bytes` and reads until weir closes the connection, which it
-    // must do well before the route's timeout or the upstream's minute.
+    // Weir must close the connection well before the route's timeout or
+    // the upstream's minute.
     async fn until_closed(port: u16, bytes: &[u8]) -> String {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        s.write_all(bytes).await.unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
-            .await
-            .expect("weir closed the connection itself")
-            .unwrap();
-        String::from_utf8_lossy(&out).to_string()
+        let (reply, closed) = exchange(port, bytes, Duration::from_secs(20)).await;
+        assert!(closed, "weir did not close the connection itself: {reply}");
+        reply
     }
     let reply = until_closed(
         w.port,
@@ -1019,14 +1008,22 @@ async fn an_early_answer_reaches_a_client_still_sending_its_body() {
 
 /// Writes `bytes` on a fresh connection and reads until the server closes it (10 s at most).
 async fn raw_exchange(port: u16, bytes: &[u8]) -> String {
+    exchange(port, bytes, Duration::from_secs(10)).await.0
+}
+
+/// Writes `bytes` on a fresh connection and reads until the server closes it
+/// or `within` ends: what came, and whether the server closed it.
+async fn exchange(port: u16, bytes: &[u8], within: Duration) -> (String, bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).to_string()
+    let closed = tokio::time::timeout(within, s.read_to_end(&mut out))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    (String::from_utf8_lossy(&out).to_string(), closed)
 }
 
 #[tokio::test]

@@ -492,3 +492,19 @@ pub fn sdk_plugin(package: &str) -> PathBuf {
     built.push((package.to_string(), path.clone()));
     path
 }
+
+/// Reads a request or response head from `stream` (up to its blank line,
+/// with whatever came in the same reads after it); `None` when the stream
+/// ended first.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
