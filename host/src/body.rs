@@ -88,13 +88,16 @@ where
             }
             Poll::Pending if this.after.is_zero() => Poll::Pending,
             Poll::Pending => {
-                let deadline = tokio::time::Instant::now() + this.after;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                // Armed once per wait (a body woken without a frame keeps
+                // its deadline); the timer is made once and reused.
                 if !std::mem::replace(&mut this.waiting, true) {
-                    timer.as_mut().reset(deadline);
+                    let deadline = tokio::time::Instant::now() + this.after;
+                    match &mut this.timer {
+                        Some(timer) => timer.as_mut().reset(deadline),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                 }
+                let timer = this.timer.as_mut().expect("armed when the wait began");
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(StreamIdle(this.after).into()))),
                     Poll::Pending => Poll::Pending,

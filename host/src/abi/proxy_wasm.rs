@@ -542,30 +542,23 @@ impl PluginCore {
                 .quota()
                 .take_async(&take.key, take.cost, take.limit)
                 .await;
-            let response = match decision {
-                Ok(d) => {
-                    let mut headers = http::HeaderMap::new();
-                    headers.insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/json"),
-                    );
-                    CallResponse {
-                        status: Some(http::StatusCode::OK),
-                        headers,
-                        body: d.to_json().into(),
-                        trailers: http::HeaderMap::new(),
-                        error: None,
-                    }
-                }
-                // The limit was checked when the call was made; this answers
-                // anyway rather than leave the plugin waiting.
-                Err(e) => CallResponse {
-                    status: Some(http::StatusCode::BAD_REQUEST),
-                    headers: http::HeaderMap::new(),
-                    body: e.into_bytes().into(),
-                    trailers: http::HeaderMap::new(),
-                    error: None,
-                },
+            // The limit was checked when the call was made; a refusal still
+            // answers rather than leave the plugin waiting.
+            let (status, body) = match decision {
+                Ok(d) => (StatusCode::OK, d.to_json()),
+                Err(e) => (StatusCode::BAD_REQUEST, e.into_bytes()),
+            };
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            let response = CallResponse {
+                status: Some(status),
+                headers,
+                body: body.into(),
+                trailers: http::HeaderMap::new(),
+                error: None,
             };
             me.deliver_call(index, generation, token, response);
         });

@@ -534,8 +534,7 @@ fn link_calls(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                     }
                 };
                 let s = c.data_mut();
-                let token = s.next_token;
-                s.next_token = s.next_token.wrapping_add(1).max(1);
+                let token = s.call_token();
                 plugin.start_quota_call(s.index, s.generation, token, take);
                 return Ok(code(write_u32(&mut c, ret, token)));
             }
@@ -565,8 +564,7 @@ fn link_calls(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 return Ok(Status::BadArgument as i32);
             };
             let s = c.data_mut();
-            let token = s.next_token;
-            s.next_token = s.next_token.wrapping_add(1).max(1);
+            let token = s.call_token();
             let timeout = (timeout > 0).then(|| Duration::from_millis(timeout as u32 as u64));
             plugin.start_call(s.index, s.generation, token, upstream, req, timeout);
             Ok(code(write_u32(&mut c, ret, token)))
@@ -602,8 +600,7 @@ fn link_calls(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 return Ok(Status::ParseFailure as i32);
             }
             let s = c.data_mut();
-            let token = s.next_token;
-            s.next_token = s.next_token.wrapping_add(1).max(1);
+            let token = s.call_token();
             let timeout = (timeout > 0).then(|| Duration::from_millis(timeout as u32 as u64));
             plugin.start_grpc_call(
                 s.index,

@@ -165,6 +165,13 @@ pub struct VmState {
 const SPARE_STREAMS: usize = 64;
 
 impl VmState {
+    /// The token of a new outbound call (never 0, which the SDKs read as none).
+    pub fn call_token(&mut self) -> u32 {
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1).max(1);
+        token
+    }
+
     /// Starts the state of stream context `id`, for the request `info`
     /// describes, in a spare box when there is one.
     pub fn open_stream(&mut self, id: u32, info: Arc<StreamInfo>) {
