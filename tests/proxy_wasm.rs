@@ -74,6 +74,91 @@ async fn local_responses_never_reach_the_upstream_and_pass_the_response_phase() 
     );
 }
 
+/// A local reply goes out as Envoy sends it: its length said, its body as
+/// text/plain, and to a gRPC client in gRPC's own form (HTTP 200, the
+/// status its HTTP status maps to, the body as a percent-encoded message).
+#[tokio::test]
+async fn local_replies_are_framed_as_envoy_frames_them() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let r = reqwest::get(w.url("/deny")).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["content-length"], "18");
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert!(r.headers().get("grpc-status").is_none());
+    let r = reqwest::Client::new()
+        .post(w.url("/deny"))
+        .header("content-type", "application/grpc")
+        .body(Vec::<u8>::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "gRPC answers in its trailers-only form");
+    assert_eq!(r.headers()["content-type"], "application/grpc");
+    assert_eq!(
+        r.headers()["grpc-status"],
+        "7",
+        "403 maps to PERMISSION_DENIED"
+    );
+    assert_eq!(r.headers()["grpc-message"], "denied by pw-test%0A");
+    assert_eq!(r.headers()["x-denied-by"], "pw-test");
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+}
+
+/// Calls that Envoy answers OK and the Rust SDK panics on otherwise: header
+/// edits weir cannot send (dropped, and logged), removing a pseudo-header,
+/// whole maps not there yet (empty), the status with no call made, bodies
+/// outside their callbacks, the VM configuration after start-up.
+#[tokio::test]
+async fn calls_envoy_answers_ok_do_not_fail_the_plugin() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("vm_config = \"vm-1\"\n", "", &up).await;
+    let r = reqwest::get(w.url("/envoy-edits")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "response headers=0\ncall headers=0\nstatus=0 None\nbody=0\nvm config=vm-1\nmethod=GET\n"
+    );
+    let logs = w.logs();
+    assert!(
+        logs.contains("a header edit was dropped: its name is not a valid header name"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("its value holds a control character"),
+        "{logs}"
+    );
+}
+
+/// The log phase reads the request and response headers, the body sizes,
+/// the upstream and why the response is what it is, as in Envoy.
+#[tokio::test]
+async fn the_log_phase_reads_both_header_maps_and_the_exchange() {
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let r = reqwest::Client::new()
+        .post(w.url("/logged?x=1"))
+        .body("twelve bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let size = r.bytes().await.unwrap().len();
+    let line = format!(
+        "log phase: :path=Some(\"/logged?x=1\") x-upstream=Some(\"app\") details=via_upstream upstream={} response.size={size} request.size=12",
+        up.addr
+    );
+    let mut logs = String::new();
+    for _ in 0..50 {
+        logs = w.logs();
+        if logs.contains(&line) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no {line:?} in\n{logs}");
+}
+
 #[tokio::test]
 async fn properties_use_envoy_names_and_encodings() {
     let up = Upstream::start("app").await;
@@ -81,6 +166,8 @@ async fn properties_use_envoy_names_and_encodings() {
     let text = reqwest::Client::new()
         .get(w.url("/props?a=1"))
         .header("user-agent", "weir-test")
+        .header("x-multi", "1")
+        .header("x-multi", "2")
         .send()
         .await
         .unwrap()
@@ -119,6 +206,22 @@ async fn properties_use_envoy_names_and_encodings() {
         "an empty root id comes back empty, which the Rust SDK reads as None"
     );
     assert_eq!(get("request.headers.user-agent"), "weir-test");
+    assert_eq!(
+        get("request.headers.x-multi"),
+        "1,2",
+        "joined with a bare comma, as Envoy"
+    );
+    assert_eq!(get("xds.route_name"), "app");
+    assert_eq!(
+        get("xds.cluster_name"),
+        "app",
+        "known from the route, before the log phase"
+    );
+    assert!(get("connection.id").parse::<u64>().unwrap() > 0);
+    assert_eq!(get("request.size"), "0", "no body yet in the headers phase");
+    // Envoy counts names and values, pseudo-headers included.
+    let total: usize = get("request.total_size").parse().unwrap();
+    assert!((100..400).contains(&total), "{total}");
     let ns: i64 = get("request.time").parse().unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -79,6 +79,7 @@ fn bench(c: &mut Criterion) {
         status: 200,
         route: None,
         cluster: None,
+        response_headers: None,
     };
     let mut group = c.benchmark_group("header_filter");
     for (name, filter) in [("proxy_wasm", &pw), ("component", &comp)] {

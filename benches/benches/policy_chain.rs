@@ -116,6 +116,7 @@ fn bench(c: &mut Criterion) {
         status: 200,
         route: Some("api".into()),
         cluster: Some("app".into()),
+        response_headers: None,
     };
     let bearer = format!("Bearer {token}");
     for (name, chain) in &chains {

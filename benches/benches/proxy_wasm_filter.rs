@@ -61,6 +61,7 @@ fn one(c: &mut Criterion, bench: &str, wasm: &str, name: &str) {
         status: 200,
         route: Some("all".into()),
         cluster: Some("upstream".into()),
+        response_headers: None,
     };
     c.bench_function(bench, |b| {
         b.iter(|| {

@@ -159,6 +159,9 @@ impl RequestFacts {
 pub struct RequestSnapshot {
     wanted: std::sync::atomic::AtomicBool,
     facts: std::sync::OnceLock<RequestFacts>,
+    headers: std::sync::OnceLock<http::HeaderMap>,
+    upstream: std::sync::OnceLock<SocketAddr>,
+    details: std::sync::OnceLock<Arc<str>>,
 }
 
 impl RequestSnapshot {
@@ -168,16 +171,51 @@ impl RequestSnapshot {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Takes the facts of `head`, if a filter wants them (once per request).
+    /// Whether a filter of this request asked for the snapshot.
+    pub fn wanted(&self) -> bool {
+        self.wanted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes the facts and headers of `head`, if a filter wants them (once
+    /// per request): proxy-wasm's log phase reads the request headers, as
+    /// Envoy keeps them for `on_log`.
     fn take(&self, head: &http::request::Parts, tls: bool) {
-        if self.wanted.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.wanted() {
             let _ = self.facts.get_or_init(|| RequestFacts::of(head, tls));
+            let _ = self.headers.get_or_init(|| head.headers.clone());
         }
     }
 
     /// The facts, once the request-headers phase has ended.
     pub fn get(&self) -> Option<&RequestFacts> {
         self.facts.get()
+    }
+
+    /// The request headers as the chain left them, once its request-headers
+    /// phase has ended.
+    pub fn headers(&self) -> Option<&http::HeaderMap> {
+        self.headers.get()
+    }
+
+    /// Records the upstream endpoint that answered (`upstream.address`).
+    pub fn set_upstream(&self, addr: SocketAddr) {
+        let _ = self.upstream.set(addr);
+    }
+
+    /// The upstream endpoint that answered, once it has.
+    pub fn upstream(&self) -> Option<SocketAddr> {
+        self.upstream.get().copied()
+    }
+
+    /// Records why a filter answered the request itself
+    /// (`response.code_details`); the first answer wins.
+    pub fn set_details(&self, details: &str) {
+        let _ = self.details.set(details.into());
+    }
+
+    /// Why a filter answered the request itself, if one did.
+    pub fn details(&self) -> Option<&str> {
+        self.details.get().map(|d| &**d)
     }
 }
 
@@ -188,6 +226,8 @@ pub struct StreamInfo {
     pub listener: Arc<str>,
     /// The route the request matched as it entered the chain (`route_name`).
     pub route: Option<Arc<str>>,
+    /// That route's cluster, when it forwards to one (`xds.cluster_name`).
+    pub cluster: Option<Arc<str>>,
     /// The client's address.
     pub peer: SocketAddr,
     /// The address the client connected to.
@@ -203,6 +243,11 @@ pub struct StreamInfo {
     /// The request as the filters left it, set when the request-headers
     /// phase of the chain ends.
     pub request: Arc<RequestSnapshot>,
+    /// The downstream connection's number, unique in this process (`connection.id`).
+    pub connection_id: u64,
+    /// The request is gRPC (its content-type is `application/grpc…`): a
+    /// local response to it is given in gRPC's form, as Envoy gives it.
+    pub grpc: bool,
 }
 
 #[cfg(test)]
@@ -213,6 +258,7 @@ impl StreamInfo {
         Arc::new(StreamInfo {
             listener: "l".into(),
             route: None,
+            cluster: None,
             peer: addr,
             local: addr,
             tls: false,
@@ -220,6 +266,8 @@ impl StreamInfo {
             start: SystemTime::now(),
             attributes: Default::default(),
             request: Default::default(),
+            connection_id: 1,
+            grpc: false,
         })
     }
 }
@@ -348,6 +396,9 @@ pub struct LogInfo {
     pub route: Option<Arc<str>>,
     /// The cluster used, if any.
     pub cluster: Option<Arc<str>>,
+    /// The response headers as sent downstream, kept when a filter asked for
+    /// the request's snapshot (proxy-wasm's `on_log` reads them, as in Envoy).
+    pub response_headers: Option<Arc<http::HeaderMap>>,
 }
 
 /// What a streaming body filter decides about the bytes it holds.
@@ -538,6 +589,11 @@ macro_rules! timed {
 }
 
 impl ChainStream {
+    /// What the request's filters learn after its head (upstream, snapshot).
+    pub fn snapshot(&self) -> &RequestSnapshot {
+        &self.info.request
+    }
+
     /// Runs the request-headers phase, in order. A filter attached to some
     /// routes runs only when `route_of` (the route the request, as changed by
     /// the filters before it, would take) names one of them. `Err` carries a

@@ -280,6 +280,7 @@ async fn serve_conn<I>(
         original_dst,
         activity: Activity::default(),
         signal: sweep::Signal::default(),
+        id: crate::proxy::next_connection_id(),
     });
     let _registered = registry.register(down.clone());
     let svc_down = down.clone();

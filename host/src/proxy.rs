@@ -68,6 +68,14 @@ pub struct Downstream {
     pub activity: Activity,
     /// What its listener asks of it (drain, close), see [`crate::listener::sweep`].
     pub signal: crate::listener::sweep::Signal,
+    /// Its number, unique in this process (proxy-wasm's `connection.id`).
+    pub id: u64,
+}
+
+/// A new downstream connection's number: 1, 2, 3, … in this process.
+pub fn next_connection_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Requests in flight on a connection, when the connection was last busy,
@@ -157,7 +165,7 @@ impl Drop for Busy {
 
 /// Keeps upstream in-flight counts up until the response body ends.
 struct UpstreamBusy {
-    _endpoint: ActiveGuard,
+    endpoint: ActiveGuard,
     cluster: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -219,11 +227,18 @@ pub async fn serve(
     }
     let mut log = None;
     if let Some(mut chain) = ex.chain.take() {
+        if let Some(up) = ex.upstream.as_ref() {
+            chain.snapshot().set_upstream(up.endpoint.addr());
+        }
         resp = filter_response(&mut chain, resp).await;
         let info = crate::filter::LogInfo {
             status: resp.status().as_u16(),
             route: ex.route.map(|i| rt.route_names[i].clone()),
             cluster: ex.cluster.as_ref().map(|c| c.name.clone()),
+            response_headers: chain
+                .snapshot()
+                .wanted()
+                .then(|| Arc::new(resp.headers().clone())),
         };
         log = Some(LogAtEnd { chain, info });
     }
@@ -273,9 +288,10 @@ async fn handle(
     let started = {
         let chain = shared.chain.load();
         (!chain.is_empty()).then(|| {
+            let route = find_route(rt, &down.listener.name, &head);
             let info = Arc::new(crate::filter::StreamInfo {
-                route: find_route(rt, &down.listener.name, &head)
-                    .map(|i| rt.route_names[i].clone()),
+                route: route.map(|i| rt.route_names[i].clone()),
+                cluster: route.and_then(|i| rt.route_clusters[i].clone()),
                 listener: down.listener_name.clone(),
                 peer: down.peer,
                 local: down.local,
@@ -284,6 +300,8 @@ async fn handle(
                 start: std::time::SystemTime::now(),
                 attributes: Default::default(),
                 request: Default::default(),
+                connection_id: down.id,
+                grpc: headers::is_grpc(&head.headers),
             });
             (chain.start(&info), chain.by_route())
         })
@@ -804,7 +822,7 @@ async fn forward(
             let guard = ActiveGuard::new(endpoint.clone());
             cluster.active.inc();
             let busy = UpstreamBusy {
-                _endpoint: guard,
+                endpoint: guard,
                 cluster: cluster.active.clone(),
             };
             // The send is made where it is awaited: a future made first and
@@ -972,10 +990,15 @@ fn body_error(e: BoxError, limit: u64) -> ProxyError {
     }
 }
 
+/// A filter's local response. Its length is always said (as Envoy says it),
+/// also when response filters will stream its body.
 fn local_response(local: LocalResponse) -> Response<Body> {
+    let len = HeaderValue::from(local.body.len());
     let mut resp = Response::new(body::full(local.body));
     *resp.status_mut() = local.status;
-    resp.headers_mut().extend(local.headers);
+    let headers = resp.headers_mut();
+    headers.extend(local.headers);
+    headers.insert(header::CONTENT_LENGTH, len);
     resp
 }
 

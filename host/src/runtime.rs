@@ -24,6 +24,9 @@ pub struct Runtime {
     /// Route names by route index, shared with every request's filters
     /// (no copy per request).
     pub route_names: Vec<Arc<str>>,
+    /// The cluster of each route that forwards to one (`xds.cluster_name`
+    /// before the log phase), by route index.
+    pub route_clusters: Vec<Option<Arc<str>>>,
     /// 1 for the first config, +1 per reload.
     pub generation: u64,
 }
@@ -83,7 +86,16 @@ impl Runtime {
         route_stats.push(metrics.route_stats("", std::iter::empty()));
         let generation = previous.map_or(1, |p| p.generation + 1);
         metrics.config_generation.set(generation as i64);
+        let route_clusters = config
+            .routes
+            .iter()
+            .map(|r| match &r.action {
+                crate::config::RouteAction::Cluster(c) => clusters.get(c).map(|c| c.name.clone()),
+                _ => None,
+            })
+            .collect();
         Ok(Runtime {
+            route_clusters,
             route_names: config
                 .routes
                 .iter()

@@ -939,7 +939,10 @@ impl crate::filter::BodyFilter for ProxyWasmBody {
             return Ok(crate::filter::BodyAction::Continue);
         };
         let (ctx, len) = (self.ctx, data.len());
-        with_stream!(vm, ctx).body = Some(std::mem::take(data));
+        let dir = usize::from(self.dir == Direction::Response);
+        let st = with_stream!(vm, ctx);
+        st.body = Some(std::mem::take(data));
+        st.body_bytes[dir] = st.body_passed[dir] + len as u64;
         let phase = if self.dir == Direction::Request {
             Phase::RequestBody
         } else {
@@ -967,6 +970,7 @@ impl crate::filter::BodyFilter for ProxyWasmBody {
             return Ok(crate::filter::BodyAction::Respond(local));
         }
         Ok(if code == 0 {
+            st.body_passed[dir] += len as u64;
             crate::filter::BodyAction::Continue
         } else {
             crate::filter::BodyAction::Buffer

@@ -45,6 +45,14 @@ const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Whether a request is gRPC: its content-type is `application/grpc` or a
+/// subtype (`application/grpc+proto`), as Envoy tells.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// Whether the request asks for a WebSocket upgrade, the one upgrade weir
 /// tunnels. Any other (h2c above all) is not: a backend that took an h2c
 /// upgrade would then speak HTTP/2 with the client directly, past weir's

@@ -51,6 +51,11 @@ impl ActiveGuard {
         ep.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(ep)
     }
+
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
 }
 
 impl Drop for ActiveGuard {

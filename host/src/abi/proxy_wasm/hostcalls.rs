@@ -211,7 +211,8 @@ fn quota_take(quota: &crate::quota::Quota, args: &[u8]) -> Result<Vec<u8>, Strin
 fn buffer_bytes(s: &mut VmState, kind: i32) -> Result<Bytes, Status> {
     let plugin = s.plugin.upgrade().ok_or(Status::InternalFailure)?;
     match kind {
-        buffer::VM_CONFIGURATION if s.phase == Phase::VmStart => Ok(plugin.spec.vm_config.clone()),
+        // Envoy gives the VM configuration at any time.
+        buffer::VM_CONFIGURATION => Ok(plugin.spec.vm_config.clone()),
         buffer::PLUGIN_CONFIGURATION if s.phase == Phase::Configure => {
             Ok(plugin.spec.config.clone())
         }
@@ -229,6 +230,10 @@ fn buffer_bytes(s: &mut VmState, kind: i32) -> Result<Bytes, Status> {
             .stream()
             .and_then(|st| st.body.clone())
             .ok_or(Status::NotFound),
+        // Outside their callbacks a stream's bodies read as empty, as in Envoy.
+        buffer::HTTP_REQUEST_BODY | buffer::HTTP_RESPONSE_BODY if s.stream().is_some() => {
+            Ok(Bytes::new())
+        }
         0..=8 => Err(Status::NotFound),
         _ => Err(Status::BadArgument),
     }
@@ -269,7 +274,9 @@ fn link_buffers_and_maps(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                     | (buffer::HTTP_RESPONSE_BODY, Phase::ResponseBody)
             );
             if !phase_ok {
-                return Ok(if (0..=8).contains(&kind) {
+                // Envoy: BadArgument for a body outside its callback too.
+                let body = kind == buffer::HTTP_REQUEST_BODY || kind == buffer::HTTP_RESPONSE_BODY;
+                return Ok(if (0..=8).contains(&kind) && !body {
                     Status::NotFound
                 } else {
                     Status::BadArgument
@@ -438,8 +445,8 @@ fn link_stream_control(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_send_local_response",
         |mut c: C<'_>,
          status: i32,
-         _dp: i32,
-         _dl: i32,
+         dp: i32,
+         dl: i32,
          bp: i32,
          bl: i32,
          hp: i32,
@@ -451,17 +458,12 @@ fn link_stream_control(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let pairs = tryst!(pairs::decode(&hbytes).ok_or(Status::BadArgument));
             let status =
                 tryst!(StatusCode::from_u16(status as u32 as u16).map_err(|_| Status::BadArgument));
-            let mut headers = Vec::with_capacity(pairs.len() + 1);
+            let details = tryst!(read(&mut c, dp, dl));
+            let mut headers = Vec::with_capacity(pairs.len() + 3);
             for (k, v) in pairs {
                 let name = tryst!(HeaderName::from_bytes(&k).map_err(|_| Status::BadArgument));
                 let value = tryst!(HeaderValue::from_bytes(&v).map_err(|_| Status::BadArgument));
                 headers.push((name, value));
-            }
-            if (0..=16).contains(&grpc) {
-                headers.push((
-                    HeaderName::from_static("grpc-status"),
-                    HeaderValue::from(grpc),
-                ));
             }
             let by = c.data().name.to_string();
             let Some(st) = c.data_mut().stream() else {
@@ -469,18 +471,86 @@ fn link_stream_control(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             };
             // A second local reply on the same stream is ignored, as in Envoy.
             if st.local.is_none() {
-                st.local = Some(LocalResponse {
+                let info = st.info.as_deref();
+                if let Some(i) = info {
+                    i.request.set_details(&String::from_utf8_lossy(&details));
+                }
+                st.local = Some(local_reply(
                     status,
                     headers,
-                    body: Bytes::from(body),
+                    Bytes::from(body),
+                    grpc,
+                    info.is_some_and(|i| i.grpc),
                     by,
-                });
+                ));
             }
             c.data_mut().wake = true;
             Ok(0)
         },
     )?;
     Ok(())
+}
+
+/// A plugin's local reply as Envoy sends it. To a gRPC request: HTTP 200,
+/// `grpc-status` (the plugin's, else the one its HTTP status maps to) and
+/// the body as `grpc-message`, no body. To any other: the body as
+/// `text/plain` unless the plugin named a content-type, and no `grpc-status`
+/// whatever the plugin passed.
+fn local_reply(
+    status: StatusCode,
+    mut headers: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+    grpc_status: i32,
+    grpc_request: bool,
+    by: String,
+) -> LocalResponse {
+    let content_type = http::header::CONTENT_TYPE;
+    if grpc_request {
+        let code = if (0..=16).contains(&grpc_status) {
+            i64::from(grpc_status)
+        } else {
+            super::properties::http_to_grpc(status.as_u16())
+        };
+        headers.push((content_type, HeaderValue::from_static("application/grpc")));
+        headers.push((
+            HeaderName::from_static("grpc-status"),
+            HeaderValue::from(code),
+        ));
+        if !body.is_empty()
+            && let Ok(v) = HeaderValue::from_bytes(&grpc_message(&body))
+        {
+            headers.push((HeaderName::from_static("grpc-message"), v));
+        }
+        return LocalResponse {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::new(),
+            by,
+        };
+    }
+    if !body.is_empty() && !headers.iter().any(|(k, _)| *k == content_type) {
+        headers.push((content_type, HeaderValue::from_static("text/plain")));
+    }
+    LocalResponse {
+        status,
+        headers,
+        body,
+        by,
+    }
+}
+
+/// gRPC's percent-encoding of a status message: printable ASCII but `%` as
+/// it is, every other byte as `%XX`.
+fn grpc_message(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
 }
 
 fn link_calls(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
@@ -497,7 +567,9 @@ fn link_calls(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                     None => (0u32, String::new()),
                     Some(e) => (11, e.clone()),
                 },
-                None => return Ok(Status::NotFound as i32),
+                // Envoy answers OK with code 0 and no message; the SDKs
+                // panic on NotFound here.
+                None => (0, String::new()),
             };
             tryst!(write_u32(&mut c, rc, status));
             Ok(code(give(&mut c, msg.as_bytes(), rp, rl)?))
@@ -832,8 +904,8 @@ fn link_metrics_and_properties(l: &mut Linker<VmState>) -> wasmtime::Result<()> 
         |mut c: C<'_>, pp: i32, pl: i32, rp: i32, rl: i32| -> R {
             let path = tryst!(read(&mut c, pp, pl));
             match properties::get(c.data_mut(), &path) {
-                Some(v) => Ok(code(give(&mut c, &v, rp, rl)?)),
-                None => Ok(Status::NotFound as i32),
+                Ok(v) => Ok(code(give(&mut c, &v, rp, rl)?)),
+                Err(status) => Ok(status as i32),
             }
         },
     )?;

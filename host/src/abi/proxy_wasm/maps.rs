@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::status::{Status, map};
-use super::vm::{Phase, VmState};
+use super::vm::{Phase, StreamState, VmState};
+use crate::filter::RequestFacts;
 
 /// A pair list.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -64,39 +65,53 @@ fn response_pairs(p: &http::response::Parts) -> Pairs {
     out
 }
 
-/// Every pair of map `map` of the target context.
+/// Every pair of map `map` of the target context. A map the context has no
+/// access to now (the response headers during the request phase, a call's
+/// response outside its callback) reads as empty, as in Envoy: the SDKs
+/// treat any other answer to a whole-map read as a bug and panic.
 pub fn pairs(state: &mut VmState, map_type: i32) -> Result<Pairs, Status> {
     match map_type {
         map::HTTP_CALL_RESPONSE_HEADERS => {
-            let r = state.call_response.as_ref().ok_or(Status::NotFound)?;
             let mut out = Vec::new();
-            if let Some(s) = r.status {
-                out.push((b":status".to_vec(), s.as_str().as_bytes().to_vec()));
+            if let Some(r) = state.call_response.as_ref() {
+                if let Some(s) = r.status {
+                    out.push((b":status".to_vec(), s.as_str().as_bytes().to_vec()));
+                }
+                header_pairs(&r.headers, &mut out);
             }
-            header_pairs(&r.headers, &mut out);
             Ok(out)
         }
         map::HTTP_CALL_RESPONSE_TRAILERS => {
-            let r = state.call_response.as_ref().ok_or(Status::NotFound)?;
             let mut out = Vec::new();
-            header_pairs(&r.trailers, &mut out);
+            if let Some(r) = state.call_response.as_ref() {
+                header_pairs(&r.trailers, &mut out);
+            }
             Ok(out)
         }
         map::HTTP_REQUEST_HEADERS => {
             let s = state.stream().ok_or(Status::BadArgument)?;
             let tls = s.info.as_ref().is_some_and(|i| i.tls);
-            s.request
-                .as_ref()
-                .map(|p| request_pairs(p, tls))
-                .ok_or(Status::BadArgument)
+            if let Some(p) = s.request.as_ref() {
+                return Ok(request_pairs(p, tls));
+            }
+            Ok(logged_request(s)
+                .map(|(f, h)| logged_request_pairs(f, h))
+                .unwrap_or_default())
         }
-        map::HTTP_RESPONSE_HEADERS => state
-            .stream()
-            .ok_or(Status::BadArgument)?
-            .response
-            .as_ref()
-            .map(response_pairs)
-            .ok_or(Status::BadArgument),
+        map::HTTP_RESPONSE_HEADERS => {
+            let s = state.stream().ok_or(Status::BadArgument)?;
+            if let Some(p) = s.response.as_ref() {
+                return Ok(response_pairs(p));
+            }
+            let mut out = Vec::new();
+            if let Some(l) = s.log.as_ref()
+                && let Some(h) = l.response_headers.as_ref()
+            {
+                out.push((b":status".to_vec(), l.status.to_string().into_bytes()));
+                header_pairs(h, &mut out);
+            }
+            Ok(out)
+        }
         map::HTTP_REQUEST_TRAILERS | map::HTTP_RESPONSE_TRAILERS => {
             // Readable in a trailers callback; empty before (as Envoy: no trailers yet).
             let mut out = Vec::new();
@@ -107,6 +122,24 @@ pub fn pairs(state: &mut VmState, map_type: i32) -> Result<Pairs, Status> {
         }
         _ => Err(Status::BadArgument),
     }
+}
+
+/// The request as the chain left it, in the log phase: Envoy keeps the
+/// request headers for `on_log` (not for the phases in between).
+fn logged_request(s: &StreamState) -> Option<(&RequestFacts, &HeaderMap)> {
+    s.log.as_ref()?;
+    let snapshot = &s.info.as_ref()?.request;
+    Some((snapshot.get()?, snapshot.headers()?))
+}
+
+fn logged_request_pairs(f: &RequestFacts, headers: &HeaderMap) -> Pairs {
+    let mut out = Vec::with_capacity(headers.len() + REQUEST_PSEUDO.len());
+    out.push((b":method".to_vec(), f.method.as_str().as_bytes().to_vec()));
+    out.push((b":path".to_vec(), f.path().as_bytes().to_vec()));
+    out.push((b":authority".to_vec(), f.host()));
+    out.push((b":scheme".to_vec(), f.scheme().as_bytes().to_vec()));
+    header_pairs(headers, &mut out);
+    out
 }
 
 /// A header name in lower case, borrowed when it already is (as the SDKs send them).
@@ -128,7 +161,15 @@ pub fn value(
     let key = lower(key);
     let request_or_response =
         map_type == map::HTTP_REQUEST_HEADERS || map_type == map::HTTP_RESPONSE_HEADERS;
-    let found = if !request_or_response {
+    let in_log = state.stream().is_some_and(|s| {
+        s.log.is_some()
+            && if map_type == map::HTTP_REQUEST_HEADERS {
+                s.request.is_none()
+            } else {
+                s.response.is_none()
+            }
+    });
+    let found = if !request_or_response || in_log {
         pairs(state, map_type)?
             .into_iter()
             .find(|(k, _)| *k == *key)
@@ -197,9 +238,16 @@ pub fn edit(
     let name = if how == Edit::Remove || key.first() == Some(&b':') {
         None
     } else {
-        Some(header_name(state, &key)?)
+        match header_name(state, &key) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                dropped(state, &key, "its name is not a valid header name");
+                return Ok(());
+            }
+        }
     };
-    match map_type {
+
+    let edited = match map_type {
         map::HTTP_REQUEST_HEADERS => {
             let p = state
                 .stream()
@@ -217,7 +265,8 @@ pub fn edit(
                 .ok_or(Status::BadArgument)?;
             if *key == *b":status" {
                 if how == Edit::Remove {
-                    return Err(Status::BadArgument);
+                    // Envoy answers OK; a response cannot go without a status.
+                    return Ok(());
                 }
                 let code = std::str::from_utf8(value)
                     .ok()
@@ -238,7 +287,29 @@ pub fn edit(
             edit_headers(t, &key, name, value, how)
         }
         _ => Err(Status::BadArgument),
+    };
+    match edited {
+        Err(Status::ParseFailure) => {
+            dropped(
+                state,
+                &key,
+                "its value holds a control character (CR, LF or NUL)",
+            );
+            Ok(())
+        }
+        other => other,
     }
+}
+
+/// An edit weir cannot make: Envoy accepts any bytes and answers OK, and the
+/// SDKs panic on any other answer, so the edit is dropped (a header that
+/// would be sent as it is could split the message) and the plugin's log says so.
+fn dropped(state: &VmState, key: &[u8], why: &str) {
+    tracing::warn!(
+        plugin = %state.name,
+        header = %String::from_utf8_lossy(key),
+        "a header edit was dropped: {why}"
+    );
 }
 
 /// Replaces the whole map `map_type` with `pairs`.
@@ -287,11 +358,10 @@ fn edit_headers(
     how: Edit,
 ) -> Result<(), Status> {
     if how == Edit::Remove {
-        // Removed by `&str` (no `HeaderName` made); a name that removed
-        // nothing is checked, so that an invalid one is still refused.
-        let name = std::str::from_utf8(key).map_err(|_| Status::BadArgument)?;
-        if headers.remove(name).is_none() {
-            HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
+        // Removed by `&str` (no `HeaderName` made); a name that cannot be a
+        // header is in no map, and removing it is OK, as in Envoy.
+        if let Ok(name) = std::str::from_utf8(key) {
+            headers.remove(name);
         }
         return Ok(());
     }
@@ -299,7 +369,9 @@ fn edit_headers(
         Some(n) => n,
         None => HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?,
     };
-    let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
+    // A value weir cannot send: told apart from the other failures so that
+    // the caller drops the edit (see `dropped`).
+    let value = HeaderValue::from_bytes(value).map_err(|_| Status::ParseFailure)?;
     match how {
         Edit::Add => {
             headers.append(name, value);
@@ -319,7 +391,9 @@ fn set_request_pseudo(
     how: Edit,
 ) -> Result<(), Status> {
     if how == Edit::Remove {
-        return Err(Status::BadArgument);
+        // Envoy answers OK (and then fails the request); weir keeps the
+        // pseudo-header, which a request cannot go without.
+        return Ok(());
     }
     let text = std::str::from_utf8(value).map_err(|_| Status::BadArgument)?;
     let pseudo = std::str::from_utf8(&key[1..]).map_err(|_| Status::BadArgument)?;

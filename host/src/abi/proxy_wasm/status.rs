@@ -10,6 +10,8 @@ pub enum Status {
     NotFound = 1,
     /// An argument is out of range or the thing is not available now.
     BadArgument = 2,
+    /// A value cannot be given in one piece (a property naming a whole message).
+    SerializationFailure = 3,
     /// A name could not be resolved (an unknown gRPC upstream).
     ParseFailure = 4,
     /// A pointer or length lies outside the module's memory.

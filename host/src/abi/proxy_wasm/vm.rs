@@ -72,6 +72,11 @@ pub struct StreamState {
     pub props: HashMap<Vec<u8>, Vec<u8>>,
     /// The exchange's outcome, in the log phase.
     pub log: Option<LogInfo>,
+    /// Body bytes received so far, request then response (`request.size`,
+    /// `response.size`): what was passed on plus what the body callback holds.
+    pub body_bytes: [u64; 2],
+    /// Body bytes passed on, request then response.
+    pub body_passed: [u64; 2],
 }
 
 /// How many header names a [`VmState`] keeps for reuse.

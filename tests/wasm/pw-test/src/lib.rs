@@ -7,6 +7,10 @@
 //!   `x-pw-trailers-seen` (how many trailers it was told of); request trailers are logged;
 //! - `/deny`: answers 403 locally;
 //! - `/props`: answers with the properties it reads, one per line;
+//! - `/envoy-edits`: makes the header edits and reads Envoy answers OK to (an invalid
+//!   name, a CR LF value, removing `:method`, maps and bodies not there yet) and answers
+//!   with what it read;
+//! - the log phase logs the request and response headers and sizes it reads;
 //! - `/quota-async`: takes quota with an http call to `weir.quota` (2 tokens an hour), answers
 //!   200 or 429 with the decision; `/quota-bad` makes that call with a bad argument;
 //! - `/shared`: increments a shared-data counter with compare-and-swap and answers its value;
@@ -168,12 +172,34 @@ impl HttpContext for Stream {
                     };
                     body.push_str(&format!("{p}={v}\n"));
                 }
-                for p in ["source.port", "destination.port", "request.time"] {
+                for p in ["source.port", "destination.port", "request.time", "connection.id", "request.size", "request.total_size"] {
                     let parts: Vec<&str> = p.split('.').collect();
                     body.push_str(&format!("{p}={}\n", prop_int(self, &parts)));
                 }
                 body.push_str(&format!("request.headers.user-agent={}\n", prop_string(self, &["request", "headers", "user-agent"])));
+                body.push_str(&format!("request.headers.x-multi={}\n", prop_string(self, &["request", "headers", "x-multi"])));
+                body.push_str(&format!("xds.cluster_name={}\n", prop_string(self, &["xds", "cluster_name"])));
+                body.push_str(&format!("xds.route_name={}\n", prop_string(self, &["xds", "route_name"])));
                 self.send_http_response(200, vec![("content-type", "text/plain")], Some(body.as_bytes()));
+                Action::Pause
+            }
+            "/envoy-edits" => {
+                // Each of these answers OK in Envoy; the SDK panics on any
+                // other answer, so reaching the reply is the test.
+                self.add_http_request_header("bad name", "v");
+                self.add_http_request_header("x-crlf", "a\r\nb");
+                self.remove_http_request_header(":method");
+                let response = self.get_http_response_headers().len();
+                let call = self.get_http_call_response_headers().len();
+                let (grpc, message) = self.get_grpc_status();
+                let body = self.get_http_request_body(0, 10).map_or(0, |b| b.len());
+                let vm = proxy_wasm::hostcalls::get_buffer(proxy_wasm::types::BufferType::VmConfiguration, 0, usize::MAX).unwrap().unwrap_or_default();
+                let text = format!(
+                    "response headers={response}\ncall headers={call}\nstatus={grpc} {message:?}\nbody={body}\nvm config={}\nmethod={}\n",
+                    String::from_utf8_lossy(&vm),
+                    self.get_http_request_header(":method").unwrap_or_default(),
+                );
+                self.send_http_response(200, vec![], Some(text.as_bytes()));
                 Action::Pause
             }
             "/quota" => {
@@ -392,5 +418,16 @@ impl HttpContext for Stream {
         let status = prop_int(self, &["response", "code"]);
         let path = prop_string(self, &["request", "path"]);
         log::debug!("request done with status {status} for path {path}");
+        // As in Envoy, the log phase reads both header maps and what the
+        // exchange came to.
+        log::info!(
+            "log phase: :path={:?} x-upstream={:?} details={} upstream={} response.size={} request.size={}",
+            self.get_http_request_header(":path"),
+            self.get_http_response_header("x-upstream"),
+            prop_string(self, &["response", "code_details"]),
+            prop_string(self, &["upstream", "address"]),
+            prop_int(self, &["response", "size"]),
+            prop_int(self, &["request", "size"]),
+        );
     }
 }
