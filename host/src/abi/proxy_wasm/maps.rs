@@ -161,50 +161,55 @@ pub fn value(
     let key = lower(key);
     let request_or_response =
         map_type == map::HTTP_REQUEST_HEADERS || map_type == map::HTTP_RESPONSE_HEADERS;
-    let in_log = state.stream().is_some_and(|s| {
-        s.log.is_some()
-            && if map_type == map::HTTP_REQUEST_HEADERS {
-                s.request.is_none()
-            } else {
-                s.response.is_none()
-            }
-    });
-    let found = if !request_or_response || in_log {
-        pairs(state, map_type)?
-            .into_iter()
-            .find(|(k, _)| *k == *key)
-            .map(|(_, v)| v)
-            .inspect(|v| out.extend_from_slice(v))
-            .is_some()
-    } else if key.first() == Some(&b':') {
-        let st = state.stream().ok_or(Status::BadArgument)?;
+    if request_or_response {
+        match lent_value(state, map_type, &key, out) {
+            // Not lent: in the log phase, read from what was kept for it.
+            Err(Status::BadArgument) if state.stream().is_some_and(|s| s.log.is_some()) => {}
+            other => return other,
+        }
+    }
+    Ok(pairs(state, map_type)?
+        .into_iter()
+        .find(|(k, _)| *k == *key)
+        .map(|(_, v)| v)
+        .inspect(|v| out.extend_from_slice(v))
+        .is_some())
+}
+
+/// The first value of `key` in the request or response head lent to the
+/// stream now; BadArgument when that head is not lent.
+fn lent_value(
+    state: &mut VmState,
+    map_type: i32,
+    key: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<bool, Status> {
+    let st = state.stream().ok_or(Status::BadArgument)?;
+    if key.first() == Some(&b':') {
         let tls = st.info.as_ref().is_some_and(|i| i.tls);
         let text = if map_type == map::HTTP_RESPONSE_HEADERS {
             let p = st.response.as_ref().ok_or(Status::BadArgument)?;
             (*key == *b":status").then(|| p.status.as_str().as_bytes())
         } else {
             let p = st.request.as_ref().ok_or(Status::BadArgument)?;
-            request_pseudo(p, tls, &key)
+            request_pseudo(p, tls, key)
         };
-        text.inspect(|t| out.extend_from_slice(t)).is_some()
+        return Ok(text.inspect(|t| out.extend_from_slice(t)).is_some());
+    }
+    let headers = if map_type == map::HTTP_REQUEST_HEADERS {
+        st.request.as_ref().map(|p| &p.headers)
     } else {
-        let st = state.stream().ok_or(Status::BadArgument)?;
-        let headers = if map_type == map::HTTP_REQUEST_HEADERS {
-            st.request.as_ref().map(|p| &p.headers)
-        } else {
-            st.response.as_ref().map(|p| &p.headers)
-        };
-        let headers = headers.ok_or(Status::BadArgument)?;
-        // Looked up by `&str`, which makes no `HeaderName` (that allocates
-        // for names outside the standard set); a name that cannot be a
-        // header is not in the map.
-        std::str::from_utf8(&key)
-            .ok()
-            .and_then(|name| headers.get(name))
-            .inspect(|v| out.extend_from_slice(v.as_bytes()))
-            .is_some()
+        st.response.as_ref().map(|p| &p.headers)
     };
-    Ok(found)
+    let headers = headers.ok_or(Status::BadArgument)?;
+    // Looked up by `&str`, which makes no `HeaderName` (that allocates
+    // for names outside the standard set); a name that cannot be a
+    // header is not in the map.
+    Ok(std::str::from_utf8(key)
+        .ok()
+        .and_then(|name| headers.get(name))
+        .inspect(|v| out.extend_from_slice(v.as_bytes()))
+        .is_some())
 }
 
 /// How a value is written.
