@@ -17,6 +17,16 @@ async fn weir_with_filter(plugin_toml: &str, routes: &str, upstream: &Upstream) 
 
 /// weir with pw-test as each of `plugins` (file stem, its .toml).
 async fn weir_with_pw_test_as(plugins: &[(&str, &str)], routes: &str, upstream: &Upstream) -> Weir {
+    weir_with_auth_at(plugins, routes, upstream, &upstream.addr.to_string()).await
+}
+
+/// As [`weir_with_pw_test_as`], with cluster `auth` at `auth` rather than the upstream.
+async fn weir_with_auth_at(
+    plugins: &[(&str, &str)],
+    routes: &str,
+    upstream: &Upstream,
+    auth: &str,
+) -> Weir {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("plugins");
     std::fs::create_dir(&folder).unwrap();
@@ -26,7 +36,7 @@ async fn weir_with_pw_test_as(plugins: &[(&str, &str)], routes: &str, upstream: 
     }
     let (admin, port) = (free_port(), free_port());
     let config = format!(
-        "{}[[cluster]]\nname = \"auth\"\nendpoints = [\"{addr}\"]\n[[cluster]]\nname = \"app\"\nendpoints = [\"{addr}\"]\n{routes}\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        "{}[[cluster]]\nname = \"auth\"\nendpoints = [\"{auth}\"]\n[[cluster]]\nname = \"app\"\nendpoints = [\"{addr}\"]\n{routes}\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
         support::base_config(admin, port),
         addr = upstream.addr
     );
@@ -332,6 +342,121 @@ async fn http_calls_pause_the_request_and_resume_or_answer_from_the_callback() {
         1,
         "only the callout reached the upstream"
     );
+}
+
+/// A server on loopback that answers every request as `answer` says:
+/// `head-late` (after 5 s), `body-late` (a head and half the body, the rest
+/// after 5 s) or `garbage` (not HTTP).
+async fn misbehaving_auth(answer: &'static str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if support::read_head(&mut c).await.is_none() {
+                    return;
+                }
+                match answer {
+                    "head-late" => tokio::time::sleep(Duration::from_secs(5)).await,
+                    "body-late" => {
+                        let _ = c
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nok")
+                            .await;
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                    _ => {
+                        let _ = c.write_all(b"NOT HTTP\r\n\r\n").await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn failed_http_calls_reach_the_plugin_as_in_envoy() {
+    // Envoy 1.40, pw-test's /callout against a dead port, a slow server and a
+    // server that speaks no HTTP: a call that gets no response head comes
+    // back as the response its router answers in place of one (503, 504,
+    // 502; headers :status, content-length, content-type; a text body) with
+    // proxy_get_status 0; a call whose body fails or times out after the head
+    // comes back as (0, 0, 0) with proxy_get_status 11 "reset".
+    let up = Upstream::start("app").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let cases = [
+        (dead.as_str(), 0, "503", "3,", "0", "tcp connect"),
+        (
+            &misbehaving_auth("head-late").await,
+            300,
+            "504",
+            "3,",
+            "0",
+            "timeout after 300ms",
+        ),
+        (
+            &misbehaving_auth("garbage").await,
+            0,
+            "502",
+            "3,",
+            "0",
+            "call to cluster \"auth\" failed: ",
+        ),
+        (
+            &misbehaving_auth("body-late").await,
+            300,
+            "",
+            "0,0,0",
+            "11 reset",
+            "",
+        ),
+    ];
+    for (auth, timeout_ms, status, shape, call, body) in cases {
+        let w = weir_with_auth_at(&[("10-pw-test", "")], "", &up, auth).await;
+        let mut req = reqwest::Client::new().get(w.url("/callout"));
+        if timeout_ms > 0 {
+            req = req.header("x-callout-timeout-ms", timeout_ms.to_string());
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            401,
+            "pw-test answers 401 to a call that was not a 200 ({auth})"
+        );
+        let h = |n: &str| r.headers()[n].to_str().unwrap().to_string();
+        let (got_status, got_shape, got_call) = (
+            h("x-callout-status"),
+            h("x-callout-shape"),
+            h("x-callout-call"),
+        );
+        let text = r.text().await.unwrap();
+        assert_eq!(got_status, status, "{auth}: {text}");
+        assert!(
+            got_shape.starts_with(shape),
+            "{auth}: counts {got_shape}, not {shape}…"
+        );
+        if shape == "3," {
+            let body_len = text.len() - "callout refused\n".len();
+            assert_eq!(
+                got_shape,
+                format!("3,{body_len},0"),
+                "the counts name the body's length"
+            );
+        }
+        assert_eq!(
+            got_call.trim(),
+            call,
+            "proxy_get_status: code and message ({auth})"
+        );
+        assert!(
+            text.starts_with("callout refused\n") && text.contains(body),
+            "{auth}: {text}"
+        );
+    }
 }
 
 #[tokio::test]

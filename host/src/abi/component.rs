@@ -786,7 +786,10 @@ impl weir::filter::outbound::Host for State {
         let Some(status) = answer.status else {
             return Err(format!(
                 "outbound call to cluster {cluster:?} failed: {}",
-                answer.error.as_deref().unwrap_or("no answer")
+                answer
+                    .failure
+                    .map(|f| f.cause)
+                    .unwrap_or("no answer".into())
             ));
         };
         Ok(weir::filter::outbound::Response {

@@ -519,7 +519,7 @@ impl PluginCore {
     ) {
         let me = self.clone();
         tokio::spawn(async move {
-            let response = me.host.call(&cluster, req, timeout).await;
+            let response = as_envoy_delivers(&cluster, me.host.call(&cluster, req, timeout).await);
             me.deliver_call(index, generation, token, response);
         });
     }
@@ -558,7 +558,7 @@ impl PluginCore {
                 headers,
                 body: body.into(),
                 trailers: http::HeaderMap::new(),
-                error: None,
+                failure: None,
             };
             me.deliver_call(index, generation, token, response);
         });
@@ -678,9 +678,41 @@ impl PluginCore {
 }
 
 /// The first message of a unary gRPC answer, or its status code and message.
+/// A call's outcome as Envoy hands it to `proxy_on_http_call_response`.
+/// A call that got no response head comes back as the response a proxy
+/// answers in its place (Envoy's router synthesizes one: 503, 502 or 504,
+/// a text body saying why), so filters see a status to act on. A call
+/// that failed after its head is delivered as (0, 0, 0), and
+/// `proxy_get_status` then reports it as 11 "reset".
+fn as_envoy_delivers(cluster: &str, mut r: CallResponse) -> CallResponse {
+    if let Some(f) = &r.failure {
+        tracing::debug!(cluster, cause = %f.cause, "a plugin's http call failed");
+    }
+    let Some(failure) = r.failure.take_if(|f| f.before_head.is_some()) else {
+        return r;
+    };
+    let body = Bytes::from(format!(
+        "call to cluster {cluster:?} failed: {}\n",
+        failure.cause
+    ));
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    headers.insert(http::header::CONTENT_LENGTH, body.len().into());
+    CallResponse {
+        status: failure.before_head,
+        headers,
+        body,
+        trailers: http::HeaderMap::new(),
+        failure: None,
+    }
+}
+
 fn grpc_outcome(r: &CallResponse) -> Result<Bytes, (u32, String)> {
-    if let Some(e) = &r.error {
-        return Err((14, e.clone()));
+    if let Some(f) = &r.failure {
+        return Err((14, f.cause.clone()));
     }
     let status = |h: &http::HeaderMap| {
         h.get("grpc-status")

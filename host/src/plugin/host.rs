@@ -45,7 +45,7 @@ pub enum PluginMetric {
 /// A finished outbound call.
 #[derive(Debug, Default)]
 pub struct CallResponse {
-    /// Status; `None` when no response came (reset, connect failure, timeout).
+    /// Status; `None` when the call failed.
     pub status: Option<StatusCode>,
     /// Response headers.
     pub headers: HeaderMap,
@@ -54,7 +54,51 @@ pub struct CallResponse {
     /// Response trailers.
     pub trailers: HeaderMap,
     /// Why it failed, when it did.
-    pub error: Option<String>,
+    pub failure: Option<CallFailure>,
+}
+
+/// Why an outbound call brought back no whole response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFailure {
+    /// What went wrong (callers name the cluster).
+    pub cause: String,
+    /// When no response head came: the status a proxy answers in its
+    /// place (503 when no connection could be made or it closed, 502 when
+    /// the answer was not HTTP, 504 on the call's timeout). `None` when the
+    /// head came and the body failed or timed out.
+    pub before_head: Option<StatusCode>,
+}
+
+impl CallResponse {
+    fn failed(cause: String, before_head: Option<StatusCode>) -> Self {
+        CallResponse {
+            failure: Some(CallFailure { cause, before_head }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Awaits `f`, up to `deadline` if there is one.
+async fn within<F: std::future::Future>(
+    deadline: Option<tokio::time::Instant>,
+    f: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f).await,
+        None => Ok(f.await),
+    }
+}
+
+/// The status a proxy answers with when a request got no response head
+/// because of `e`: 502 for an answer that was not HTTP, 503 otherwise (no
+/// connection, or it closed or was reset), as Envoy's router does.
+fn status_without_head(e: &crate::upstream::SendError) -> StatusCode {
+    match e {
+        crate::upstream::SendError::Request(h) if h.is_parse() || h.is_parse_too_large() => {
+            StatusCode::BAD_GATEWAY
+        }
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
 }
 
 type Queue = (VecDeque<Bytes>, Option<Arc<dyn Fn(u32) + Send + Sync>>);
@@ -246,76 +290,60 @@ impl HostServices {
             .is_some_and(|s| s.runtime.load().clusters.contains_key(name))
     }
 
-    /// Sends an outbound HTTP request to `cluster` and collects the whole answer.
+    /// Sends an outbound HTTP request to `cluster` and collects the whole
+    /// answer, all within `timeout` when there is one. A failure says
+    /// whether the response head had come (see [`CallFailure`]).
     pub async fn call(
         &self,
-        cluster: &str,
+        cluster_name: &str,
         req: Request<crate::body::Body>,
         timeout: Option<Duration>,
     ) -> CallResponse {
+        let unavailable = Some(StatusCode::SERVICE_UNAVAILABLE);
         let Some(shared) = self.shared.upgrade() else {
-            return CallResponse {
-                error: Some("weir is shutting down".into()),
-                ..Default::default()
-            };
+            return CallResponse::failed("weir is shutting down".into(), unavailable);
         };
-        let Some(cluster) = shared.runtime.load().clusters.get(cluster).cloned() else {
-            return CallResponse {
-                error: Some(format!("no cluster named {cluster:?}")),
-                ..Default::default()
-            };
+        let Some(cluster) = shared.runtime.load().clusters.get(cluster_name).cloned() else {
+            return CallResponse::failed(format!("no cluster named {cluster_name:?}"), unavailable);
         };
-        let fut = async {
-            let Some(endpoint) = cluster.pick(None) else {
-                return CallResponse {
-                    error: Some("no healthy endpoint".into()),
-                    ..Default::default()
-                };
-            };
-            let (mut parts, body) = req.into_parts();
-            parts.version = cluster.version();
-            // HTTP/1 needs a Host; without one of the caller's, the endpoint's.
-            // (`Cluster::send` gives the URI the form its pool needs.)
-            if parts.version != http::Version::HTTP_2
-                && !parts.headers.contains_key(http::header::HOST)
-                && let Ok(a) = http::HeaderValue::from_str(endpoint.authority.as_str())
-            {
-                parts.headers.insert(http::header::HOST, a);
+        let Some(endpoint) = cluster.pick(None) else {
+            return CallResponse::failed("no healthy endpoint".into(), unavailable);
+        };
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let timed_out = || format!("timeout after {:?}", timeout.unwrap_or_default());
+        let (mut parts, body) = req.into_parts();
+        parts.version = cluster.version();
+        // HTTP/1 needs a Host; without one of the caller's, the endpoint's.
+        // (`Cluster::send` gives the URI the form its pool needs.)
+        if parts.version != http::Version::HTTP_2
+            && !parts.headers.contains_key(http::header::HOST)
+            && let Ok(a) = http::HeaderValue::from_str(endpoint.authority.as_str())
+        {
+            parts.headers.insert(http::header::HOST, a);
+        }
+        let resp = match within(deadline, cluster.send(&endpoint, Box::new(parts), body)).await {
+            Err(_) => {
+                return CallResponse::failed(timed_out(), Some(StatusCode::GATEWAY_TIMEOUT));
             }
-            match cluster.send(&endpoint, Box::new(parts), body).await {
-                Err(e) => CallResponse {
-                    error: Some(e.to_string()),
-                    ..Default::default()
-                },
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    match http_body_util::BodyExt::collect(body).await {
-                        Ok(c) => {
-                            let trailers = c.trailers().cloned().unwrap_or_default();
-                            CallResponse {
-                                status: Some(parts.status),
-                                headers: parts.headers,
-                                body: c.to_bytes(),
-                                trailers,
-                                error: None,
-                            }
-                        }
-                        Err(e) => CallResponse {
-                            error: Some(e.to_string()),
-                            ..Default::default()
-                        },
-                    }
+            Ok(Err(e)) => {
+                return CallResponse::failed(e.to_string(), Some(status_without_head(&e)));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let (parts, body) = resp.into_parts();
+        match within(deadline, http_body_util::BodyExt::collect(body)).await {
+            Ok(Ok(c)) => {
+                let trailers = c.trailers().cloned().unwrap_or_default();
+                CallResponse {
+                    status: Some(parts.status),
+                    headers: parts.headers,
+                    body: c.to_bytes(),
+                    trailers,
+                    failure: None,
                 }
             }
-        };
-        match timeout {
-            Some(t) => tokio::time::timeout(t, fut)
-                .await
-                .unwrap_or_else(|_| CallResponse {
-                    error: Some(format!("timeout after {t:?}")),
-                    ..Default::default()
-                }),
-            None => fut.await,
+            Ok(Err(e)) => CallResponse::failed(format!("the response body failed: {e}"), None),
+            Err(_) => CallResponse::failed(format!("the response body: {}", timed_out()), None),
         }
     }
 }

@@ -563,13 +563,12 @@ fn link_calls(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 return Ok(code(give(&mut c, msg.as_bytes(), rp, rl)?));
             }
             let (status, msg) = match &c.data().call_response {
-                Some(r) => match &r.error {
-                    None => (0u32, String::new()),
-                    Some(e) => (11, e.clone()),
-                },
-                // Envoy answers OK with code 0 and no message; the SDKs
-                // panic on NotFound here.
-                None => (0, String::new()),
+                // A call that failed after its response head: Envoy's
+                // BrokenConnection, "reset" (the cause went to the log).
+                Some(r) if r.failure.is_some() => (11u32, "reset".to_string()),
+                // A call that succeeded, or none made: Envoy answers OK with
+                // code 0 and no message (the SDKs panic on NotFound here).
+                _ => (0, String::new()),
             };
             tryst!(write_u32(&mut c, rc, status));
             Ok(code(give(&mut c, msg.as_bytes(), rp, rl)?))

@@ -18,8 +18,11 @@
 //!   dequeues it into shared data, which `/dequeued` answers;
 //! - `/ticks`: answers how many ticks the root contexts counted (configuration `tick`);
 //! - `/metric`: increments the counter metric `pw_test_hits`;
-//! - `/callout`: calls cluster `auth` (`/status/<code>` from header x-callout-status), pauses,
-//!   and on the answer adds `x-callout-status` upstream, or answers 401 when it was not 200;
+//! - `/callout`: calls cluster `auth` (`/status/<code>` from header x-callout-status, timeout
+//!   from x-callout-timeout-ms, default 5 s), pauses, and on the answer adds `x-callout-status`
+//!   upstream, or answers 401 when it was not 200, saying the callback's counts
+//!   (`x-callout-shape`: headers,body,trailers), `proxy_get_status` (`x-callout-call`) and the
+//!   call's body after `callout refused`;
 //! - `/upper`: upper-cases the request body (waiting for all of it);
 //! - `/replace-response`: replaces the response body;
 //! - `/grpc`: calls grpc.health.v1.Health/Check on cluster `grpc` (service from header
@@ -124,7 +127,9 @@ impl Context for Stream {
     }
 
     fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        // A call that failed has no header map: Envoy answers BadArgument to
+        // reading it, on which the SDK panics.
+        let status = if _headers == 0 { String::new() } else { self.get_http_call_response_header(":status").unwrap_or_default() };
         if self.path == "/quota-async" {
             let reply = self.get_http_call_response_body(0, body_size).unwrap_or_default();
             let allowed = status == "200" && String::from_utf8_lossy(&reply).contains("\"allowed\":true");
@@ -135,7 +140,19 @@ impl Context for Stream {
             self.set_http_request_header("x-callout-status", Some(&status));
             self.resume_http_request();
         } else {
-            self.send_http_response(401, vec![("x-callout-status", status.as_str())], Some(b"callout refused\n"));
+            // What the call came back as: the counts the callback got, and
+            // proxy_get_status (code and message) for calls that failed.
+            let (code, message) = proxy_wasm::hostcalls::get_grpc_status().unwrap_or((99, None));
+            let shape = format!("{_headers},{body_size},{_trailers}");
+            let call = format!("{code} {}", message.unwrap_or_default());
+            let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+            let mut reply = b"callout refused\n".to_vec();
+            reply.extend_from_slice(&body);
+            self.send_http_response(
+                401,
+                vec![("x-callout-status", status.as_str()), ("x-callout-shape", shape.as_str()), ("x-callout-call", call.as_str())],
+                Some(&reply),
+            );
         }
     }
 }
@@ -277,7 +294,8 @@ impl HttpContext for Stream {
             "/callout" => {
                 let code = self.get_http_request_header("x-callout-status").unwrap_or_else(|| "200".into());
                 let path = format!("/status/{code}");
-                match self.dispatch_http_call("auth", vec![(":method", "GET"), (":path", &path), (":authority", "auth")], None, vec![], Duration::from_secs(5)) {
+                let timeout = self.get_http_request_header("x-callout-timeout-ms").and_then(|t| t.parse().ok()).unwrap_or(5000);
+                match self.dispatch_http_call("auth", vec![(":method", "GET"), (":path", &path), (":authority", "auth")], None, vec![], Duration::from_millis(timeout)) {
                     Ok(_) => Action::Pause,
                     Err(e) => {
                         self.send_http_response(500, vec![], Some(format!("dispatch failed: {e:?}\n").as_bytes()));
