@@ -1048,6 +1048,40 @@ async fn grpc_check_with_trailers(w: &Weir) -> (u16, http::HeaderMap) {
 }
 
 #[tokio::test]
+async fn trailers_added_in_the_last_body_callback_end_a_message_that_had_none() {
+    // Envoy creates the trailer map when the last body callback (eos set) of
+    // a message without trailers adds to it, and sends the trailers after the
+    // body.
+    use http_body_util::BodyExt;
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    for (path, added) in [("/add-trailer", true), ("/hello", false)] {
+        let req = http::Request::get(w.url(path))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        let body = collected.to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["path"], path, "the body is whole before the trailers");
+        if added {
+            let t = trailers.expect("the response ends with trailers");
+            assert_eq!(t["x-pw-added-trailer"], "yes", "{t:?}");
+        } else {
+            assert!(
+                trailers.is_none(),
+                "no trailers where the plugin added none"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn trailer_callbacks_read_and_change_trailers_as_in_envoy() {
     let dir = tempfile::tempdir().unwrap();
     write_plugin(

@@ -266,7 +266,12 @@ impl Filtered {
     fn push(&mut self, chunk: Bytes, eos: bool) -> Result<(), BoxError> {
         let mut chunk = chunk;
         let limit = self.limit;
-        for (filter, held) in self.filters.iter_mut().zip(self.held.iter_mut()) {
+        for (i, (filter, held)) in self
+            .filters
+            .iter_mut()
+            .zip(self.held.iter_mut())
+            .enumerate()
+        {
             let mut data = if held.is_empty() {
                 chunk
             } else {
@@ -295,6 +300,15 @@ impl Filtered {
                     chunk = data;
                 }
             }
+            if eos && let Some(trailers) = filter.added_trailers() {
+                // The body now ends with trailers: the rest of the chain
+                // sees this data without end_of_stream, then the trailers.
+                let from = i + 1;
+                let trailers = self.finish_with_trailers(from, chunk, trailers)?;
+                self.ready.push_back(Frame::trailers(trailers));
+                self.done = true;
+                return Ok(());
+            }
         }
         if !chunk.is_empty() {
             self.ready.push_back(Frame::data(chunk));
@@ -304,15 +318,18 @@ impl Filtered {
 }
 
 impl Filtered {
-    /// The body ends with `trailers`: as in Envoy, the filters saw their
-    /// last data with `end_of_stream` unset; each now gets the trailers (in
-    /// chain order), and what it held back goes on.
+    /// The body ends with `trailers`: as in Envoy, the filters from `from`
+    /// on saw their last data with `end_of_stream` unset; each now gets
+    /// `chunk` (what the filters before it passed on last) and the trailers
+    /// (in chain order), and what it held back goes on.
     fn finish_with_trailers(
         &mut self,
+        from: usize,
+        mut chunk: Bytes,
         mut trailers: http::HeaderMap,
     ) -> Result<http::HeaderMap, BoxError> {
-        let mut chunk = Bytes::new();
-        for (filter, held) in self.filters.iter_mut().zip(self.held.iter_mut()) {
+        let filters = self.filters.iter_mut().zip(self.held.iter_mut());
+        for (filter, held) in filters.skip(from) {
             let mut data = std::mem::take(held);
             if !chunk.is_empty() {
                 // Released by the filter before: this one sees it first.
@@ -370,7 +387,7 @@ impl HttpBody for Filtered {
                         let Ok(trailers) = frame.into_trailers() else {
                             continue;
                         };
-                        let trailers = self.finish_with_trailers(trailers)?;
+                        let trailers = self.finish_with_trailers(0, Bytes::new(), trailers)?;
                         self.ready.push_back(Frame::trailers(trailers));
                         self.done = true;
                     }
@@ -570,6 +587,51 @@ mod tests {
             "[ab]",
             "what was held goes on after the trailers callback, through the filters after it"
         );
+    }
+
+    /// Passes data on and, at the end of a body, adds a trailer.
+    struct AddsTrailer(bool);
+    impl BodyFilter for AddsTrailer {
+        fn on_data(&mut self, _data: &mut Bytes, eos: bool) -> Result<BodyAction, String> {
+            self.0 = eos;
+            Ok(BodyAction::Continue)
+        }
+        fn added_trailers(&mut self) -> Option<http::HeaderMap> {
+            let mut t = http::HeaderMap::new();
+            t.insert("x-made", http::HeaderValue::from_static("1"));
+            std::mem::take(&mut self.0).then_some(t)
+        }
+    }
+
+    #[tokio::test]
+    async fn trailers_added_at_the_end_reach_the_later_filters_and_the_client() {
+        let seen = Trailing::default();
+        let log = seen.0.clone();
+        let out = Filtered::wrap(
+            chunks(&["ab", "cd"]),
+            vec![Box::new(Tag), Box::new(AddsTrailer(false)), Box::new(seen)],
+            1024,
+            None,
+        )
+        .collect()
+        .await
+        .unwrap();
+        let trailers = out
+            .trailers()
+            .cloned()
+            .expect("the body ends with trailers");
+        assert_eq!(trailers["x-made"], "1");
+        assert_eq!(trailers["x-added"], "1", "the filter after it changed them");
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "data b\"[ab]\" eos=false",
+                "data b\"[ab][cd]\" eos=false",
+                "trailers 1"
+            ],
+            "the filter after it saw the last data without end_of_stream, then the trailers"
+        );
+        assert_eq!(out.to_bytes(), "[ab][cd]");
     }
 
     /// Answers 403 once it has seen a chunk containing "bad".

@@ -430,6 +430,13 @@ pub trait BodyFilter: Send {
     ) -> Result<Option<LocalResponse>, String> {
         Ok(None)
     }
+    /// Trailers the filter created in its last data call (`end_of_stream`
+    /// set) of a body that had none: the body then ends with them, and the
+    /// filters after this one see that data with `end_of_stream` unset and
+    /// then the trailers, as in Envoy. Asked once, after that call.
+    fn added_trailers(&mut self) -> Option<http::HeaderMap> {
+        None
+    }
 }
 
 /// A filter type: makes one [`StreamFilter`] per request.

@@ -941,9 +941,15 @@ struct ProxyWasmBody {
     ctx: u32,
     generation: u64,
     dir: Direction,
+    /// Trailers the plugin added in the last body callback.
+    added: Option<http::HeaderMap>,
 }
 
 impl crate::filter::BodyFilter for ProxyWasmBody {
+    fn added_trailers(&mut self) -> Option<http::HeaderMap> {
+        self.added.take()
+    }
+
     fn on_trailers(
         &mut self,
         trailers: &mut http::HeaderMap,
@@ -975,6 +981,7 @@ impl crate::filter::BodyFilter for ProxyWasmBody {
         let st = with_stream!(vm, ctx);
         st.body = Some(std::mem::take(data));
         st.body_bytes[dir] = st.body_passed[dir] + len as u64;
+        st.last_body = eos;
         let phase = if self.dir == Direction::Request {
             Phase::RequestBody
         } else {
@@ -996,6 +1003,10 @@ impl crate::filter::BodyFilter for ProxyWasmBody {
         let st = with_stream!(vm, ctx);
         if let Some(b) = st.body.take() {
             *data = b;
+        }
+        st.last_body = false;
+        if let Some(t) = st.trailers.take().filter(|t| !t.is_empty()) {
+            self.added = Some(t);
         }
         // As in Envoy: a local reply overrides the callback's return value.
         if let Some(local) = st.local.take() {
@@ -1103,6 +1114,7 @@ impl ProxyWasmStream {
                 ctx,
                 generation,
                 dir,
+                added: None,
             }) as Box<dyn crate::filter::BodyFilter>
         })
     }

@@ -284,11 +284,20 @@ pub fn edit(
             edit_headers(&mut p.headers, &key, name, value, how)
         }
         map::HTTP_REQUEST_TRAILERS | map::HTTP_RESPONSE_TRAILERS => {
-            // Changeable in a trailers callback only.
-            let t = state
-                .stream()
-                .and_then(|s| s.trailers.as_mut())
-                .ok_or(Status::BadArgument)?;
+            // Changeable in a trailers callback, and (as in Envoy, which
+            // creates the map on first use) in the last body callback of a
+            // message that has none: the body then ends with them.
+            let own_phase = if map_type == map::HTTP_REQUEST_TRAILERS {
+                Phase::RequestBody
+            } else {
+                Phase::ResponseBody
+            };
+            let phase = state.phase;
+            let s = state.stream().ok_or(Status::BadArgument)?;
+            if s.trailers.is_none() && s.last_body && phase == own_phase {
+                s.trailers = Some(HeaderMap::new());
+            }
+            let t = s.trailers.as_mut().ok_or(Status::BadArgument)?;
             edit_headers(t, &key, name, value, how)
         }
         _ => Err(Status::BadArgument),

@@ -56,8 +56,12 @@ pub struct StreamState {
     pub response: Option<http::response::Parts>,
     /// The body of the current body callback.
     pub body: Option<Bytes>,
-    /// The trailers of the current trailers callback.
+    /// The trailers of the current trailers callback, or the ones the
+    /// plugin adds in the last body callback of a message that had none.
     pub trailers: Option<http::HeaderMap>,
+    /// The running body callback is the message's last (`end_of_stream`):
+    /// trailers may be added.
+    pub last_body: bool,
     /// A local response the plugin asked for.
     pub local: Option<LocalResponse>,
     /// The plugin resumed the request.

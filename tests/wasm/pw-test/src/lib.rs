@@ -25,8 +25,10 @@
 //!   call's body after `callout refused`;
 //! - `/upper`: upper-cases the request body (waiting for all of it);
 //! - `/replace-response`: replaces the response body;
+//! - `/add-trailer`: adds the response trailer `x-pw-added-trailer` in the last body callback;
 //! - `/grpc`: calls grpc.health.v1.Health/Check on cluster `grpc` (service from header
-//!   x-grpc-service) and adds the reply's bytes in hex upstream, or answers 502 with its status;
+//!   x-grpc-service, timeout from x-callout-timeout-ms) and adds the reply's bytes in hex
+//!   upstream, or answers 502 with its status and message (x-grpc-status, x-grpc-message);
 //! - `/rewrite`: rewrites `:path` to `/rewritten` before routing;
 //! - `/panic`: panics (a trap);
 //! - `/loop`: loops forever (the CPU limit must stop it).
@@ -122,7 +124,9 @@ impl Context for Stream {
             self.resume_http_request();
         } else {
             let code = status_code.to_string();
-            self.send_http_response(502, vec![("x-grpc-status", code.as_str())], Some(b"grpc call failed\n"));
+            let (_, message) = proxy_wasm::hostcalls::get_grpc_status().unwrap_or((99, None));
+            let message = message.unwrap_or_default();
+            self.send_http_response(502, vec![("x-grpc-status", code.as_str()), ("x-grpc-message", message.as_str())], Some(b"grpc call failed\n"));
         }
     }
 
@@ -308,7 +312,8 @@ impl HttpContext for Stream {
                 let service = self.get_http_request_header("x-grpc-service").unwrap_or_else(|| "weir.test".into());
                 let mut message = vec![0x0a, service.len() as u8];
                 message.extend_from_slice(service.as_bytes());
-                match self.dispatch_grpc_call("grpc", "grpc.health.v1.Health", "Check", vec![], Some(&message), Duration::from_secs(5)) {
+                let timeout = self.get_http_request_header("x-callout-timeout-ms").and_then(|t| t.parse().ok()).unwrap_or(5000);
+                match self.dispatch_grpc_call("grpc", "grpc.health.v1.Health", "Check", vec![], Some(&message), Duration::from_millis(timeout)) {
                     Ok(_) => Action::Pause,
                     Err(e) => {
                         self.send_http_response(500, vec![], Some(format!("grpc dispatch failed: {e:?}\n").as_bytes()));
@@ -383,6 +388,14 @@ impl HttpContext for Stream {
             // Too late: the response head has gone to the client.
             self.send_http_response(500, vec![], Some(b"too late\n"));
             return Action::Pause;
+        }
+        if self.path == "/add-trailer" {
+            // A response that had no trailers ends with one (Envoy creates
+            // the map when the last body callback adds to it).
+            if end_of_stream {
+                self.add_http_response_trailer("x-pw-added-trailer", "yes");
+            }
+            return Action::Continue;
         }
         if self.path != "/replace-response" {
             return Action::Continue;
