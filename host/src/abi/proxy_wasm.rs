@@ -677,7 +677,6 @@ impl PluginCore {
     }
 }
 
-/// The first message of a unary gRPC answer, or its status code and message.
 /// A call's outcome as Envoy hands it to `proxy_on_http_call_response`.
 /// A call that got no response head comes back as the response a proxy
 /// answers in its place (Envoy's router synthesizes one: 503, 502 or 504,
@@ -710,6 +709,7 @@ fn as_envoy_delivers(cluster: &str, mut r: CallResponse) -> CallResponse {
     }
 }
 
+/// The first message of a unary gRPC answer, or its status code and message.
 fn grpc_outcome(r: &CallResponse) -> Result<Bytes, (u32, String)> {
     if let Some(f) = &r.failure {
         return Err((14, f.cause.clone()));

@@ -130,10 +130,10 @@ impl Context for Stream {
         }
     }
 
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(&mut self, _token: u32, headers: usize, body_size: usize, trailers: usize) {
         // A call that failed has no header map: Envoy answers BadArgument to
         // reading it, on which the SDK panics.
-        let status = if _headers == 0 { String::new() } else { self.get_http_call_response_header(":status").unwrap_or_default() };
+        let status = if headers == 0 { String::new() } else { self.get_http_call_response_header(":status").unwrap_or_default() };
         if self.path == "/quota-async" {
             let reply = self.get_http_call_response_body(0, body_size).unwrap_or_default();
             let allowed = status == "200" && String::from_utf8_lossy(&reply).contains("\"allowed\":true");
@@ -147,7 +147,7 @@ impl Context for Stream {
             // What the call came back as: the counts the callback got, and
             // proxy_get_status (code and message) for calls that failed.
             let (code, message) = proxy_wasm::hostcalls::get_grpc_status().unwrap_or((99, None));
-            let shape = format!("{_headers},{body_size},{_trailers}");
+            let shape = format!("{headers},{body_size},{trailers}");
             let call = format!("{code} {}", message.unwrap_or_default());
             let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
             let mut reply = b"callout refused\n".to_vec();
