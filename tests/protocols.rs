@@ -336,6 +336,144 @@ async fn ambiguous_upstream_framing_is_refused_and_http10_answers_go_out_as_http
     }
 }
 
+/// What Envoy 1.40 does with odd upstream responses, probed side by side
+/// with the same raw upstream: a 204 that frames a body (Content-Length
+/// other than 0, or Transfer-Encoding) answers 502, while a 204 with
+/// `Content-Length: 0` and a 304 with a Content-Length pass; a header value
+/// folded over lines (obs-fold) is joined with spaces; the `Trailer` header
+/// is forwarded both ways, so HTTP/1.1 trailers reach an upstream and a
+/// client that asks for them (`TE: trailers`).
+#[tokio::test]
+async fn bodied_204s_are_refused_folded_headers_joined_and_trailers_announced() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = raw.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Keep-alive: one request after another on each connection.
+            tokio::spawn(async move {
+                while let Some(mut head) = support::read_head(&mut stream).await {
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                    let echoed;
+                    let reply: &[u8] = match path.as_str() {
+                        "/204-body" => b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+                        "/204-chunked" => b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                        "/204-zero" => b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nx-seen: 1\r\n\r\n",
+                        "/304" => b"HTTP/1.1 304 Not Modified\r\nContent-Length: 42\r\nETag: \"v1\"\r\n\r\n",
+                        "/folded" => b"HTTP/1.1 200 OK\r\nX-Folded: one\r\n two\r\n\tthree\r\nContent-Length: 2\r\n\r\nok",
+                        "/trailers" => b"HTTP/1.1 200 OK\r\nTrailer: x-checksum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 42\r\n\r\n",
+                        "/echo-raw" => {
+                            // The whole chunked request, trailers included.
+                            let mut buf = [0u8; 4096];
+                            let body_at = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                            while !(head[body_at..].starts_with(b"0\r\n")
+                                || head[body_at..].windows(5).any(|w| w == b"\r\n0\r\n"))
+                                || !head.ends_with(b"\r\n\r\n")
+                                || head.len() == body_at
+                            {
+                                let n = stream.read(&mut buf).await.unwrap_or(0);
+                                if n == 0 {
+                                    return;
+                                }
+                                head.extend_from_slice(&buf[..n]);
+                            }
+                            echoed = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                                head.len(),
+                                String::from_utf8_lossy(&head)
+                            );
+                            echoed.as_bytes()
+                        }
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain",
+                    };
+                    if stream.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let w = Weir::start(&one_cluster(raw_addr, "")).await;
+    let c = reqwest::Client::new();
+    for (path, cause) in [
+        (
+            "/204-body",
+            "a 204 response with a Content-Length other than 0",
+        ),
+        ("/204-chunked", "a 204 response with Transfer-Encoding"),
+    ] {
+        let r = c.get(w.url(path)).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            502,
+            "{path}: Envoy answers 502 (protocol error)"
+        );
+        let text = r.text().await.unwrap();
+        assert!(
+            text.starts_with("invalid upstream response") && text.contains(cause),
+            "{path}: {text}"
+        );
+        // The refused response's connection is not used again: the next
+        // request is answered whole, not from the stray body bytes.
+        let r = c.get(w.url("/after")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "after {path}");
+        assert_eq!(r.text().await.unwrap(), "plain", "after {path}");
+    }
+    let r = c.get(w.url("/204-zero")).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["x-seen"], "1");
+    let r = c.get(w.url("/304")).send().await.unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(r.headers()["etag"], "\"v1\"");
+    let r = c.get(w.url("/after")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "plain", "after the 304");
+
+    let r = c.get(w.url("/folded")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "hyper refused obs-fold before; Envoy joins it"
+    );
+    assert_eq!(r.headers()["x-folded"], "one two three");
+
+    // Trailers over HTTP/1.1, both ways, on one client connection.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", w.port))
+        .await
+        .unwrap();
+    async fn read_until(s: &mut tokio::net::TcpStream, end: &[u8]) -> String {
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !reply.windows(end.len()).any(|w| w == end) {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("the reply ends")
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&reply));
+            reply.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&reply).to_lowercase()
+    }
+    s.write_all(b"GET /trailers HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_until(&mut s, b"x-checksum: 42\r\n\r\n").await;
+    assert!(reply.contains("\r\ntrailer: x-checksum\r\n"), "{reply}");
+    s.write_all(
+        b"POST /echo-raw HTTP/1.1\r\nHost: a\r\nTrailer: x-sum\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 7\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let reply = read_until(&mut s, b"x-sum: 7\r\n\r\n").await;
+    assert!(
+        reply.contains("\r\ntrailer: x-sum\r\n"),
+        "the upstream is told: {reply}"
+    );
+}
+
 #[tokio::test]
 async fn a_reload_turns_a_plain_listener_into_tls_on_the_same_port() {
     let a = Upstream::start("a").await;

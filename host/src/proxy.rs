@@ -649,13 +649,33 @@ fn check_transfer_encoding(h: &http::HeaderMap) -> Result<(), ProxyError> {
     }
 }
 
-/// Why an upstream response that carries Transfer-Encoding cannot be passed
-/// on, if it cannot: a coding other than chunked (hyper reads the chunks, and
-/// the client would get the bytes still encoded, the coding dropped), or
-/// Content-Length beside it (RFC 9112, section 6.3: a sign of response
-/// splitting, which an intermediary must not forward as it is). Envoy
-/// answers both with 502 too.
-fn response_framing_error(h: &http::HeaderMap) -> Option<String> {
+/// Why an upstream response whose status is `status` cannot be passed on, if
+/// it cannot: a 204 that frames a body (Content-Length other than 0, or
+/// Transfer-Encoding: RFC 9110, section 15.3.5; hyper reads it as empty, so
+/// the body's bytes would sit on the connection where the next response is
+/// expected), a transfer coding other than chunked (hyper reads the chunks,
+/// and the client would get the bytes still encoded, the coding dropped), or
+/// Content-Length beside Transfer-Encoding (RFC 9112, section 6.3: a sign of
+/// response splitting, which an intermediary must not forward as it is).
+/// Envoy 1.40 answers all three with 502 too ("protocol error"). A 304 may
+/// carry either (its Content-Length is the representation's): hyper reads
+/// it as empty and closes the connection if bytes follow, as Envoy does.
+fn response_framing_error(status: StatusCode, h: &http::HeaderMap) -> Option<String> {
+    if status == StatusCode::NO_CONTENT {
+        if h.contains_key(header::TRANSFER_ENCODING) {
+            return Some("a 204 response with Transfer-Encoding: a 204 has no body".into());
+        }
+        return h
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0")
+            .then(|| {
+                "a 204 response with a Content-Length other than 0: a 204 has no body".into()
+            });
+    }
+    if !h.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
     if let Some(other) = headers::unchunked_coding(h) {
         return Some(format!(
             "transfer coding {other:?} in the response: weir passes response bodies as they are or chunked"
@@ -872,10 +892,13 @@ async fn forward(
         }
     };
     ex.upstream = Some(busy);
-    let (mut parts, incoming) = resp.into_parts();
-    if parts.headers.contains_key(header::TRANSFER_ENCODING)
-        && let Some(reason) = response_framing_error(&parts.headers)
+    let (mut parts, mut incoming) = resp.into_parts();
+    if (parts.status == StatusCode::NO_CONTENT
+        || parts.headers.contains_key(header::TRANSFER_ENCODING))
+        && let Some(reason) = response_framing_error(parts.status, &parts.headers)
     {
+        // What follows on the connection is not known to be a response.
+        incoming.close_connection();
         return Err(ProxyError::BadUpstreamResponse {
             route: route.name.clone(),
             cluster: cluster.config.name.clone(),

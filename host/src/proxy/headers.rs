@@ -7,14 +7,19 @@ use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Trailer` is not one of them: it announces the trailer fields of its own
+/// message end to end (RFC 9110 §6.6.2; RFC 2616 listed "Trailers", an
+/// erratum), and hyper sends HTTP/1.1 trailers only where a message
+/// announces them, so a proxy that dropped it would drop the trailers too.
+/// Envoy forwards it as well. The `proxy-*` credentials are for weir itself
+/// and go no further (Envoy forwards them).
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
@@ -32,9 +37,8 @@ fn hop_index(name: &str) -> Option<usize> {
         "proxy-authenticate" => 3,
         "proxy-authorization" => 4,
         "te" => 5,
-        "trailer" => 6,
-        "transfer-encoding" => 7,
-        "upgrade" => 8,
+        "transfer-encoding" => 6,
+        "upgrade" => 7,
         _ => return None,
     })
 }
@@ -84,7 +88,7 @@ pub fn tokens<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<It
 /// once and removes only what it found: a removal hashes the name, and eight
 /// removals of absent names cost more than the rest of the header handling.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Bit i: HOP_BY_HOP[i] is present; bit 8: Upgrade is.
+    // Bit i: HOP_BY_HOP[i] is present; bit 7: Upgrade is.
     let mut present = 0u16;
     for k in headers.keys() {
         if let Some(i) = hop_index(k.as_str()) {
@@ -247,6 +251,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
         h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
         strip_hop_by_hop(&mut h, false);
         assert!(
             h.get("x-secret").is_none()
@@ -255,6 +260,11 @@ mod tests {
         );
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert!(h.get("x-kept").is_some());
+        assert_eq!(
+            h.get(header::TRAILER).unwrap(),
+            "grpc-status",
+            "Trailer is end to end: without it hyper sends no HTTP/1.1 trailers"
+        );
     }
 
     #[test]

@@ -160,6 +160,10 @@ impl Http1Pool {
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             .writev(false)
             .max_header_size(self.max_head)
+            // A header value folded over lines (obs-fold, RFC 9112 section
+            // 5.2) is joined with single spaces, not refused: Envoy 1.40
+            // joins them too, and old servers still send them.
+            .allow_obsolete_multiline_headers_in_responses(true)
             .handshake(self.dialer.counted(io))
             .await?;
         tokio::spawn(async move {
@@ -239,6 +243,13 @@ impl From<Incoming> for UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// Keeps this body's HTTP/1.1 connection out of the pool: it closes
+    /// when the body is dropped, whatever was read of it. For a response
+    /// weir refuses, after which the connection's bytes cannot be trusted.
+    pub fn close_connection(&mut self) {
+        self.back = None;
+    }
+
     /// The body of a response on an HTTP/2 `stream`, which stays counted
     /// until the body is dropped.
     pub fn holding(mut self, stream: super::multiplex::Stream) -> UpstreamBody {
