@@ -423,6 +423,13 @@ async fn bodied_204s_are_refused_folded_headers_joined_and_trailers_announced() 
         assert_eq!(r.status(), 200, "after {path}");
         assert_eq!(r.text().await.unwrap(), "plain", "after {path}");
     }
+    // Over HTTP/2 such a 204 reset the client's stream (PROTOCOL_ERROR).
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(w.url("/204-body")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
     let r = c.get(w.url("/204-zero")).send().await.unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(r.headers()["x-seen"], "1");

@@ -187,6 +187,22 @@ async fn forwarding_headers_are_set_and_hop_by_hop_removed() {
     assert_eq!(h["x-forwarded-host"], format!("127.0.0.1:{}", w.port));
     assert_eq!(h["x-request-id"].as_str().unwrap().len(), 36);
     assert!(h.get("x-hop").is_none() && h.get("keep-alive").is_none());
+
+    // weir (hyper's HTTP/1.1 server) answered the client's Expect:
+    // 100-continue, so the expectation goes no further, as in Envoy; the
+    // proxy credentials are weir's; Trailer is end to end and goes on.
+    let reply = raw_exchange(
+        w.port,
+        b"POST /p HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nProxy-Authorization: Basic d2Vpcg==\r\nTrailer: x-sum\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    )
+    .await;
+    let json = reply.split_once("\r\n\r\n{").map(|(_, j)| format!("{{{j}"));
+    let v: Value = serde_json::from_str(json.as_deref().unwrap_or("")).expect(&reply);
+    let h = &v["headers"];
+    assert_eq!(v["body"], "abc", "{reply}");
+    assert!(h.get("expect").is_none(), "{reply}");
+    assert!(h.get("proxy-authorization").is_none(), "{reply}");
+    assert_eq!(h["trailer"], "x-sum", "{reply}");
     let r = c
         .get(w.url("/p"))
         .header("x-request-id", "given")

@@ -724,6 +724,9 @@ fn prepare_upstream_request(
     upgrade: bool,
 ) {
     headers::strip_hop_by_hop(&mut head.headers, upgrade);
+    if head.version == http::Version::HTTP_11 {
+        headers::remove_expect_continue(&mut head.headers);
+    }
     headers::set_forwarded(
         &mut head.headers,
         &down.forwarded_for,

@@ -137,6 +137,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Removes `Expect: 100-continue` from an HTTP/1.1 request: hyper's server
+/// has met that expectation (it answers 100 Continue when weir first reads
+/// the body), so it goes no further, as in Envoy. The upstream would
+/// otherwise answer a 100 of its own, or wait for a body already on its way.
+/// An HTTP/2 request keeps it: hyper has no way to send a 100 over HTTP/2,
+/// so weir has not met it (a client sends its body after a short wait).
+pub fn remove_expect_continue(headers: &mut HeaderMap) {
+    let expect = headers.get_all(header::EXPECT);
+    if expect.iter().next().is_some()
+        && expect
+            .iter()
+            .all(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        headers.remove(header::EXPECT);
+    }
+}
+
 /// The first transfer coding in `headers` other than a single `chunked`
 /// (lower-cased; `"chunked, applied twice"` when chunked is listed twice),
 /// or `None` when Transfer-Encoding is absent or exactly `chunked`.
