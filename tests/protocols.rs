@@ -338,7 +338,8 @@ async fn ambiguous_upstream_framing_is_refused_and_http10_answers_go_out_as_http
 
 /// What Envoy 1.40 does with odd upstream responses, probed side by side
 /// with the same raw upstream: a 204 that frames a body (Content-Length
-/// other than 0, or Transfer-Encoding) answers 502, while a 204 with
+/// other than 0, or Transfer-Encoding) answers 502, and so does a
+/// Content-Length list ("2, 2"), while a 204 with
 /// `Content-Length: 0` and a 304 with a Content-Length pass; a header value
 /// folded over lines (obs-fold) is joined with spaces; the `Trailer` header
 /// is forwarded both ways, so HTTP/1.1 trailers reach an upstream and a
@@ -362,6 +363,7 @@ async fn bodied_204s_are_refused_folded_headers_joined_and_trailers_announced() 
                     let reply: &[u8] = match path.as_str() {
                         "/204-body" => b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
                         "/204-chunked" => b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                        "/cl-list" => b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
                         "/204-zero" => b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nx-seen: 1\r\n\r\n",
                         "/304" => b"HTTP/1.1 304 Not Modified\r\nContent-Length: 42\r\nETag: \"v1\"\r\n\r\n",
                         "/folded" => b"HTTP/1.1 200 OK\r\nX-Folded: one\r\n two\r\n\tthree\r\nContent-Length: 2\r\n\r\nok",
@@ -405,6 +407,7 @@ async fn bodied_204s_are_refused_folded_headers_joined_and_trailers_announced() 
             "a 204 response with a Content-Length other than 0",
         ),
         ("/204-chunked", "a 204 response with Transfer-Encoding"),
+        ("/cl-list", "Content-Length \"2, 2\" is a list"),
     ] {
         let r = c.get(w.url(path)).send().await.unwrap();
         assert_eq!(

@@ -657,7 +657,10 @@ fn check_transfer_encoding(h: &http::HeaderMap) -> Result<(), ProxyError> {
 /// and the client would get the bytes still encoded, the coding dropped), or
 /// Content-Length beside Transfer-Encoding (RFC 9112, section 6.3: a sign of
 /// response splitting, which an intermediary must not forward as it is).
-/// Envoy 1.40 answers all three with 502 too ("protocol error"). A 304 may
+/// A Content-Length list of one repeated length ("2, 2"; hyper refuses
+/// lists of different lengths) is refused too: RFC 9110, section 8.6 lets a
+/// recipient take the one length, but weir would pass the list on as it came.
+/// Envoy 1.40 answers all four with 502 too ("protocol error"). A 304 may
 /// carry either (its Content-Length is the representation's): hyper reads
 /// it as empty and closes the connection if bytes follow, as Envoy does.
 fn response_framing_error(status: StatusCode, h: &http::HeaderMap) -> Option<String> {
@@ -672,6 +675,14 @@ fn response_framing_error(status: StatusCode, h: &http::HeaderMap) -> Option<Str
             .then(|| {
                 "a 204 response with a Content-Length other than 0: a 204 has no body".into()
             });
+    }
+    if let Some(list) = h
+        .get(header::CONTENT_LENGTH)
+        .filter(|v| v.as_bytes().contains(&b','))
+    {
+        return Some(format!(
+            "Content-Length {list:?} is a list: a response has one length (clients such as Go's refuse a list)"
+        ));
     }
     if !h.contains_key(header::TRANSFER_ENCODING) {
         return None;
@@ -897,7 +908,11 @@ async fn forward(
     ex.upstream = Some(busy);
     let (mut parts, mut incoming) = resp.into_parts();
     if (parts.status == StatusCode::NO_CONTENT
-        || parts.headers.contains_key(header::TRANSFER_ENCODING))
+        || parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes().contains(&b',')))
         && let Some(reason) = response_framing_error(parts.status, &parts.headers)
     {
         // What follows on the connection is not known to be a response.
