@@ -497,14 +497,20 @@ pub fn sdk_plugin(package: &str) -> PathBuf {
 /// with whatever came in the same reads after it); `None` when the stream
 /// ended first.
 pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    read_until(stream, b"\r\n\r\n").await
+}
+
+/// Reads from `stream` until what came holds `end` (with whatever came in
+/// the same reads after it); `None` when the stream ended first.
+pub async fn read_until(stream: &mut tokio::net::TcpStream, end: &[u8]) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
-    let mut head = Vec::new();
+    let mut read = Vec::new();
     let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    while !read.windows(end.len()).any(|w| w == end) {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return None,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Ok(n) => read.extend_from_slice(&buf[..n]),
         }
     }
-    Some(head)
+    Some(read)
 }

@@ -663,6 +663,9 @@ fn check_transfer_encoding(h: &http::HeaderMap) -> Result<(), ProxyError> {
 /// Envoy 1.40 answers all four with 502 too ("protocol error"). A 304 may
 /// carry either (its Content-Length is the representation's): hyper reads
 /// it as empty and closes the connection if bytes follow, as Envoy does.
+///
+/// Every response comes here: a well-framed one costs a status comparison and
+/// two header lookups.
 fn response_framing_error(status: StatusCode, h: &http::HeaderMap) -> Option<String> {
     if status == StatusCode::NO_CONTENT {
         if h.contains_key(header::TRANSFER_ENCODING) {
@@ -734,10 +737,11 @@ fn prepare_upstream_request(
     host: Option<&HeaderValue>,
     upgrade: bool,
 ) {
-    headers::strip_hop_by_hop(&mut head.headers, upgrade);
-    if head.version == http::Version::HTTP_11 {
-        headers::remove_expect_continue(&mut head.headers);
-    }
+    headers::strip_hop_by_hop(
+        &mut head.headers,
+        upgrade,
+        head.version == http::Version::HTTP_11,
+    );
     headers::set_forwarded(
         &mut head.headers,
         &down.forwarded_for,
@@ -907,14 +911,7 @@ async fn forward(
     };
     ex.upstream = Some(busy);
     let (mut parts, mut incoming) = resp.into_parts();
-    if (parts.status == StatusCode::NO_CONTENT
-        || parts.headers.contains_key(header::TRANSFER_ENCODING)
-        || parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes().contains(&b',')))
-        && let Some(reason) = response_framing_error(parts.status, &parts.headers)
-    {
+    if let Some(reason) = response_framing_error(parts.status, &parts.headers) {
         // What follows on the connection is not known to be a response.
         incoming.close_connection();
         return Err(ProxyError::BadUpstreamResponse {
@@ -928,7 +925,7 @@ async fn forward(
     // HTTP/1.1, chunked when it has no length, and the connection stays open.
     parts.version = http::Version::HTTP_11;
     let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-    headers::strip_hop_by_hop(&mut parts.headers, upgraded);
+    headers::strip_hop_by_hop(&mut parts.headers, upgraded, false);
     Ok(Response::from_parts(
         parts,
         body::boxed(body::IdleBounded::new(

@@ -87,13 +87,23 @@ pub fn tokens<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<It
 /// hop-by-hop header or only `Connection: keep-alive`, so it scans the names
 /// once and removes only what it found: a removal hashes the name, and eight
 /// removals of absent names cost more than the rest of the header handling.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+///
+/// With `met_expect` (an HTTP/1.1 request: hyper's server has answered its
+/// `Expect: 100-continue`), that expectation is removed too, found by the
+/// same scan.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, met_expect: bool) {
     // Bit i: HOP_BY_HOP[i] is present; bit 7: Upgrade is.
     let mut present = 0u16;
+    let mut expect = false;
     for k in headers.keys() {
         if let Some(i) = hop_index(k.as_str()) {
             present |= 1 << i;
+        } else if met_expect && k == header::EXPECT {
+            expect = true;
         }
+    }
+    if expect {
+        remove_expect_continue(headers);
     }
     if present == 0 {
         return;
@@ -143,12 +153,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// otherwise answer a 100 of its own, or wait for a body already on its way.
 /// An HTTP/2 request keeps it: hyper has no way to send a 100 over HTTP/2,
 /// so weir has not met it (a client sends its body after a short wait).
-pub fn remove_expect_continue(headers: &mut HeaderMap) {
-    let expect = headers.get_all(header::EXPECT);
-    if expect.iter().next().is_some()
-        && expect
-            .iter()
-            .all(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+/// Any other expectation stays, for the upstream to answer.
+fn remove_expect_continue(headers: &mut HeaderMap) {
+    if headers
+        .get_all(header::EXPECT)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
     {
         headers.remove(header::EXPECT);
     }
@@ -269,7 +279,7 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         h.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, false, false);
         assert!(
             h.get("x-secret").is_none()
                 && h.get("keep-alive").is_none()
@@ -282,6 +292,19 @@ mod tests {
             "grpc-status",
             "Trailer is end to end: without it hyper sends no HTTP/1.1 trailers"
         );
+    }
+
+    #[test]
+    fn a_met_expect_continue_is_removed_and_other_expectations_stay() {
+        let with = |value: &'static str, met: bool| {
+            let mut h = HeaderMap::new();
+            h.insert(header::EXPECT, HeaderValue::from_static(value));
+            strip_hop_by_hop(&mut h, false, met);
+            h.get(header::EXPECT).is_some()
+        };
+        assert!(!with("100-Continue", true));
+        assert!(with("100-continue", false), "HTTP/2: weir sent no 100");
+        assert!(with("something-else", true), "for the upstream to answer");
     }
 
     #[test]
@@ -300,7 +323,7 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
         h.insert(header::SERVER, HeaderValue::from_static("nginx"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, false, false);
         assert_eq!(h.len(), 2);
         assert!(h.get(header::CONNECTION).is_none());
     }
@@ -341,12 +364,12 @@ mod tests {
             h
         };
         let mut kept = upgrade();
-        strip_hop_by_hop(&mut kept, true);
+        strip_hop_by_hop(&mut kept, true, false);
         assert_eq!(kept.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(kept.get(header::CONNECTION).unwrap(), "upgrade");
         assert!(kept.get("close").is_none());
         let mut dropped = upgrade();
-        strip_hop_by_hop(&mut dropped, false);
+        strip_hop_by_hop(&mut dropped, false, false);
         assert!(dropped.is_empty(), "{dropped:?}");
     }
 
