@@ -3,7 +3,15 @@
 
 Starts an upstream (nginx returning a small fixed body), then weir, Envoy 1.40 and
 nginx as proxies with equivalent configs, one worker each, and runs wrk against
-each in turn, interleaved over several rounds. For each proxy and connection
+each in turn, interleaved over several rounds.
+
+Equivalent means each proxy does to a request what weir does to every request it
+forwards: it appends the client to x-forwarded-for, sets x-forwarded-proto and
+x-forwarded-host, and adds an x-request-id when the request has none (Envoy through
+use_remote_address, request-id generation (its default) and a route header; nginx through
+proxy_set_header and $request_id, and it passes the client's Host on as weir and Envoy do). `nginx-bare` is nginx passing requests on with none of
+that (the bench's nginx up to session 27), so what the forwarding headers cost nginx shows
+beside it. For each proxy and connection
 count it prints the median req/s, p50 and p99 latency, and the proxy's own CPU
 time per request (utime+stime of its processes over the requests served), with
 weir's ratio to each peer.
@@ -40,7 +48,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "target" / "bench-tools"
-UPSTREAM_PORT, WEIR_PORT, ENVOY_PORT, NGINX_PORT, WEIR_ADMIN = 18000, 18001, 18002, 18003, 18901
+UPSTREAM_PORT, WEIR_PORT, ENVOY_PORT, NGINX_PORT, NGINX_BARE_PORT, WEIR_ADMIN = 18000, 18001, 18002, 18003, 18004, 18901
+PROXIES = ["weir", "envoy", "nginx", "nginx-bare"]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -239,10 +248,14 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
+          use_remote_address: true
           route_config:
             virtual_hosts:
             - name: all
               domains: ["*"]
+              request_headers_to_add:
+              - header: {{ key: x-forwarded-host, value: "%REQ(:AUTHORITY)%" }}
+                append_action: OVERWRITE_IF_EXISTS_OR_ADD
               routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: upstream }} }}]
           http_filters:{chain}
           - name: envoy.filters.http.router
@@ -350,7 +363,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", default="32,256")
-    ap.add_argument("--only", default="weir,envoy,nginx")
+    ap.add_argument("--only", default=",".join(PROXIES), help="which of " + ",".join(PROXIES) + " to run")
     ap.add_argument("--filters", default="0", help="proxy-wasm filter counts, e.g. 0,1,3 (the same .wasm in weir and Envoy); sdkN: N SDK component filters (weir only)")
     ap.add_argument("--pw-filter", default="header", choices=["header", "test"],
                     help="the proxy-wasm filter of the numbered cases: header (tests/wasm/pw-header: reads one "
@@ -365,7 +378,7 @@ def main():
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is missing: apt-get install {tool}")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    ensure_free([UPSTREAM_PORT, WEIR_PORT, ENVOY_PORT, NGINX_PORT, WEIR_ADMIN])
+    ensure_free([UPSTREAM_PORT, WEIR_PORT, ENVOY_PORT, NGINX_PORT, NGINX_BARE_PORT, WEIR_ADMIN])
     if args.weir_bin:
         weir = Path(args.weir_bin).resolve()
     else:
@@ -392,8 +405,11 @@ def main():
         up = nginx_conf(tmp, "upstream", f"server {{ listen 127.0.0.1:{UPSTREAM_PORT}; location / {{ return 200 'hello from the upstream\\n'; }} }}")
         procs["upstream"] = subprocess.Popen([nginx, "-c", str(up), "-p", str(tmp)], stderr=subprocess.DEVNULL)
         wait_port(UPSTREAM_PORT)
-        ports = {"weir": WEIR_PORT, "envoy": ENVOY_PORT, "nginx": NGINX_PORT}
+        ports = {"weir": WEIR_PORT, "envoy": ENVOY_PORT, "nginx": NGINX_PORT, "nginx-bare": NGINX_BARE_PORT}
         wanted = args.only.split(",")
+        unknown = [n for n in wanted if n not in PROXIES]
+        if unknown:
+            raise SystemExit(f"--only: no proxy named {', '.join(unknown)} (the bench runs {', '.join(PROXIES)})")
         results = {}
         for filters in filter_counts:
             if "weir" in wanted:
@@ -408,12 +424,25 @@ def main():
                 wait_port(ENVOY_PORT)
             if "nginx" in wanted and filters == 0:
                 px = nginx_conf(tmp, "proxy", f"""
+    map $http_x_request_id $bench_request_id {{ default $http_x_request_id; "" $request_id; }}
     upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 512; keepalive_requests 1000000; }}
     server {{ listen 127.0.0.1:{NGINX_PORT};
-      location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")
+      location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Forwarded-Host $http_host;
+        proxy_set_header X-Request-Id $bench_request_id; }} }}""")
                 procs["nginx"] = subprocess.Popen([nginx, "-c", str(px), "-p", str(tmp)], stderr=subprocess.DEVNULL)
                 wait_port(NGINX_PORT)
-            names = [n for n in ["weir", "envoy", "nginx"] if n in procs]
+            if "nginx-bare" in wanted and filters == 0:
+                px = nginx_conf(tmp, "proxy-bare", f"""
+    upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 512; keepalive_requests 1000000; }}
+    server {{ listen 127.0.0.1:{NGINX_BARE_PORT};
+      location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")
+                procs["nginx-bare"] = subprocess.Popen([nginx, "-c", str(px), "-p", str(tmp)], stderr=subprocess.DEVNULL)
+                wait_port(NGINX_BARE_PORT)
+            names = [n for n in PROXIES if n in procs]
             headers = token_header if filters == "policy" else ()
             time.sleep(0.5)
             for conns in [int(c) for c in args.connections.split(",")]:
@@ -426,7 +455,7 @@ def main():
                         requests, rps, p50, p99, errors = run_wrk(ports[name], conns, args.duration, headers)
                         cpu_us = (cpu_seconds(pids) - before) * 1e6 / max(requests, 1)
                         results.setdefault((name, filters, conns), []).append((rps, p50, p99, cpu_us, errors))
-                        print(f"round {rnd + 1} {name:6} filters={filters} c={conns:<4} {rps:9.0f} req/s  p50 {p50:7.0f} µs  p99 {p99:7.0f} µs  cpu {cpu_us:5.1f} µs/req  non-2xx {errors}", flush=True)
+                        print(f"round {rnd + 1} {name:10} filters={filters} c={conns:<4} {rps:9.0f} req/s  p50 {p50:7.0f} µs  p99 {p99:7.0f} µs  cpu {cpu_us:5.1f} µs/req  non-2xx {errors}", flush=True)
             for name in names:
                 p = procs.pop(name)
                 p.send_signal(signal.SIGTERM)
@@ -434,12 +463,12 @@ def main():
                 time.sleep(0.3)
         print()
         print(f"medians over {args.rounds} rounds of {args.duration}s, wrk on 127.0.0.1, {os.cpu_count()} cores")
-        print(f"{'proxy':6} {'filters':>7} {'conns':>5} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'cpu µs/req':>10}")
+        print(f"{'proxy':10} {'filters':>7} {'conns':>5} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'cpu µs/req':>10}")
         med = {}
-        for key, rows in sorted(results.items(), key=lambda kv: (str(kv[0][1]), kv[0][2], ["weir", "envoy", "nginx"].index(kv[0][0]))):
+        for key, rows in sorted(results.items(), key=lambda kv: (str(kv[0][1]), kv[0][2], PROXIES.index(kv[0][0]))):
             m = tuple(statistics.median(r[i] for r in rows) for i in range(4))
             med[key] = m
-            print(f"{key[0]:6} {str(key[1]):>7} {key[2]:5} {m[0]:9.0f} {m[1]:8.0f} {m[2]:8.0f} {m[3]:10.1f}")
+            print(f"{key[0]:10} {str(key[1]):>7} {key[2]:5} {m[0]:9.0f} {m[1]:8.0f} {m[2]:8.0f} {m[3]:10.1f}")
         print()
         for (name, filters, conns), m in med.items():
             w = med.get(("weir", filters, conns))
