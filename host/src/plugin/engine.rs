@@ -181,6 +181,16 @@ pub fn engine_for(tier: Tier) -> &'static Engine {
         config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
         if tier == Tier::Baseline {
             config.strategy(wasmtime::Strategy::Winch);
+            // Winch compiles a module's functions, but wasmtime still
+            // compiles with Cranelift the trampoline through which the host
+            // calls each function that escapes (exports and table entries:
+            // hundreds in a Rust plugin). At Cranelift's defaults those took
+            // twice the CPU of Winch's whole compile in a cold reload
+            // (perf, a 136 KB proxy-wasm plugin). A trampoline only moves
+            // arguments, so the fast single-pass allocator and no
+            // optimization passes lose nothing there.
+            config.cranelift_opt_level(wasmtime::OptLevel::None);
+            config.cranelift_regalloc_algorithm(wasmtime::RegallocAlgorithm::SinglePass);
         }
         // Baseline code lives for seconds, until its version is compiled
         // optimized or replaced, and a start compiles optimized: writing it
@@ -913,6 +923,88 @@ mod tests {
             "the ticker does not advance the baseline engine's epoch",
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Baseline code is entered through trampolines that Cranelift compiles
+    /// without optimization passes and with its single-pass register
+    /// allocator: arguments and results of every type cross them intact,
+    /// for an export and for a function the host reaches only through a
+    /// table, as in the optimized engine.
+    #[test]
+    fn baseline_trampolines_carry_arguments_and_results_intact() {
+        let wasm = wat::parse_str(
+            r#"(module
+                (table (export "t") 1 funcref)
+                (elem (i32.const 0) $mix)
+                (func $mix (export "mix")
+                    (param $a i32) (param $b i64) (param $c f32) (param $d f64) (param $e i32)
+                    (param $f i64) (param $g f32) (param $h f64) (param $i i32) (param $j i64)
+                    (result i64 f64 i32)
+                    (i64.add (i64.add (local.get $b) (local.get $f)) (local.get $j))
+                    (f64.add (f64.add (local.get $d) (local.get $h))
+                             (f64.promote_f32 (f32.add (local.get $c) (local.get $g))))
+                    (i32.sub (i32.mul (local.get $a) (local.get $e)) (local.get $i)))
+                (func (export "trampoline-test")))"#,
+        )
+        .unwrap();
+        let args = (
+            7i32,
+            1i64 << 40,
+            1.5f32,
+            2.25f64,
+            -3i32,
+            -5i64,
+            0.25f32,
+            1e10f64,
+            11i32,
+            123_456_789i64,
+        );
+        let expected = ((1i64 << 40) - 5 + 123_456_789, 1e10 + 2.25 + 1.75, -32i32);
+        for tier in [Tier::Baseline, Tier::Optimized] {
+            let (module, _, compiled) = compile(&wasm, tier).unwrap();
+            assert_eq!(compiled, tier);
+            let mut store = wasmtime::Store::new(module.engine(), ());
+            store.set_epoch_deadline(u64::MAX / 2);
+            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            type Args = (i32, i64, f32, f64, i32, i64, f32, f64, i32, i64);
+            let mix = instance
+                .get_typed_func::<Args, (i64, f64, i32)>(&mut store, "mix")
+                .unwrap();
+            assert_eq!(
+                mix.call(&mut store, args).unwrap(),
+                expected,
+                "{tier:?}: the export"
+            );
+            let table = instance.get_table(&mut store, "t").unwrap();
+            let from_table = table
+                .get(&mut store, 0)
+                .and_then(|r| r.as_func().flatten().copied())
+                .expect("the table holds the function");
+            let params = [
+                wasmtime::Val::I32(args.0),
+                wasmtime::Val::I64(args.1),
+                wasmtime::Val::F32(args.2.to_bits()),
+                wasmtime::Val::F64(args.3.to_bits()),
+                wasmtime::Val::I32(args.4),
+                wasmtime::Val::I64(args.5),
+                wasmtime::Val::F32(args.6.to_bits()),
+                wasmtime::Val::F64(args.7.to_bits()),
+                wasmtime::Val::I32(args.8),
+                wasmtime::Val::I64(args.9),
+            ];
+            let mut results = [
+                wasmtime::Val::I32(0),
+                wasmtime::Val::I32(0),
+                wasmtime::Val::I32(0),
+            ];
+            from_table.call(&mut store, &params, &mut results).unwrap();
+            let got = (
+                results[0].unwrap_i64(),
+                results[1].unwrap_f64(),
+                results[2].unwrap_i32(),
+            );
+            assert_eq!(got, expected, "{tier:?}: through the table");
+        }
     }
 
     #[test]
