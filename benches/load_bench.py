@@ -11,10 +11,11 @@ x-forwarded-host, and adds an x-request-id when the request has none (Envoy thro
 use_remote_address, request-id generation (its default) and a route header; nginx through
 proxy_set_header and $request_id, passing the client's Host on as weir and Envoy do).
 `nginx-bare` is nginx passing requests on with none of that (the bench's nginx up to
-session 27), so what the forwarding headers cost nginx shows beside it. For each proxy and connection
-count it prints the median req/s, p50 and p99 latency, and the proxy's own CPU
-time per request (utime+stime of its processes over the requests served), with
-weir's ratio to each peer.
+session 27), so what the forwarding headers cost nginx shows beside it.
+
+For each proxy and connection count it prints the median req/s, p50 and p99 latency,
+and the proxy's own CPU time per request (utime+stime of its processes over the
+requests served), with weir's ratio to each peer.
 
 Everything listens on 127.0.0.1 only; every wrk run is bounded by --duration.
 
@@ -48,8 +49,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "target" / "bench-tools"
-UPSTREAM_PORT, WEIR_PORT, ENVOY_PORT, NGINX_PORT, NGINX_BARE_PORT, WEIR_ADMIN = 18000, 18001, 18002, 18003, 18004, 18901
-PROXIES = ["weir", "envoy", "nginx", "nginx-bare"]
+UPSTREAM_PORT, WEIR_ADMIN = 18000, 18901
+# Each proxy and the port it listens on, in the order they run and print.
+PORTS = {"weir": 18001, "envoy": 18002, "nginx": 18003, "nginx-bare": 18004}
+WEIR_PORT, ENVOY_PORT = PORTS["weir"], PORTS["envoy"]
+PROXIES = list(PORTS)
+# What nginx adds to do to a request what weir does to every one it forwards
+# (nginx-bare leaves it out): the map keeps a client's own x-request-id.
+NGINX_FORWARDING = {
+    "http": 'map $http_x_request_id $bench_request_id { default $http_x_request_id; "" $request_id; }',
+    "location": """
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Forwarded-Host $http_host;
+        proxy_set_header X-Request-Id $bench_request_id;""",
+}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -378,7 +393,7 @@ def main():
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is missing: apt-get install {tool}")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    ensure_free([UPSTREAM_PORT, WEIR_PORT, ENVOY_PORT, NGINX_PORT, NGINX_BARE_PORT, WEIR_ADMIN])
+    ensure_free([UPSTREAM_PORT, *PORTS.values(), WEIR_ADMIN])
     if args.weir_bin:
         weir = Path(args.weir_bin).resolve()
     else:
@@ -405,7 +420,6 @@ def main():
         up = nginx_conf(tmp, "upstream", f"server {{ listen 127.0.0.1:{UPSTREAM_PORT}; location / {{ return 200 'hello from the upstream\\n'; }} }}")
         procs["upstream"] = subprocess.Popen([nginx, "-c", str(up), "-p", str(tmp)], stderr=subprocess.DEVNULL)
         wait_port(UPSTREAM_PORT)
-        ports = {"weir": WEIR_PORT, "envoy": ENVOY_PORT, "nginx": NGINX_PORT, "nginx-bare": NGINX_BARE_PORT}
         wanted = args.only.split(",")
         unknown = [n for n in wanted if n not in PROXIES]
         if unknown:
@@ -422,37 +436,27 @@ def main():
                     [envoy_binary(), "-c", str(envoy_conf(tmp, filters, wasm, policy[1] if policy else None)), "--concurrency", "1", "--log-level", "error", "--base-id", str(base_id)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 wait_port(ENVOY_PORT)
-            if "nginx" in wanted and filters == 0:
-                px = nginx_conf(tmp, "proxy", f"""
-    map $http_x_request_id $bench_request_id {{ default $http_x_request_id; "" $request_id; }}
+            for name, extra in [("nginx", NGINX_FORWARDING), ("nginx-bare", {})]:
+                if name not in wanted or filters != 0:
+                    continue
+                px = nginx_conf(tmp, name, f"""
+    {extra.get("http", "")}
     upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 512; keepalive_requests 1000000; }}
-    server {{ listen 127.0.0.1:{NGINX_PORT};
-      location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_set_header Host $http_host;
-        proxy_set_header X-Forwarded-Host $http_host;
-        proxy_set_header X-Request-Id $bench_request_id; }} }}""")
-                procs["nginx"] = subprocess.Popen([nginx, "-c", str(px), "-p", str(tmp)], stderr=subprocess.DEVNULL)
-                wait_port(NGINX_PORT)
-            if "nginx-bare" in wanted and filters == 0:
-                px = nginx_conf(tmp, "proxy-bare", f"""
-    upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 512; keepalive_requests 1000000; }}
-    server {{ listen 127.0.0.1:{NGINX_BARE_PORT};
-      location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")
-                procs["nginx-bare"] = subprocess.Popen([nginx, "-c", str(px), "-p", str(tmp)], stderr=subprocess.DEVNULL)
-                wait_port(NGINX_BARE_PORT)
+    server {{ listen 127.0.0.1:{PORTS[name]};
+      location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";{extra.get("location", "")} }} }}""")
+                procs[name] = subprocess.Popen([nginx, "-c", str(px), "-p", str(tmp)], stderr=subprocess.DEVNULL)
+                wait_port(PORTS[name])
             names = [n for n in PROXIES if n in procs]
             headers = token_header if filters == "policy" else ()
             time.sleep(0.5)
             for conns in [int(c) for c in args.connections.split(",")]:
                 for name in names:  # warm-up
-                    run_wrk(ports[name], conns, 2, headers)
+                    run_wrk(PORTS[name], conns, 2, headers)
                 for rnd in range(args.rounds):
                     for name in names:
                         pids = pids_of(procs[name])
                         before = cpu_seconds(pids)
-                        requests, rps, p50, p99, errors = run_wrk(ports[name], conns, args.duration, headers)
+                        requests, rps, p50, p99, errors = run_wrk(PORTS[name], conns, args.duration, headers)
                         cpu_us = (cpu_seconds(pids) - before) * 1e6 / max(requests, 1)
                         results.setdefault((name, filters, conns), []).append((rps, p50, p99, cpu_us, errors))
                         print(f"round {rnd + 1} {name:10} filters={filters} c={conns:<4} {rps:9.0f} req/s  p50 {p50:7.0f} µs  p99 {p99:7.0f} µs  cpu {cpu_us:5.1f} µs/req  non-2xx {errors}", flush=True)
