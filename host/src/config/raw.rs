@@ -1,6 +1,7 @@
 //! The config file as written: serde structs, one per TOML table, every field
-//! documented. Unknown keys are collected by [`super::load`] and rejected, all
-//! at once. Nothing here is checked beyond its type; `validate` does the rest.
+//! documented. Unknown keys are collected by
+//! [`Config::from_toml`](super::Config::from_toml) and rejected, all at once.
+//! Nothing here is checked beyond its type; `validate` does the rest.
 
 use std::collections::BTreeMap;
 

@@ -11,7 +11,7 @@
 //!
 //! A version that arrives while weir serves is compiled by the baseline
 //! compiler, which takes about an eighth of the optimizing one's CPU time
-//! (see [`engine`](super::engine)): it goes live sooner and takes less from
+//! (see [`super::engine`]): it goes live sooner and takes less from
 //! the workers. Once it has served [`TIER_UP_AFTER`] unchanged, it is
 //! compiled again by the optimizing compiler, off the request path, and the
 //! optimized version replaces it as any update does (the plugin starts
