@@ -474,10 +474,28 @@ def main():
             med[key] = m
             print(f"{key[0]:10} {str(key[1]):>7} {key[2]:5} {m[0]:9.0f} {m[1]:8.0f} {m[2]:8.0f} {m[3]:10.1f}")
         print()
+        print("weir's ratio to each proxy: of the medians, then (in brackets) the lowest and highest")
+        print("of the per-round ratios (each round runs every proxy once, back to back)")
         for (name, filters, conns), m in med.items():
             w = med.get(("weir", filters, conns))
             if name != "weir" and w:
-                print(f"filters={filters} c={conns}: weir/{name}: req/s x{w[0] / m[0]:.2f}, p99 x{w[2] / m[2]:.2f}, cpu/req x{w[3] / m[3]:.2f}")
+                pairs = list(zip(results[("weir", filters, conns)], results[(name, filters, conns)]))
+                cols = []
+                for label, i in (("req/s", 0), ("p99", 2), ("cpu/req", 3)):
+                    per_round = [a[i] / b[i] for a, b in pairs if b[i]]
+                    spread = f" [{min(per_round):.2f}-{max(per_round):.2f}]" if per_round else ""
+                    cols.append(f"{label} x{w[i] / m[i]:.2f}{spread}")
+                print(f"filters={filters} c={conns}: weir/{name}: " + ", ".join(cols))
+        per_filter = [
+            (name, filters, conns, (m[3] - med[(name, 0, conns)][3]) / filters)
+            for (name, filters, conns), m in med.items()
+            if isinstance(filters, int) and filters > 0 and (name, 0, conns) in med
+        ]
+        if per_filter:
+            print()
+            print("CPU each proxy-wasm filter adds per request, (cpu/req with N filters - with none) / N:")
+            for name, filters, conns, us in per_filter:
+                print(f"  {name:10} filters={filters} c={conns}: {us:.1f} µs")
     finally:
         for p in procs.values():
             p.send_signal(signal.SIGTERM)
