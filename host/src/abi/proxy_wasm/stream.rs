@@ -67,6 +67,16 @@ enum Direction {
     Response,
 }
 
+impl Direction {
+    /// The phase a body or trailers callback of this direction runs in.
+    fn body_phase(self) -> Phase {
+        match self {
+            Direction::Request => Phase::RequestBody,
+            Direction::Response => Phase::ResponseBody,
+        }
+    }
+}
+
 impl Side {
     /// The stream's context in `vm`, created (Envoy creates it lazily) if needed;
     /// `None` when the instance was replaced since the stream started.
@@ -226,22 +236,15 @@ impl crate::filter::BodyFilter for ProxyWasmBody {
         st.body = Some(std::mem::take(data));
         st.body_bytes[dir] = st.body_passed[dir] + len as u64;
         st.last_body = eos;
-        let phase = if self.dir == Direction::Request {
-            Phase::RequestBody
-        } else {
-            Phase::ResponseBody
-        };
+        let phase = self.dir.body_phase();
         let code = match core.call(&mut vm, ctx, phase, |vm| {
             f.call(&mut vm.store, (ctx as i32, len as i32, i32::from(eos)))
         }) {
             Called::Action(c) => c,
             Called::Trapped(msg) => {
-                return match core.spec.failure {
-                    FailurePolicy::Open => Ok(crate::filter::BodyAction::Continue),
-                    FailurePolicy::Closed => {
-                        Err(format!("plugin {:?} failed: {msg}", core.spec.name))
-                    }
-                };
+                return self
+                    .by_policy(format_args!("failed: {msg}"))
+                    .map(|()| crate::filter::BodyAction::Continue);
             }
         };
         let st = with_stream!(vm, ctx);
@@ -276,12 +279,15 @@ impl ProxyWasmBody {
     /// What the rest of a stream whose plugin failed gets: skipped (open)
     /// or ended (closed).
     fn failed_earlier(&self) -> Result<(), String> {
+        self.by_policy("failed earlier in this stream")
+    }
+
+    /// The failure policy applied to a body callback that could not run:
+    /// skipped (open), or the stream ended with "plugin NAME `what`" (closed).
+    fn by_policy(&self, what: impl std::fmt::Display) -> Result<(), String> {
         match self.core.spec.failure {
             FailurePolicy::Open => Ok(()),
-            FailurePolicy::Closed => Err(format!(
-                "plugin {:?} failed earlier in this stream",
-                self.core.spec.name
-            )),
+            FailurePolicy::Closed => Err(format!("plugin {:?} {what}", self.core.spec.name)),
         }
     }
 
@@ -305,11 +311,7 @@ impl ProxyWasmBody {
         };
         let (ctx, n) = (self.ctx, trailers.len());
         with_stream!(vm, ctx).trailers = Some(std::mem::take(trailers));
-        let phase = if self.dir == Direction::Request {
-            Phase::RequestBody
-        } else {
-            Phase::ResponseBody
-        };
+        let phase = self.dir.body_phase();
         let called = core.call(&mut vm, ctx, phase, |vm| {
             f.call(&mut vm.store, (ctx as i32, n as i32))
         });
@@ -327,10 +329,7 @@ impl ProxyWasmBody {
                 tracing::debug!(plugin.name = %core.spec.name, "a trailers callback paused; the trailers go on");
                 Ok(None)
             }
-            Called::Trapped(msg) => match core.spec.failure {
-                FailurePolicy::Open => Ok(None),
-                FailurePolicy::Closed => Err(format!("plugin {:?} failed: {msg}", core.spec.name)),
-            },
+            Called::Trapped(msg) => self.by_policy(format_args!("failed: {msg}")).map(|()| None),
         }
     }
 }
