@@ -1,6 +1,7 @@
 //! Builds the plugins weir bundles into its binary (plugins/telemetry,
 //! authn-jwt, authz-rbac and ratelimit, run by the embedded default config),
-//! with the `plugin` profile, into their own target folder. Without the wasm32-wasip2 target (or with
+//! with the `plugin` profile, into target/plugins (where the tests and benches
+//! build plugins too, so that none is built twice). Without the wasm32-wasip2 target (or with
 //! WEIR_NO_BUNDLED_PLUGINS set) weir is built without them, and a config
 //! naming a bundled plugin gets an error saying so.
 
@@ -75,7 +76,9 @@ fn wasm_target_dir() -> Option<PathBuf> {
 /// Runs cargo for the bundled plugins; the folder holding their .wasm.
 fn build(root: &Path) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target = root.join("target/bundled");
+    // The folder every plugin build of the workspace shares (the tests' and
+    // the benches' too): a plugin built here is not built again for them.
+    let target = root.join("target/plugins");
     let mut cmd = Command::new(cargo);
     cmd.args([
         "build",

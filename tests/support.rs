@@ -452,8 +452,10 @@ pub async fn grpc_upstream() -> std::net::SocketAddr {
 
 /// Builds an SDK plugin crate of plugins/ to a wasm32-wasip2 component with
 /// the `plugin` profile (stripped, size-optimized, as shipped) (once
-/// per process; its own target folder, so no lock is shared with the test run)
-/// and returns the .wasm.
+/// per process) and returns the .wasm. The target folder is target/plugins,
+/// not the test run's own (whose lock cargo holds while the tests run): the
+/// one weir's build script builds the bundled plugins into, so those are
+/// already built, and the others share their dependencies.
 pub fn sdk_plugin(package: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap();
