@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "wasm/oob_probe.rs"]
+mod oob_probe;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -1127,4 +1130,85 @@ async fn trailer_callbacks_read_and_change_trailers_as_in_envoy() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(logged, "{}", w.logs());
+}
+
+/// What Envoy 1.40 answers to [`oob_probe`]'s module, status by status
+/// (recorded 2026-11-29; record it again whenever the probe changes, as
+/// benches/envoy_probe/README.md says).
+const ENVOY_1_40: &str = "00,06,06,00,00,06,00,06,00,06,06,00,06,06,00,06,06,00,06,06,01,06,06,00,06,00,06,06,00,06,06,00,00,06,06,00,06,06,00,00,06,06,00,00,06,06,03,06,06,00,06,06,00,06,06,00,00,06,06,00,06,06,00,00,06,06,00,06,06,06,00,06,06,00,06,00,06,06,00,06,06,00,06,00,06,06,00,00,06,06,00,06,06,00,06,00,06,01,06,06,01,06,06,01,00,06,06,02,06,06,02,06,06,00,06,06,00,06,02,06,06,02,00,06,06,00,06,06,00,06,06,06,06,06,06,";
+
+/// The host's side of memory safety (the reference's checklist, item 57):
+/// every hostcall handed a pointer past the end of the module's memory, or a
+/// length running past it, answers InvalidMemoryAccess (6) and goes no
+/// further (a bad local reply sends nothing; a bad out-pointer gets nothing
+/// written), and a (0, 0) pair reads as empty. Envoy 1.40 answers the same
+/// statuses to the same module (benches/envoy_probe). The request is then
+/// answered by the module's good local reply, and the next one too.
+#[tokio::test]
+async fn hostcalls_given_pointers_outside_memory_answer_invalid_memory_access() {
+    use oob_probe::Variant;
+    let probe = oob_probe::probe();
+    let wasm = wat::parse_str(&probe.wat).unwrap();
+    // To run the same module in Envoy (benches/envoy_probe/README.md).
+    if let Some(path) = std::env::var_os("WEIR_WRITE_OOB_PROBE") {
+        std::fs::write(path, &wasm).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin(
+        dir.path(),
+        "10-probe",
+        &wasm,
+        Some("vm_id = \"probe\"\nvm_config = \"vmcfg\"\n"),
+    );
+    let (admin, port, dead) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "{}[[cluster]]\nname = \"dead\"\nendpoints = [\"127.0.0.1:{dead}\"]\n[[route]]\nname = \"echo\"\necho = true\n",
+        support::base_config(admin, port)
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
+    for _ in 0..2 {
+        let resp = reqwest::Client::new()
+            .post(w.url("/p"))
+            .body("abc")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-reply"], "1");
+        let body = resp.text().await.unwrap();
+        let codes: Vec<u32> = body
+            .trim_end_matches(',')
+            .split(',')
+            .map(|c| {
+                c.parse()
+                    .unwrap_or_else(|_| panic!("not a status list: {body:?}"))
+            })
+            .collect();
+        assert_eq!(codes.len(), probe.labels.len(), "{body}");
+        let wrong: Vec<String> = probe
+            .labels
+            .iter()
+            .zip(&codes)
+            .filter(|&(label, &code)| match label.variant {
+                // With good arguments: NotFound for the unknown function,
+                // BadArgument for a request head that has gone on, else OK.
+                Variant::Control => {
+                    code != match label.call {
+                        "proxy_call_foreign_function" => 1,
+                        "proxy_set_header_map_pairs" => 2,
+                        _ => 0,
+                    }
+                }
+                Variant::OutOfBounds(_) | Variant::TooLong(_) => code != 6,
+                Variant::Empty(_) => code == 6,
+            })
+            .map(|(label, code)| format!("{} {:?}: {code}", label.call, label.variant))
+            .collect();
+        assert!(wrong.is_empty(), "unexpected statuses: {wrong:#?}");
+        assert_eq!(body, ENVOY_1_40, "the statuses Envoy gives the same module");
+    }
+    assert!(
+        w.plugin_status("probe").await["traps"] == 0,
+        "no call trapped the plugin"
+    );
 }

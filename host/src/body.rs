@@ -23,6 +23,19 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// A body holding these bytes, then these trailers (none sent when empty).
+/// Over HTTP/1.1 a body of known length has no place for trailers: hyper
+/// drops them there, as Envoy does unless its codec is told to keep them.
+pub fn full_with_trailers(bytes: impl Into<Bytes>, trailers: http::HeaderMap) -> Body {
+    if trailers.is_empty() {
+        return full(bytes);
+    }
+    Full::new(bytes.into())
+        .with_trailers(std::future::ready(Some(Ok(trailers))))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// An empty body.
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()

@@ -584,15 +584,22 @@ fn link_calls(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
          hl: i32,
          bp: i32,
          bl: i32,
-         _tp: i32,
-         _tl: i32,
+         tp: i32,
+         tl: i32,
          timeout: i32,
          ret: i32|
          -> R {
             let upstream = String::from_utf8_lossy(&tryst!(read(&mut c, up, ul))).to_string();
             let hbytes = tryst!(read(&mut c, hp, hl));
             let body = tryst!(read(&mut c, bp, bl));
+            let tbytes = tryst!(read(&mut c, tp, tl));
             let pairs = tryst!(pairs::decode(&hbytes).ok_or(Status::BadArgument));
+            let mut trailers = http::HeaderMap::new();
+            for (k, v) in tryst!(pairs::decode(&tbytes).ok_or(Status::BadArgument)) {
+                let name = tryst!(HeaderName::from_bytes(&k).map_err(|_| Status::BadArgument));
+                let value = tryst!(HeaderValue::from_bytes(&v).map_err(|_| Status::BadArgument));
+                trailers.append(name, value);
+            }
             let Some(plugin) = c.data().plugin.upgrade() else {
                 return Ok(Status::InternalFailure as i32);
             };
@@ -630,7 +637,7 @@ fn link_calls(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 .method(method.as_slice())
                 .uri(String::from_utf8_lossy(&path).as_ref())
                 .header(http::header::HOST, authority.as_slice())
-                .body(crate::body::full(body));
+                .body(crate::body::full_with_trailers(body, trailers));
             let Ok(req) = req else {
                 return Ok(Status::BadArgument as i32);
             };

@@ -326,8 +326,35 @@ fn dropped(state: &VmState, key: &[u8], why: &str) {
     );
 }
 
-/// Replaces the whole map `map_type` with `pairs`.
+/// Whether map `map_type` can be changed now, as [`edit`] decides for one key.
+fn editable(state: &mut VmState, map_type: i32) -> Result<(), Status> {
+    if !writable(state, map_type) {
+        return Err(Status::BadArgument);
+    }
+    let phase = state.phase;
+    let s = state.stream().ok_or(Status::BadArgument)?;
+    let open = match map_type {
+        map::HTTP_REQUEST_HEADERS => s.request.is_some(),
+        map::HTTP_RESPONSE_HEADERS => s.response.is_some(),
+        map::HTTP_REQUEST_TRAILERS => {
+            s.trailers.is_some() || (s.last_body && phase == Phase::RequestBody)
+        }
+        map::HTTP_RESPONSE_TRAILERS => {
+            s.trailers.is_some() || (s.last_body && phase == Phase::ResponseBody)
+        }
+        _ => false,
+    };
+    if open {
+        Ok(())
+    } else {
+        Err(Status::BadArgument)
+    }
+}
+
+/// Replaces the whole map `map_type` with `pairs`. A map that cannot be
+/// changed now refuses even an empty set of pairs, as in Envoy.
 pub fn replace_all(state: &mut VmState, map_type: i32, pairs: Pairs) -> Result<(), Status> {
+    editable(state, map_type)?;
     let keys: Vec<Vec<u8>> = self::pairs(state, map_type)?
         .into_iter()
         .map(|(k, _)| k)
