@@ -350,6 +350,75 @@ async fn http_calls_pause_the_request_and_resume_or_answer_from_the_callback() {
 /// A server on loopback that answers every request as `answer` says:
 /// `head-late` (after 5 s), `body-late` (a head and half the body, the rest
 /// after 5 s) or `garbage` (not HTTP).
+/// An HTTP/2 server on loopback that answers 200 to a request whose
+/// trailers hold `x-call-trailer: yes`, and 418 to any other.
+async fn trailer_checking_upstream() -> std::net::SocketAddr {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let body = req.into_body().collect().await?;
+                    let ok = body
+                        .trailers()
+                        .and_then(|t| t.get("x-call-trailer"))
+                        .is_some_and(|v| v == "yes");
+                    Ok::<_, hyper::Error>(
+                        http::Response::builder()
+                            .status(if ok { 200 } else { 418 })
+                            .body(http_body_util::Empty::<bytes::Bytes>::new())
+                            .unwrap(),
+                    )
+                },
+            );
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+            );
+        }
+    });
+    addr
+}
+
+/// An http call's trailers follow its body to an HTTP/2 cluster, as in Envoy.
+#[tokio::test]
+async fn http_call_trailers_reach_an_http2_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin(
+        dir.path(),
+        "10-pw-test",
+        &std::fs::read(test_filter("pw-test")).unwrap(),
+        None,
+    );
+    let checker = trailer_checking_upstream().await;
+    let up = Upstream::start("app").await;
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[cluster]]\nname = \"auth\"\nendpoints = [\"{checker}\"]\nprotocol = \"http2\"\n[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        up.addr
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .get(w.url("/callout"))
+        .header("x-callout-trailer", "yes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the call's trailers arrived");
+    let r = c.get(w.url("/callout")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "a call without trailers is refused by the checker"
+    );
+    assert_eq!(r.headers()["x-callout-status"], "418");
+}
+
 async fn misbehaving_auth(answer: &'static str) -> String {
     use tokio::io::AsyncWriteExt;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

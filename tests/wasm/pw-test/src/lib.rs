@@ -299,7 +299,10 @@ impl HttpContext for Stream {
                 let code = self.get_http_request_header("x-callout-status").unwrap_or_else(|| "200".into());
                 let path = format!("/status/{code}");
                 let timeout = self.get_http_request_header("x-callout-timeout-ms").and_then(|t| t.parse().ok()).unwrap_or(5000);
-                match self.dispatch_http_call("auth", vec![(":method", "GET"), (":path", &path), (":authority", "auth")], None, vec![], Duration::from_millis(timeout)) {
+                // The call's trailers, when the request names one.
+                let trailer = self.get_http_request_header("x-callout-trailer");
+                let trailers = trailer.as_deref().map(|t| vec![("x-call-trailer", t)]).unwrap_or_default();
+                match self.dispatch_http_call("auth", vec![(":method", "GET"), (":path", &path), (":authority", "auth")], None, trailers, Duration::from_millis(timeout)) {
                     Ok(_) => Action::Pause,
                     Err(e) => {
                         self.send_http_response(500, vec![], Some(format!("dispatch failed: {e:?}\n").as_bytes()));
