@@ -1204,11 +1204,12 @@ async fn trailer_callbacks_read_and_change_trailers_as_in_envoy() {
 /// What Envoy 1.40 answers to [`oob_probe`]'s module, status by status
 /// (recorded 2026-11-29; record it again whenever the probe changes, as
 /// benches/envoy_probe/README.md says).
-const ENVOY_1_40: &str = "00,06,06,00,00,06,00,06,00,06,06,00,06,06,00,06,06,00,06,06,01,06,06,00,06,00,06,06,00,06,06,00,00,06,06,00,06,06,00,00,06,06,00,00,06,06,03,06,06,00,06,06,00,06,06,00,00,06,06,00,06,06,00,00,06,06,00,06,06,06,00,06,06,00,06,00,06,06,00,06,06,00,06,00,06,06,00,00,06,06,00,06,06,00,06,00,06,01,06,06,01,06,06,01,00,06,06,02,06,06,02,06,06,00,06,06,00,06,02,06,06,02,00,06,06,00,06,06,00,06,06,06,06,06,06,";
+const ENVOY_1_40: &str = "00,06,06,00,00,06,00,06,00,06,06,00,06,06,00,06,06,00,06,06,01,06,06,00,06,00,06,06,00,06,06,00,00,06,06,00,06,06,00,00,06,06,00,00,06,06,03,06,06,00,06,06,00,06,06,00,00,06,06,00,06,06,00,00,06,06,00,06,06,06,00,06,06,00,06,00,06,06,00,06,06,00,06,00,06,06,00,00,06,06,00,06,06,00,06,00,06,01,06,06,01,06,06,01,00,21,21,00,21,00,21,21,00,21,21,00,06,06,02,06,06,02,06,06,00,06,06,00,06,02,06,06,02,00,06,06,00,06,06,00,06,06,06,06,06,06,";
 
 /// The host's side of memory safety (the reference's checklist, item 57):
 /// every hostcall handed a pointer past the end of the module's memory, or a
-/// length running past it, answers InvalidMemoryAccess (6) and goes no
+/// length running past it, answers InvalidMemoryAccess (6) (a WASI call
+/// errno FAULT, 21) and goes no
 /// further (a bad local reply sends nothing; a bad out-pointer gets nothing
 /// written), and a (0, 0) pair reads as empty. Envoy 1.40 answers the same
 /// statuses to the same module (benches/envoy_probe). The request is then
@@ -1268,7 +1269,14 @@ async fn hostcalls_given_pointers_outside_memory_answer_invalid_memory_access() 
                         _ => 0,
                     }
                 }
-                Variant::OutOfBounds(_) | Variant::TooLong(_) => code != 6,
+                // InvalidMemoryAccess; WASI's errno FAULT.
+                Variant::OutOfBounds(_) | Variant::TooLong(_) => {
+                    code != if oob_probe::WASI.contains(&label.call) {
+                        21
+                    } else {
+                        6
+                    }
+                }
                 Variant::Empty(_) => code == 6,
             })
             .map(|(label, code)| format!("{} {:?}: {code}", label.call, label.variant))

@@ -1,5 +1,5 @@
 // A proxy-wasm 0.2.1 module, written as WAT, that hands every hostcall taking
-// a pointer bad pointers. Each call is made once with every argument good (the
+// a pointer (and the WASI calls SDK builds use) bad pointers. Each call is made once with every argument good (the
 // control), then once per pointer argument with only that argument bad: the
 // pointer past the end of the module's one page of memory, the pointer good
 // but its length past the end, and the pair as (0, 0), which a host takes as
@@ -73,6 +73,8 @@ fn data() -> Vec<(&'static str, Vec<u8>)> {
         ("trailers", pairs(&[("x-t", "1")])),
         ("pairs", pairs(&[("x-probe", "1")])),
         ("reply", pairs(&[("x-reply", "1")])),
+        // One WASI iovec: no bytes, at address 0.
+        ("iovec", vec![0; 8]),
     ]
 }
 
@@ -180,6 +182,15 @@ const HEADERS_PHASE: &[Call] = &[
             "(i32.const 32776)",
         ],
     ),
+    // WASI: an empty write to stdout, random bytes, the (empty) environment
+    // and arguments.
+    call(
+        "fd_write",
+        &["(i32.const 1)", "@iovec", "(i32.const 1)", "^a"],
+    ),
+    call("random_get", &["^a", "(i32.const 8)"]),
+    call("environ_sizes_get", &["^a", "^b"]),
+    call("args_sizes_get", &["^a", "^b"]),
     // Cluster `dead` (nothing listens there): the call is made, and fails later.
     call(
         "proxy_http_call",
@@ -400,13 +411,14 @@ fn reply_arg(arg: &str, resolve: &dyn Fn(&str) -> String) -> String {
 fn variants(args: &[&str]) -> Vec<Variant> {
     let mut out = vec![Variant::Control];
     for (i, a) in args.iter().enumerate() {
-        if a.starts_with('@') {
+        let sized = args.get(i + 1).is_some_and(|n| n.starts_with('#'));
+        if a.starts_with('@') && sized {
             out.extend([
                 Variant::OutOfBounds(i),
                 Variant::TooLong(i),
                 Variant::Empty(i),
             ]);
-        } else if a.starts_with('^') {
+        } else if a.starts_with('@') || a.starts_with('^') {
             out.push(Variant::OutOfBounds(i));
         }
     }
@@ -429,5 +441,19 @@ fn bad(variant: Variant, i: usize, arg: &str) -> Option<String> {
 /// The import of hostcall `name`, taking `params` i32s and answering an i32.
 fn import(name: &str, params: usize) -> String {
     let params = vec!["i32"; params].join(" ");
-    format!("  (import \"env\" \"{name}\" (func ${name} (param {params}) (result i32)))\n")
+    let module = if WASI.contains(&name) {
+        "wasi_snapshot_preview1"
+    } else {
+        "env"
+    };
+    format!("  (import \"{module}\" \"{name}\" (func ${name} (param {params}) (result i32)))\n")
 }
+
+/// The WASI calls probed (imported from `wasi_snapshot_preview1`): a bad
+/// pointer gets errno FAULT (21) there.
+pub const WASI: [&str; 4] = [
+    "fd_write",
+    "random_get",
+    "environ_sizes_get",
+    "args_sizes_get",
+];
