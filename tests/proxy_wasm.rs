@@ -350,6 +350,26 @@ async fn http_calls_pause_the_request_and_resume_or_answer_from_the_callback() {
 /// A server on loopback that answers every request as `answer` says:
 /// `head-late` (after 5 s), `body-late` (a head and half the body, the rest
 /// after 5 s) or `garbage` (not HTTP).
+/// weir with pw-test (no settings), an HTTP/2 cluster `name` at `addr`, and
+/// route `app` to a new upstream (returned with it, to keep it serving).
+async fn weir_with_http2_cluster(name: &str, addr: std::net::SocketAddr) -> (Weir, Upstream) {
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin(
+        dir.path(),
+        "10-pw-test",
+        &std::fs::read(test_filter("pw-test")).unwrap(),
+        None,
+    );
+    let up = Upstream::start("app").await;
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[cluster]]\nname = \"{name}\"\nendpoints = [\"{addr}\"]\nprotocol = \"http2\"\n[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        up.addr
+    );
+    (Weir::start_in(dir, admin, port, &config).await, up)
+}
+
 /// An HTTP/2 server on loopback that answers 200 to a request whose
 /// trailers hold `x-call-trailer: yes`, and 418 to any other.
 async fn trailer_checking_upstream() -> std::net::SocketAddr {
@@ -386,22 +406,8 @@ async fn trailer_checking_upstream() -> std::net::SocketAddr {
 /// An http call's trailers follow its body to an HTTP/2 cluster, as in Envoy.
 #[tokio::test]
 async fn http_call_trailers_reach_an_http2_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    write_plugin(
-        dir.path(),
-        "10-pw-test",
-        &std::fs::read(test_filter("pw-test")).unwrap(),
-        None,
-    );
     let checker = trailer_checking_upstream().await;
-    let up = Upstream::start("app").await;
-    let (admin, port) = (free_port(), free_port());
-    let config = format!(
-        "{}[[cluster]]\nname = \"auth\"\nendpoints = [\"{checker}\"]\nprotocol = \"http2\"\n[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
-        support::base_config(admin, port),
-        up.addr
-    );
-    let w = Weir::start_in(dir, admin, port, &config).await;
+    let (w, _up) = weir_with_http2_cluster("auth", checker).await;
     let c = reqwest::Client::new();
     let r = c
         .get(w.url("/callout"))
@@ -768,22 +774,8 @@ async fn grpc_streams_pass_a_plugin_with_body_callbacks_without_being_held() {
 
 #[tokio::test]
 async fn unary_grpc_calls_answer_in_the_grpc_callbacks() {
-    let dir = tempfile::tempdir().unwrap();
-    write_plugin(
-        dir.path(),
-        "10-pw-test",
-        &std::fs::read(test_filter("pw-test")).unwrap(),
-        None,
-    );
     let grpc = support::grpc_upstream().await;
-    let up = Upstream::start("app").await;
-    let (admin, port) = (free_port(), free_port());
-    let config = format!(
-        "{}[[cluster]]\nname = \"grpc\"\nendpoints = [\"{grpc}\"]\nprotocol = \"http2\"\n[[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
-        support::base_config(admin, port),
-        up.addr
-    );
-    let w = Weir::start_in(dir, admin, port, &config).await;
+    let (w, _up) = weir_with_http2_cluster("grpc", grpc).await;
     let c = reqwest::Client::new();
     let v: serde_json::Value = c
         .get(w.url("/grpc"))
