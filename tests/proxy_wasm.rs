@@ -158,7 +158,7 @@ async fn the_log_phase_reads_both_header_maps_and_the_exchange() {
     assert_eq!(r.status(), 200);
     let size = r.bytes().await.unwrap().len();
     let line = format!(
-        "log phase: :path=Some(\"/logged?x=1\") x-upstream=Some(\"app\") details=via_upstream upstream={} response.size={size} request.size=12",
+        "log phase: :path=Some(\"/logged?x=1\") x-upstream=Some(\"app\") details=via_upstream upstream={} response.size={size} request.size=12 request.trailers=[] response.trailers=[]",
         up.addr
     );
     let mut logs = String::new();
@@ -1185,6 +1185,17 @@ async fn trailer_callbacks_read_and_change_trailers_as_in_envoy() {
         logged = w
             .logs()
             .contains(r#"request trailers: 1 [("x-client-trailer", "yes")]"#);
+        if logged {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(logged, "{}", w.logs());
+    // And the log phase reads both messages' trailers as they went on
+    // (request.trailers, response.trailers; Envoy's names).
+    let mut logged = false;
+    for _ in 0..50 {
+        logged = w.logs().contains(r#"request.trailers=["x-client-trailer"] response.trailers=["grpc-status", "x-pw-grpc-status", "x-pw-trailers-seen"]"#);
         if logged {
             break;
         }

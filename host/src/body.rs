@@ -36,6 +36,55 @@ pub fn full_with_trailers(bytes: impl Into<Bytes>, trailers: http::HeaderMap) ->
         .boxed_unsync()
 }
 
+/// `inner`, with the trailers it ends with (if any) recorded in `snapshot`
+/// as they pass: the request's (`response` false) or the response's.
+pub fn record_trailers(
+    inner: Body,
+    snapshot: std::sync::Arc<crate::filter::RequestSnapshot>,
+    response: bool,
+) -> Body {
+    RecordTrailers {
+        inner,
+        snapshot,
+        response,
+    }
+    .boxed_unsync()
+}
+
+/// See [`record_trailers`].
+struct RecordTrailers {
+    inner: Body,
+    snapshot: std::sync::Arc<crate::filter::RequestSnapshot>,
+    response: bool,
+}
+
+impl HttpBody for RecordTrailers {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(t) = frame.trailers_ref()
+        {
+            me.snapshot.set_trailers(me.response, t);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// An empty body.
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
@@ -128,6 +177,12 @@ where
     }
 }
 
+/// What a [`Guarded`] body's guard is told as the body passes.
+pub trait Guard: Send + Unpin + 'static {
+    /// The body ends with `trailers` (called before the guard is dropped).
+    fn trailers(&mut self, _trailers: &http::HeaderMap) {}
+}
+
 /// A body that keeps `guard` alive until the body is finished or dropped:
 /// in-flight counters and per-request bookkeeping end exactly when the stream does.
 pub struct Guarded<G> {
@@ -135,7 +190,7 @@ pub struct Guarded<G> {
     guard: Option<G>,
 }
 
-impl<G: Send + Unpin + 'static> Guarded<G> {
+impl<G: Guard> Guarded<G> {
     /// Wraps `inner`, keeping `guard` until the end of the stream.
     pub fn wrap(inner: Body, guard: G) -> Body {
         Guarded {
@@ -146,7 +201,7 @@ impl<G: Send + Unpin + 'static> Guarded<G> {
     }
 }
 
-impl<G: Unpin> HttpBody for Guarded<G> {
+impl<G: Guard> HttpBody for Guarded<G> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -155,6 +210,12 @@ impl<G: Unpin> HttpBody for Guarded<G> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &poll
+            && let Some(t) = frame.trailers_ref()
+            && let Some(guard) = self.guard.as_mut()
+        {
+            guard.trailers(t);
+        }
         if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             self.guard = None;
         }

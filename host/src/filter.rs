@@ -162,6 +162,8 @@ pub struct RequestSnapshot {
     headers: std::sync::OnceLock<http::HeaderMap>,
     upstream: std::sync::OnceLock<SocketAddr>,
     details: std::sync::OnceLock<Arc<str>>,
+    request_trailers: std::sync::OnceLock<http::HeaderMap>,
+    response_trailers: std::sync::OnceLock<http::HeaderMap>,
 }
 
 impl RequestSnapshot {
@@ -216,6 +218,27 @@ impl RequestSnapshot {
     /// Why a filter answered the request itself, if one did.
     pub fn details(&self) -> Option<&str> {
         self.details.get().map(|d| &**d)
+    }
+
+    /// Records the trailers the request (`response` false) or the response
+    /// ended with, as they went on (`request.trailers`, `response.trailers`).
+    pub fn set_trailers(&self, response: bool, trailers: &http::HeaderMap) {
+        let slot = if response {
+            &self.response_trailers
+        } else {
+            &self.request_trailers
+        };
+        let _ = slot.set(trailers.clone());
+    }
+
+    /// The trailers the request (`response` false) or the response ended
+    /// with, once they went on.
+    pub fn trailers(&self, response: bool) -> Option<&http::HeaderMap> {
+        if response {
+            self.response_trailers.get()
+        } else {
+            self.request_trailers.get()
+        }
     }
 }
 
@@ -599,6 +622,24 @@ impl ChainStream {
     /// What the request's filters learn after its head (upstream, snapshot).
     pub fn snapshot(&self) -> &RequestSnapshot {
         &self.info.request
+    }
+
+    /// `body` with the trailers it ends with recorded in the snapshot (for
+    /// the request, `response` false, or the response), when a filter of the
+    /// request asked for the snapshot; else `body` as it is.
+    pub fn record_trailers(&self, body: crate::body::Body, response: bool) -> crate::body::Body {
+        if !self.info.request.wanted() || http_body::Body::is_end_stream(&body) {
+            return body;
+        }
+        crate::body::record_trailers(body, self.info.request.clone(), response)
+    }
+
+    /// Records the trailers the response ended with, when a filter of the
+    /// request asked for the snapshot.
+    pub fn response_trailers(&self, trailers: &http::HeaderMap) {
+        if self.info.request.wanted() {
+            self.info.request.set_trailers(true, trailers);
+        }
     }
 
     /// Runs the request-headers phase, in order. A filter attached to some

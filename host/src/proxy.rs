@@ -184,6 +184,16 @@ struct LogAtEnd {
     info: crate::filter::LogInfo,
 }
 
+/// The guard of a response's body: the request's bookkeeping, and its
+/// filters' log phase, which learns the trailers the response ended with.
+impl crate::body::Guard for (Busy, Option<UpstreamBusy>, Option<LogAtEnd>) {
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(log) = &self.2 {
+            log.chain.response_trailers(trailers);
+        }
+    }
+}
+
 impl Drop for LogAtEnd {
     fn drop(&mut self) {
         self.chain.log(&self.info);
@@ -341,6 +351,7 @@ async fn handle(
                 reply = Some(slot.clone());
                 body = body::Filtered::wrap(body, filters, limit as usize, Some(slot));
             }
+            body = chain.record_trailers(body, false);
         }
         ex.chain = Some(chain);
     }

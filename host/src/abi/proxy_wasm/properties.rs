@@ -4,7 +4,7 @@
 
 use super::pairs;
 use super::status::Status;
-use super::vm::{StreamState, VmState};
+use super::vm::{Phase, StreamState, VmState};
 
 use crate::filter::RequestFacts;
 
@@ -67,14 +67,14 @@ pub fn get(state: &mut VmState, raw_path: &[u8]) -> Result<Vec<u8>, Status> {
             .ok_or(Status::NotFound);
     };
     let info = stream.info.as_ref();
-    builtin(stream, &p)
+    builtin(stream, state.phase, &p)
         .or_else(|| stream.props.get(&custom_key).cloned())
         .or_else(|| info.and_then(|i| i.attributes.get(&path.join("."))))
         .ok_or(Status::NotFound)
 }
 
 /// An attribute weir computes for a stream.
-fn builtin(stream: &StreamState, p: &[&str]) -> Option<Vec<u8>> {
+fn builtin(stream: &StreamState, phase: Phase, p: &[&str]) -> Option<Vec<u8>> {
     let info = stream.info.as_ref();
     let snapshot = info.map(|i| &*i.request);
     // The head itself while it is lent to the plugin (its own changes
@@ -138,6 +138,8 @@ fn builtin(stream: &StreamState, p: &[&str]) -> Option<Vec<u8>> {
             int((pseudo + header_bytes(h)) as i64 + stream.body_bytes[0] as i64)
         }),
         ["request", "headers"] => request_headers.map(pairs::encode_headers),
+        ["request", "trailers"] => trailers(stream, phase, false),
+        ["response", "trailers"] => trailers(stream, phase, true),
         ["request", "headers", name] => request_headers.and_then(|h| join(h, name)),
         ["request", "useragent"] => request_headers.and_then(|h| join(h, "user-agent")),
         ["request", "referer"] => request_headers.and_then(|h| join(h, "referer")),
@@ -219,6 +221,34 @@ pub fn http_to_grpc(status: u16) -> i64 {
 }
 
 /// Every value of `name`, joined with "," as Envoy joins them.
+/// A message's trailers (the response's when `response`): in its own
+/// trailers callback the map the plugin holds, later the trailers that went
+/// on; in the log phase an empty map for a message that had none, as Envoy
+/// answers.
+fn trailers(stream: &StreamState, phase: Phase, response: bool) -> Option<Vec<u8>> {
+    let own = if response {
+        Phase::ResponseBody
+    } else {
+        Phase::RequestBody
+    };
+    if phase == own
+        && let Some(t) = stream.trailers.as_ref()
+    {
+        return Some(pairs::encode_headers(t));
+    }
+    let kept = stream
+        .info
+        .as_ref()
+        .and_then(|i| i.request.trailers(response));
+    match kept {
+        Some(t) => Some(pairs::encode_headers(t)),
+        // A count of zero: Envoy's four bytes, not the (0, 0) of an empty
+        // value (the Rust SDK reads that as no property at all).
+        None if phase == Phase::Log => Some(vec![0; 4]),
+        None => None,
+    }
+}
+
 fn join(headers: &http::HeaderMap, name: &str) -> Option<Vec<u8>> {
     let values: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
     (!values.is_empty()).then(|| values.join(&b","[..]))

@@ -115,6 +115,23 @@ fn prop_int(ctx: &dyn Context, path: &[&str]) -> String {
     }
 }
 
+/// The names in a header map property (proxy-wasm's serialized pairs).
+fn prop_map_names(ctx: &dyn Context, path: &[&str]) -> String {
+    let Some(b) = ctx.get_property(path.to_vec()) else {
+        return "<none>".to_string();
+    };
+    let word = |at: usize| b.get(at..at + 4).map_or(0, |w| u32::from_le_bytes(w.try_into().unwrap()) as usize);
+    let n = if b.len() < 4 { 0 } else { word(0) };
+    let mut at = 4 + 8 * n;
+    let mut names = Vec::new();
+    for i in 0..n {
+        let (k, v) = (word(4 + 8 * i), word(8 + 8 * i));
+        names.push(String::from_utf8_lossy(b.get(at..at + k).unwrap_or_default()).to_string());
+        at += k + 1 + v + 1;
+    }
+    format!("{names:?}")
+}
+
 impl Context for Stream {
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
         if status_code == 0 {
@@ -455,13 +472,15 @@ impl HttpContext for Stream {
         // As in Envoy, the log phase reads both header maps and what the
         // exchange came to.
         log::info!(
-            "log phase: :path={:?} x-upstream={:?} details={} upstream={} response.size={} request.size={}",
+            "log phase: :path={:?} x-upstream={:?} details={} upstream={} response.size={} request.size={} request.trailers={} response.trailers={}",
             self.get_http_request_header(":path"),
             self.get_http_response_header("x-upstream"),
             prop_string(self, &["response", "code_details"]),
             prop_string(self, &["upstream", "address"]),
             prop_int(self, &["response", "size"]),
             prop_int(self, &["request", "size"]),
+            prop_map_names(self, &["request", "trailers"]),
+            prop_map_names(self, &["response", "trailers"]),
         );
     }
 }
