@@ -36,55 +36,6 @@ pub fn full_with_trailers(bytes: impl Into<Bytes>, trailers: http::HeaderMap) ->
         .boxed_unsync()
 }
 
-/// `inner`, with the trailers it ends with (if any) recorded in `snapshot`
-/// as they pass: the request's (`response` false) or the response's.
-pub fn record_trailers(
-    inner: Body,
-    snapshot: std::sync::Arc<crate::filter::RequestSnapshot>,
-    response: bool,
-) -> Body {
-    RecordTrailers {
-        inner,
-        snapshot,
-        response,
-    }
-    .boxed_unsync()
-}
-
-/// See [`record_trailers`].
-struct RecordTrailers {
-    inner: Body,
-    snapshot: std::sync::Arc<crate::filter::RequestSnapshot>,
-    response: bool,
-}
-
-impl HttpBody for RecordTrailers {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let me = self.get_mut();
-        let polled = Pin::new(&mut me.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(t) = frame.trailers_ref()
-        {
-            me.snapshot.set_trailers(me.response, t);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// An empty body.
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()

@@ -624,14 +624,13 @@ impl ChainStream {
         &self.info.request
     }
 
-    /// `body` with the trailers it ends with recorded in the snapshot (for
-    /// the request, `response` false, or the response), when a filter of the
-    /// request asked for the snapshot; else `body` as it is.
-    pub fn record_trailers(&self, body: crate::body::Body, response: bool) -> crate::body::Body {
+    /// `body`, a request body still to come, with the trailers it ends with
+    /// recorded in the snapshot when a filter of the request asked for it.
+    pub fn record_request_trailers(&self, body: crate::body::Body) -> crate::body::Body {
         if !self.info.request.wanted() || http_body::Body::is_end_stream(&body) {
             return body;
         }
-        crate::body::record_trailers(body, self.info.request.clone(), response)
+        crate::body::Guarded::wrap(body, RequestTrailers(self.info.request.clone()))
     }
 
     /// Records the trailers the response ended with, when a filter of the
@@ -757,6 +756,15 @@ impl ChainStream {
         for s in self.active() {
             s.stream.on_log(info);
         }
+    }
+}
+
+/// The guard of a request body that records the trailers it ends with.
+struct RequestTrailers(Arc<RequestSnapshot>);
+
+impl crate::body::Guard for RequestTrailers {
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        self.0.set_trailers(false, trailers);
     }
 }
 

@@ -351,7 +351,7 @@ async fn handle(
                 reply = Some(slot.clone());
                 body = body::Filtered::wrap(body, filters, limit as usize, Some(slot));
             }
-            body = chain.record_trailers(body, false);
+            body = chain.record_request_trailers(body);
         }
         ex.chain = Some(chain);
     }

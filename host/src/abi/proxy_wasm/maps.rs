@@ -223,10 +223,6 @@ pub enum Edit {
     Remove,
 }
 
-fn writable(state: &VmState, map_type: i32) -> bool {
-    !matches!(state.phase, Phase::Log) || map_type > map::HTTP_RESPONSE_TRAILERS
-}
-
 /// Changes one key of map `map_type`.
 pub fn edit(
     state: &mut VmState,
@@ -235,7 +231,10 @@ pub fn edit(
     value: &[u8],
     how: Edit,
 ) -> Result<(), Status> {
-    if !writable(state, map_type) {
+    // Nothing changes in the log phase; whether the map is there is found
+    // out below, where the map is taken (one stream lookup per edit: this is
+    // the path of every header a filter adds).
+    if state.phase == Phase::Log {
         return Err(Status::BadArgument);
     }
     let key = lower(key);
@@ -326,9 +325,11 @@ fn dropped(state: &VmState, key: &[u8], why: &str) {
     );
 }
 
-/// Whether map `map_type` can be changed now, as [`edit`] decides for one key.
+/// Whether map `map_type` can be changed now, as [`edit`] finds when it
+/// takes the map: a stream's maps while weir holds them, never in the log
+/// phase. For [`replace_all`], which must refuse before changing anything.
 fn editable(state: &mut VmState, map_type: i32) -> Result<(), Status> {
-    if !writable(state, map_type) {
+    if state.phase == Phase::Log {
         return Err(Status::BadArgument);
     }
     let phase = state.phase;

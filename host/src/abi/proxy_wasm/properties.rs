@@ -220,7 +220,6 @@ pub fn http_to_grpc(status: u16) -> i64 {
     }
 }
 
-/// Every value of `name`, joined with "," as Envoy joins them.
 /// A message's trailers (the response's when `response`): in its own
 /// trailers callback the map the plugin holds, later the trailers that went
 /// on; in the log phase an empty map for a message that had none, as Envoy
@@ -249,6 +248,7 @@ fn trailers(stream: &StreamState, phase: Phase, response: bool) -> Option<Vec<u8
     }
 }
 
+/// Every value of `name`, joined with "," as Envoy joins them.
 fn join(headers: &http::HeaderMap, name: &str) -> Option<Vec<u8>> {
     let values: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
     (!values.is_empty()).then(|| values.join(&b","[..]))
