@@ -14,7 +14,11 @@
 //! 4. With `merge_slashes`, runs of slashes become one.
 //!
 //! The query is never touched. A `%` not followed by two hex digits is left
-//! as it is: it cannot decode to a dot or a slash.
+//! as it is, unless what decoding puts after it would make it an escape:
+//! `/a/%%32e%%32e/admin` becomes `/a/%252e%252e/admin`, not
+//! `/a/%2e%2e/admin`, which a service that decodes once more would resolve
+//! to `/admin` (Envoy 1.40's `normalize_path` does the same). So the normal
+//! form is a fixed point: normalizing it again changes nothing.
 
 use crate::error::ProxyError;
 
@@ -110,6 +114,8 @@ fn is_normal(bytes: &[u8], merge_slashes: bool) -> bool {
 /// backslashes turned into slashes.
 fn decode(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
+    // Where a `%` that escapes nothing went in `out`.
+    let mut stray = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -129,14 +135,40 @@ fn decode(bytes: &[u8]) -> Vec<u8> {
                     i += 3;
                     continue;
                 }
-                _ => out.push(b'%'),
+                _ => {
+                    stray.push(out.len());
+                    out.push(b'%');
+                }
             },
             b'\\' => out.push(b'/'),
             b => out.push(b),
         }
         i += 1;
     }
-    out
+    escape_stray(out, &stray)
+}
+
+/// Escapes (`%25`) each stray `%` of `out` (at `stray`) that decoding has
+/// put in front of two hex digits, so that it does not become an escape in
+/// the next decode.
+fn escape_stray(out: Vec<u8>, stray: &[usize]) -> Vec<u8> {
+    let is_escape = |at: usize| {
+        (out.get(at + 1).copied().and_then(hex))
+            .and(out.get(at + 2).copied().and_then(hex))
+            .is_some()
+    };
+    if !stray.iter().any(|&at| is_escape(at)) {
+        return out;
+    }
+    let mut fixed = Vec::with_capacity(out.len() + 2 * stray.len());
+    let mut from = 0;
+    for &at in stray.iter().filter(|&&at| is_escape(at)) {
+        fixed.extend_from_slice(&out[from..=at]);
+        fixed.extend_from_slice(b"25");
+        from = at + 1;
+    }
+    fixed.extend_from_slice(&out[from..]);
+    fixed
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -167,6 +199,25 @@ mod tests {
         assert_eq!(normalize("/static/app.min.js", false), None);
         assert_eq!(normalize("/a/.well-known/x", false), None);
         assert_eq!(normalize("/a/..b/.../c", false), None);
+    }
+
+    #[test]
+    fn a_stray_percent_that_decoding_would_make_an_escape_is_escaped() {
+        // As Envoy 1.40 with normalize_path forwards them (checked side by side).
+        assert_eq!(n("/a/%%32e%%32e/admin"), "/a/%252e%252e/admin");
+        assert_eq!(n("/x/%2%65%2e/y"), "/x/%252e./y");
+        assert_eq!(n("/%%%34%31"), "/%%2541");
+        // Strays that stay strays are left as they came.
+        assert_eq!(n("/%%41"), "/%A");
+        assert_eq!(n("/100%"), "/100%");
+        assert_eq!(n("/a%zz/b"), "/a%zz/b");
+        for path in ["/a/%%32e%%32e/admin", "/x/%2%65%2e/y", "/%%41", "/%%%34%31"] {
+            assert_eq!(
+                normalize(&n(path), false),
+                None,
+                "{path}: not a fixed point"
+            );
+        }
     }
 
     #[test]
