@@ -119,23 +119,17 @@ fn route(u: &mut Unstructured<'_>, i: usize, text: &mut String) -> Result<()> {
     if u.ratio(1, 4)? {
         text.push_str(&format!("methods = [{}]\n", quote(u.choose(METHODS)?)));
     }
-    if u.ratio(1, 4)? {
-        let value = match u.int_in_range(0..=2)? {
-            0 => format!("exact = {}", quote(u.choose(VALUES)?)),
-            1 => format!("present = {}", u.arbitrary::<bool>()?),
-            _ => format!("regex = {}", quote(&pieces(u, REGEX_PIECES, 3)?)),
-        };
-        text.push_str(&format!(
-            "[[route.match.headers]]\nname = \"x-h\"\n{value}\n"
-        ));
-    }
-    if u.ratio(1, 4)? {
-        let value = match u.int_in_range(0..=2)? {
-            0 => format!("exact = {}", quote(u.choose(VALUES)?)),
-            1 => format!("present = {}", u.arbitrary::<bool>()?),
-            _ => format!("regex = {}", quote(&pieces(u, REGEX_PIECES, 3)?)),
-        };
-        text.push_str(&format!("[[route.match.query]]\nname = \"k\"\n{value}\n"));
+    for (table, name) in [("headers", "x-h"), ("query", "k")] {
+        if u.ratio(1, 4)? {
+            let value = match u.int_in_range(0..=2)? {
+                0 => format!("exact = {}", quote(u.choose(VALUES)?)),
+                1 => format!("present = {}", u.arbitrary::<bool>()?),
+                _ => format!("regex = {}", quote(&pieces(u, REGEX_PIECES, 3)?)),
+            };
+            text.push_str(&format!(
+                "[[route.match.{table}]]\nname = \"{name}\"\n{value}\n"
+            ));
+        }
     }
     Ok(())
 }
