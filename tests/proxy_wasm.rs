@@ -570,13 +570,179 @@ async fn whole_header_maps_are_read_and_replaced_as_pairs() {
             "{name} is missing from the pairs: {seen}"
         );
     }
+    // As in Envoy, HTTP/1's Host is `:authority` and no pair of its own.
+    assert!(
+        !seen.split(',').any(|n| n == "host"),
+        "host is listed beside :authority: {seen}"
+    );
     assert!(v["headers"].get("x-drop-me").is_none(), "{v}");
     assert_eq!(v["headers"]["x-keep"], "2");
+    assert_eq!(v["headers"]["host"], format!("127.0.0.1:{}", w.port), "{v}");
     assert_eq!(
         v["path"], "/pairs",
         "the pseudo-headers were set back unchanged"
     );
     assert_eq!(v["method"], "GET");
+}
+
+#[tokio::test]
+async fn an_assemblyscript_filter_runs_as_in_envoy() {
+    // tests/wasm/as-probe: Solo.io's AssemblyScript SDK, whose modules have
+    // another shape than the Rust SDK's (ABI 0.2.0, no _start, the top level
+    // run by the start section, wasi_unstable). Every value asserted here is
+    // what Envoy 1.40 gave with the same module, side by side (2026-11-29).
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("plugins");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(
+        support::assemblyscript_filter(),
+        folder.join("as-probe.wasm"),
+    )
+    .unwrap();
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        "{}[[cluster]]\nname = \"auth\"\nendpoints = [\"{addr}\"]\n[[cluster]]\nname = \"app\"\nendpoints = [\"{addr}\"]\n[[route]]\nname = \"app\"\ncluster = \"app\"\n",
+        support::base_config(admin, port),
+        addr = up.addr
+    );
+    let w = Weir::start_in(dir, admin, port, &config).await;
+    let c = reqwest::Client::new();
+    let authority = format!("127.0.0.1:{port}");
+
+    let r = c
+        .get(w.url("/hello?q=1"))
+        .header("x-drop-me", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-as-status"], "200");
+    // response.code: a 64-bit integer, little-endian.
+    assert_eq!(r.headers()["x-as-code"], "c800000000000000");
+    let v: serde_json::Value = r.json().await.unwrap();
+    let h = &v["headers"];
+    assert_eq!(h["x-as-path"], "/hello?q=1", "{v}");
+    assert_eq!(h["x-as-prop-path"], "/hello?q=1", "{v}");
+    assert_eq!(h["x-as-method"], "GET", "{v}");
+    assert_eq!(h["x-as-authority"], authority.as_str(), "{v}");
+    assert_eq!(h["x-as-host"], authority.as_str(), "{v}");
+    assert_eq!(h["x-as-eos"], "1", "a GET's headers end the stream");
+    assert_eq!(h["x-as-plugin-name"], "as-probe");
+    let port_hex: String = u64::from(port)
+        .to_le_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(h["x-as-prop-port"], port_hex.as_str(), "{v}");
+    let names = h["x-as-names"].as_str().unwrap_or_default();
+    assert!(
+        names.starts_with(":authority,:path,:method,:scheme,"),
+        "{names}"
+    );
+    for name in ["x-drop-me", "x-request-id"] {
+        assert!(names.split(',').any(|n| n == name), "{name}: {names}");
+    }
+    assert!(!names.split(',').any(|n| n == "host"), "{names}");
+    let size = h["x-as-size"].as_str().unwrap_or_default();
+    let (size, sum) = size.split_once(' ').unwrap_or_default();
+    assert_eq!(size, sum, "the map's size is not its byte size");
+    assert!(h.get("x-drop-me").is_none(), "{v}");
+
+    let before = up.hits();
+    let r = c.get(w.url("/deny")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-as-denied"], "yes");
+    assert_eq!(r.headers()["x-as-status"], "403");
+    assert_eq!(r.headers()["x-as-code"], "9301000000000000");
+    assert_eq!(r.text().await.unwrap(), "denied by as-probe\n");
+    assert_eq!(
+        up.hits(),
+        before,
+        "a local reply never reaches the upstream"
+    );
+
+    let r = c.get(w.url("/rewrite")).send().await.unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["path"], "/rewritten", "{v}");
+    assert_eq!(v["headers"]["x-as-path"], "/rewrite", "{v}");
+
+    // The call is made through the root context; the reply reaches the
+    // stream, which adds its status and continues.
+    let before = up.hits();
+    let r = c.get(w.url("/callout")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["path"], "/callout", "{v}");
+    assert_eq!(v["headers"]["x-as-callout-status"], "200", "{v}");
+    assert_eq!(up.hits(), before + 2, "the call and the request");
+
+    let m = w.metrics().await;
+    assert!(
+        m.contains("weir_plugin_counter_total{plugin=\"as-probe\",name=\"as_probe_requests\"} 4"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn filters_read_and_change_the_forwarding_headers_as_in_envoy() {
+    // Envoy's connection manager sets x-forwarded-proto (and, at the edge,
+    // appends the client to x-forwarded-for) and x-request-id before its
+    // filters run; a filter reads them, and what it sets is what goes on.
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let r = reqwest::Client::new()
+        .get(w.url("/forwarded"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let h = &v["headers"];
+    assert_eq!(h["x-read-xff"], "203.0.113.9, 127.0.0.1", "{v}");
+    assert_eq!(h["x-read-xfp"], "http", "{v}");
+    assert_eq!(h["x-read-id"], h["x-request-id"], "{v}");
+    assert_eq!(h["x-forwarded-proto"], "changed-by-filter", "{v}");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1", "{v}");
+}
+
+#[tokio::test]
+async fn host_is_the_authority_and_the_map_size_is_its_byte_size_as_in_envoy() {
+    // Envoy 1.40 (checked side by side with an AssemblyScript filter): a
+    // filter's `host` reads and changes `:authority`; a value added joins the
+    // present one after a comma (one Host header goes upstream, not two);
+    // removing it leaves no authority (Envoy then sends no Host, weir an
+    // empty one, as HTTP/1.1 requires). proxy_get_header_map_size answers the
+    // names' and values' lengths summed (156 for eight known headers there).
+    let up = Upstream::start("app").await;
+    let w = weir_with_filter("", "", &up).await;
+    let authority = format!("127.0.0.1:{}", w.port);
+    let c = reqwest::Client::new();
+    for (op, host) in [
+        ("none", authority.clone()),
+        ("add", format!("{authority},other.example")),
+        ("replace", "other.example".to_string()),
+        ("remove", String::new()),
+    ] {
+        let r = c
+            .get(w.url("/host-alias"))
+            .header("x-host-op", op)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{op}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        let h = &v["headers"];
+        assert_eq!(h["x-host-read"], authority.as_str(), "{op}: {v}");
+        assert_eq!(h["host"], host.as_str(), "{op}: {v}");
+        let size = h["x-map-size"].as_str().unwrap_or_default();
+        let [status, size, sum] = size.split(' ').collect::<Vec<_>>()[..] else {
+            panic!("{op}: x-map-size {size:?}");
+        };
+        assert_eq!(status, "0", "{op}: proxy_get_header_map_size failed");
+        assert_eq!(size, sum, "{op}: the map's size is not its byte size");
+    }
 }
 
 #[tokio::test]

@@ -431,6 +431,57 @@ pub fn test_filter(name: &str) -> PathBuf {
     build_filters::test_filters_dir().join(format!("{}.wasm", name.replace('-', "_")))
 }
 
+/// The AssemblyScript test filter (tests/wasm/as-probe), built with npm and
+/// the AssemblyScript compiler once per process (`npm ci` only while its
+/// packages are not installed).
+pub fn assemblyscript_filter() -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/wasm/as-probe");
+            let run = |program: &str, args: &[&str]| -> Result<(), String> {
+                let out = Command::new(program)
+                    .args(args)
+                    .current_dir(&dir)
+                    .output()
+                    .map_err(|e| {
+                        format!(
+                            "{program} could not start ({e}): building tests/wasm/as-probe \
+                             needs Node.js and npm (apt-get install nodejs npm)"
+                        )
+                    })?;
+                if out.status.success() {
+                    return Ok(());
+                }
+                Err(format!(
+                    "{program} {} failed:\n{}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            };
+            if !dir.join("node_modules/assemblyscript/bin/asc").exists() {
+                run("npm", &["ci", "--no-audit", "--no-fund"])?;
+            }
+            run(
+                "node",
+                &[
+                    "node_modules/assemblyscript/bin/asc",
+                    "assembly/index.ts",
+                    "--binaryFile",
+                    "build/as_probe.wasm",
+                    "--use",
+                    "abort=abort_proc_exit",
+                    "--optimize",
+                ],
+            )?;
+            Ok(dir.join("build/as_probe.wasm"))
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("building the AssemblyScript test filter failed:\n{e}"))
+}
+
 /// A gRPC server (grpc.health.v1, service "weir.test" SERVING) on loopback.
 pub async fn grpc_upstream() -> std::net::SocketAddr {
     let (reporter, service) = tonic_health::server::health_reporter();

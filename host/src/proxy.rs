@@ -286,6 +286,16 @@ async fn handle(
         None
     };
     headers::ensure_request_id(&mut head.headers);
+    // Set before the filters, as Envoy's connection manager does: filters
+    // read (and may change) the forwarding headers the upstream will get.
+    let host = host_value(&head);
+    headers::set_forwarded(
+        &mut head.headers,
+        &down.forwarded_for,
+        down.tls,
+        host.as_ref(),
+        down.trusted,
+    );
     let limit = down.listener.max_request_body;
     let mut body: Body = if incoming.is_end_stream() {
         body::empty()
@@ -381,12 +391,7 @@ async fn route_request(
     ex: &mut Exchange,
 ) -> Result<Response<Body>, ProxyError> {
     let limit = down.listener.max_request_body;
-    // The host as a header value: the Host header's own (a reference count),
-    // or the URI's authority (HTTP/2, absolute-form requests) copied once.
-    let host_value = match head.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => head.headers.get(header::HOST).cloned(),
-    };
+    let host_value = host_value(&head);
     let host_value = host_value.as_ref();
     let host = host_value.and_then(|v| v.to_str().ok()).unwrap_or("");
     let Some(index) = find_route(rt, &down.listener.name, &head) else {
@@ -426,7 +431,7 @@ async fn route_request(
             ));
         }
         RouteAction::Echo => {
-            prepare_upstream_request(&mut head, route, down, host_value, false);
+            prepare_upstream_request(&mut head, route, host_value, false);
             let bytes = collect(body, limit).await?;
             return Ok(crate::echo::respond(
                 &head,
@@ -456,7 +461,7 @@ async fn route_request(
         })?
         .clone();
     ex.cluster = Some(cluster.clone());
-    prepare_upstream_request(&mut head, route, down, host_value, upgrade.is_some());
+    prepare_upstream_request(&mut head, route, host_value, upgrade.is_some());
     let hash = match cluster.config.lb {
         LbPolicy::RingHash | LbPolicy::Maglev => {
             hash_key(&cluster.config.hash_on, &head, down).map(|h| h ^ 0x9e37_79b9_7f4a_7c15)
@@ -489,6 +494,16 @@ fn find_route(rt: &Runtime, listener: &str, head: &http::request::Parts) -> Opti
     })
 }
 
+/// The request's host as a header value: the Host header's own (a
+/// reference count), or the URI's authority (HTTP/2, absolute-form requests)
+/// copied once.
+fn host_value(head: &http::request::Parts) -> Option<HeaderValue> {
+    match head.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => head.headers.get(header::HOST).cloned(),
+    }
+}
+
 fn request_host(head: &http::request::Parts) -> &str {
     head.uri
         .authority()
@@ -509,7 +524,6 @@ fn strip_port(host: &str) -> &str {
 fn prepare_upstream_request(
     head: &mut http::request::Parts,
     route: &RouteConfig,
-    down: &Downstream,
     host: Option<&HeaderValue>,
     upgrade: bool,
 ) {
@@ -517,13 +531,6 @@ fn prepare_upstream_request(
         &mut head.headers,
         upgrade,
         head.version == http::Version::HTTP_11,
-    );
-    headers::set_forwarded(
-        &mut head.headers,
-        &down.forwarded_for,
-        down.tls,
-        host,
-        down.trusted,
     );
     match (&route.host_rewrite, host) {
         (Some(h), _) => {

@@ -48,6 +48,9 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Set by weir for the upstream: a client naming them in Connection does not
+/// remove them (it could otherwise hide its address from the upstream).
+const FORWARDING: [HeaderName; 3] = [XFF, XFP, XFH];
 
 /// Whether a request is gRPC: its content-type is `application/grpc` or a
 /// subtype (`application/grpc+proto`), as Envoy tells.
@@ -122,7 +125,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, met_expect:
         let known = hop_index(token).is_some()
             || (token.bytes().any(|b| b.is_ascii_uppercase())
                 && hop_index(&token.to_ascii_lowercase()).is_some());
-        if !known && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+        if !known
+            && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            && !FORWARDING.contains(&name)
+        {
             named.push(name);
         }
     }

@@ -378,8 +378,10 @@ fn link_buffers_and_maps(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_size",
         |mut c: C<'_>, map: i32, ret: i32| -> R {
+            // Envoy's answer: the map's byte size, its names' and values'
+            // lengths summed (not the size of the encoded pairs).
             let pairs = tryst!(maps::pairs(c.data_mut(), map));
-            let size = pairs::encode(&pairs).len();
+            let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
             Ok(code(write_u32(&mut c, ret, size as u32)))
         },
     )?;

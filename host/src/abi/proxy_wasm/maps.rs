@@ -18,7 +18,30 @@ fn header_pairs(headers: &HeaderMap, out: &mut Pairs) {
     }
 }
 
-const REQUEST_PSEUDO: [&[u8]; 4] = [b":method", b":path", b":authority", b":scheme"];
+/// A request's headers but `host`: Envoy keeps HTTP/1's Host as `:authority`
+/// and lists no `host` pair (see [`alias`]).
+fn request_header_pairs(headers: &HeaderMap, out: &mut Pairs) {
+    for (k, v) in headers {
+        if k != http::header::HOST {
+            out.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
+        }
+    }
+}
+
+/// The key a filter's `key` stands for in map `map_type`: in the request
+/// headers `host` is `:authority`, as in Envoy (reading `host` gives the
+/// authority, replacing it changes the authority, adding to it joins the
+/// values with a comma, removing it removes the authority).
+fn alias(map_type: i32, key: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
+    if map_type == map::HTTP_REQUEST_HEADERS && *key == *b"host" {
+        Cow::Borrowed(b":authority")
+    } else {
+        key
+    }
+}
+
+/// In the order Envoy lists them for an HTTP/1 request.
+const REQUEST_PSEUDO: [&[u8]; 4] = [b":authority", b":path", b":method", b":scheme"];
 
 /// A request pseudo-header's value (`:authority` falls back to the Host header).
 fn request_pseudo<'p>(p: &'p http::request::Parts, tls: bool, key: &[u8]) -> Option<&'p [u8]> {
@@ -54,7 +77,7 @@ fn request_pairs(p: &http::request::Parts, tls: bool) -> Pairs {
             request_pseudo(p, tls, key).unwrap_or_default().to_vec(),
         ));
     }
-    header_pairs(&p.headers, &mut out);
+    request_header_pairs(&p.headers, &mut out);
     out
 }
 
@@ -134,11 +157,11 @@ fn logged_request(s: &StreamState) -> Option<(&RequestFacts, &HeaderMap)> {
 
 fn logged_request_pairs(f: &RequestFacts, headers: &HeaderMap) -> Pairs {
     let mut out = Vec::with_capacity(headers.len() + REQUEST_PSEUDO.len());
-    out.push((b":method".to_vec(), f.method.as_str().as_bytes().to_vec()));
-    out.push((b":path".to_vec(), f.path().as_bytes().to_vec()));
     out.push((b":authority".to_vec(), f.host()));
+    out.push((b":path".to_vec(), f.path().as_bytes().to_vec()));
+    out.push((b":method".to_vec(), f.method.as_str().as_bytes().to_vec()));
     out.push((b":scheme".to_vec(), f.scheme().as_bytes().to_vec()));
-    header_pairs(headers, &mut out);
+    request_header_pairs(headers, &mut out);
     out
 }
 
@@ -158,7 +181,7 @@ pub fn value(
     key: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<bool, Status> {
-    let key = lower(key);
+    let key = alias(map_type, lower(key));
     let request_or_response =
         map_type == map::HTTP_REQUEST_HEADERS || map_type == map::HTTP_RESPONSE_HEADERS;
     if request_or_response {
@@ -237,7 +260,7 @@ pub fn edit(
     if state.phase == Phase::Log {
         return Err(Status::BadArgument);
     }
-    let key = lower(key);
+    let key = alias(map_type, lower(key));
     // The name first: the cache and the stream's maps are both in `state`.
     let name = if how == Edit::Remove || key.first() == Some(&b':') {
         None
@@ -257,6 +280,9 @@ pub fn edit(
                 .stream()
                 .and_then(|s| s.request.as_mut())
                 .ok_or(Status::BadArgument)?;
+            if *key == *b":authority" {
+                return set_authority(p, value, how);
+            }
             if key.first() == Some(&b':') {
                 return set_request_pseudo(p, &key, value, how);
             }
@@ -426,6 +452,35 @@ fn edit_headers(
     Ok(())
 }
 
+/// Changes a request's `:authority` (or `host`, the same entry) as Envoy
+/// does: an added value joins the present one after a comma (Envoy keeps
+/// the header once), and removing it leaves the request with no authority
+/// (Envoy then sends no Host; weir sends an empty one, which HTTP/1.1 requires).
+fn set_authority(p: &mut http::request::Parts, value: &[u8], how: Edit) -> Result<(), Status> {
+    let joined;
+    let value = match how {
+        Edit::Remove => {
+            p.headers.remove(http::header::HOST);
+            if p.uri.authority().is_some() {
+                let mut parts = p.uri.clone().into_parts();
+                parts.scheme = None;
+                parts.authority = None;
+                p.uri = http::Uri::from_parts(parts).map_err(|_| Status::BadArgument)?;
+            }
+            return Ok(());
+        }
+        Edit::Add => match request_pseudo(p, false, b":authority") {
+            Some(now) if !now.is_empty() => {
+                joined = [now, b",", value].concat();
+                &joined[..]
+            }
+            _ => value,
+        },
+        Edit::Replace => value,
+    };
+    set_request_pseudo(p, b":authority", value, Edit::Replace)
+}
+
 fn set_request_pseudo(
     p: &mut http::request::Parts,
     key: &[u8],
@@ -525,6 +580,34 @@ mod tests {
             Ok(true)
         );
         assert_eq!(out, b"kept:yes");
+    }
+
+    #[test]
+    fn host_is_the_authority_as_in_envoy() {
+        let mut s = state();
+        let h = map::HTTP_REQUEST_HEADERS;
+        s.streams.get_mut(&1).unwrap().request.as_mut().unwrap().uri = "/a?b=c".parse().unwrap();
+        let head = s.streams.get_mut(&1).unwrap().request.as_mut().unwrap();
+        head.headers
+            .insert(http::header::HOST, HeaderValue::from_static("example.test"));
+        assert_eq!(get(&mut s, b"Host"), Ok(Some(b"example.test".to_vec())));
+        let names: Vec<Vec<u8>> = pairs(&mut s, h).unwrap().into_iter().map(|p| p.0).collect();
+        assert!(names.contains(&b":authority".to_vec()));
+        assert!(!names.contains(&b"host".to_vec()), "host listed twice");
+        assert_eq!(edit(&mut s, h, b"host", b"other.test", Edit::Add), Ok(()));
+        let joined = b"example.test,other.test".to_vec();
+        assert_eq!(get(&mut s, b":authority"), Ok(Some(joined.clone())));
+        let head = s.streams[&1].request.as_ref().unwrap();
+        assert_eq!(head.headers.get_all(http::header::HOST).iter().count(), 1);
+        assert_eq!(
+            edit(&mut s, h, b"host", b"third.test", Edit::Replace),
+            Ok(())
+        );
+        assert_eq!(get(&mut s, b":authority"), Ok(Some(b"third.test".to_vec())));
+        assert_eq!(edit(&mut s, h, b":authority", b"", Edit::Remove), Ok(()));
+        let head = s.streams[&1].request.as_ref().unwrap();
+        assert!(head.headers.get(http::header::HOST).is_none());
+        assert_eq!(get(&mut s, b"host"), Ok(Some(Vec::new())));
     }
 
     #[test]

@@ -30,6 +30,11 @@
 //!   x-grpc-service, timeout from x-callout-timeout-ms) and adds the reply's bytes in hex
 //!   upstream, or answers 502 with its status and message (x-grpc-status, x-grpc-message);
 //! - `/rewrite`: rewrites `:path` to `/rewritten` before routing;
+//! - `/forwarded`: copies the x-forwarded-for, x-forwarded-proto and x-request-id it reads into
+//!   x-read-xff, x-read-xfp and x-read-id, then sets x-forwarded-proto to `changed-by-filter`;
+//! - `/host-alias`: reads `host`, then adds, replaces or removes it (header x-host-op), and
+//!   sends upstream what it read (`x-host-read`) and the map's size with the status of that
+//!   call and the sum of the pairs' lengths (`x-map-size`);
 //! - `/panic`: panics (a trap);
 //! - `/loop`: loops forever (the CPU limit must stop it).
 //!
@@ -39,6 +44,11 @@ use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+unsafe extern "C" {
+    /// The ABI's header map size, which the Rust SDK leaves unwrapped.
+    fn proxy_get_header_map_size(map: i32, size: *mut usize) -> i32;
+}
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -359,6 +369,34 @@ impl HttpContext for Stream {
             }
             "/rewrite" => {
                 self.set_http_request_header(":path", Some("/rewritten"));
+                Action::Continue
+            }
+            "/forwarded" => {
+                // What the forwarding headers read in the request phase.
+                for (name, copy) in [("x-forwarded-for", "x-read-xff"), ("x-forwarded-proto", "x-read-xfp"), ("x-request-id", "x-read-id")] {
+                    let v = self.get_http_request_header(name).unwrap_or_else(|| "<none>".into());
+                    self.set_http_request_header(copy, Some(&v));
+                }
+                self.set_http_request_header("x-forwarded-proto", Some("changed-by-filter"));
+                Action::Continue
+            }
+            "/host-alias" => {
+                // `host` is `:authority` here, as in Envoy: read, then changed
+                // as header x-host-op says. The map's size (which the Rust SDK
+                // does not wrap) and the sum of its pairs' lengths go upstream.
+                let mut size = 0usize;
+                // SAFETY: the ABI writes one usize at the pointer given.
+                let status = unsafe { proxy_get_header_map_size(0, &mut size) };
+                let sum: usize = self.get_http_request_headers().iter().map(|(k, v)| k.len() + v.len()).sum();
+                let read = self.get_http_request_header("host").unwrap_or_else(|| "<none>".into());
+                match self.get_http_request_header("x-host-op").as_deref() {
+                    Some("add") => self.add_http_request_header("host", "other.example"),
+                    Some("replace") => self.set_http_request_header("host", Some("other.example")),
+                    Some("remove") => self.set_http_request_header("host", None),
+                    _ => {}
+                }
+                self.set_http_request_header("x-host-read", Some(&read));
+                self.set_http_request_header("x-map-size", Some(&format!("{status} {size} {sum}")));
                 Action::Continue
             }
             "/panic" => panic!("pw-test panics on purpose"),
