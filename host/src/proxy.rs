@@ -309,6 +309,16 @@ async fn handle(
     let mut reply = None;
     let started = {
         let chain = shared.chain.load();
+        if !chain.is_empty() {
+            // Filters see the request as Envoy's do: its hop-by-hop headers
+            // (and an Expect weir answers) already gone. The upstream request
+            // is stripped again, of what filters may have added.
+            headers::strip_hop_by_hop(
+                &mut head.headers,
+                upgrade.is_some(),
+                head.version == http::Version::HTTP_11,
+            );
+        }
         (!chain.is_empty()).then(|| {
             let route = find_route(rt, &down.listener.name, &head);
             let info = Arc::new(crate::filter::StreamInfo {
