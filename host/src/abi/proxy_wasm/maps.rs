@@ -12,7 +12,10 @@ use crate::filter::RequestFacts;
 /// A pair list.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
-fn header_pairs(headers: &HeaderMap, out: &mut Pairs) {
+fn header_pairs<'h>(
+    headers: impl IntoIterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+    out: &mut Pairs,
+) {
     for (k, v) in headers {
         out.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
@@ -21,11 +24,10 @@ fn header_pairs(headers: &HeaderMap, out: &mut Pairs) {
 /// A request's headers but `host`: Envoy keeps HTTP/1's Host as `:authority`
 /// and lists no `host` pair (see [`alias`]).
 fn request_header_pairs(headers: &HeaderMap, out: &mut Pairs) {
-    for (k, v) in headers {
-        if k != http::header::HOST {
-            out.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
-        }
-    }
+    header_pairs(
+        headers.iter().filter(|(k, _)| *k != http::header::HOST),
+        out,
+    );
 }
 
 /// The key a filter's `key` stands for in map `map_type`: in the request
@@ -131,7 +133,7 @@ pub fn pairs(state: &mut VmState, map_type: i32) -> Result<Pairs, Status> {
                 && let Some(h) = l.response_headers.as_ref()
             {
                 out.push((b":status".to_vec(), l.status.to_string().into_bytes()));
-                header_pairs(h, &mut out);
+                header_pairs(h.iter(), &mut out);
             }
             Ok(out)
         }
